@@ -1,0 +1,84 @@
+"""Orbax checkpoints of the train state together with the Grain iterator position.
+
+Saving both means a preempted run resumes on exactly the batch it would have seen next, so a
+killed-and-resumed run ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+
+from hardlabel_jax import config_schema
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+class Checkpointer:
+  """Latest-N checkpoints of `{state, data}` under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, save_every_steps: int, max_to_keep: int = 2):
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           save_interval_steps=save_every_steps,
+                                           create=True)
+    self._manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                          options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+           force: bool = False) -> bool:
+    """Saves when `step` is on the interval (or `force`); returns whether it saved."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=grain.checkpoint.CheckpointSave(data_iterator))
+    return self._manager.save(step, args=args, force=force)
+
+  def restore(self, state_template: Any, data_iterator: grain.DatasetIterator) -> Any:
+    """Restores the latest state into the template's shardings and rewinds the iterator."""
+    step = self._manager.latest_step()
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(state_template),
+                              data=grain.checkpoint.CheckpointRestore(data_iterator))
+    return self._manager.restore(step, args=args)["state"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config fields that define a run's result (everything but logging/IO knobs)."""
+  return {k: v for k, v in json.loads(config.to_json_best_effort()).items()
+          if k not in config_schema.RESUMABLE_FIELDS}
+
+
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose checkpoints came from a different config."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = run_identity(config)
+  differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  if differing:
+    details = "; ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}"
+                        for k in differing[:5])
+    raise ValueError(f"workdir {workdir} holds a run with a different config ({details}). "
+                     "Use a new --workdir, or restore the original config to resume.")
+
+
+def write_run_identity(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Records the run's identity next to its checkpoints (atomically)."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(run_identity(config), f, indent=1, sort_keys=True)
+  os.replace(tmp, path)

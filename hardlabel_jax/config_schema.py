@@ -1,0 +1,133 @@
+"""Every config field with its default, and validation with messages that name the field.
+
+Experiment files under `configs/` start from `default_config()` and override what they need
+(configs as code, as in big_vision). `validate` runs before any data is read or state is written.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+TASKS = ("train",)
+REGIMES = ("hl",)
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "hald", "constant")
+
+# Fields that may change between a run and its resumption without invalidating the checkpoint.
+RESUMABLE_FIELDS = frozenset({
+    "log_every_steps", "checkpoint_every_steps", "num_workers", "eval_batch_size",
+    "data_dir", "tensorboard",
+})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """All fields the trainer reads, with the defaults of a small HL run."""
+  c = ml_collections.ConfigDict()
+  c.task = "train"
+  c.regime = "hl"
+  c.seed = 0
+
+  # Data: a source name (see hardlabel_jax.data.sources) and the pool of training ids.
+  c.dataset = "embedded_mnist"
+  c.train_split = "train"
+  c.test_split = "test"
+  c.data_dir = ""  # '' -> $HARDLABEL_DATA_DIR or ~/.cache/hardlabel_jax/tfds
+  c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
+  c.subset_seed = 0
+  c.subset_ids_file = ""  # .npy or .json list of example ids; overrides images_per_class
+
+  # Crops (torchvision RandomResizedCrop semantics) and evaluation view.
+  c.image_size = 28
+  c.crop_scale = (0.08, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.random_flip = True
+  c.cutmix_alpha = 0.0  # 0 disables CutMix
+  c.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
+
+  # Model.
+  c.model = "convnet_d3"
+  c.model_kwargs = ml_collections.ConfigDict()
+
+  # Hard-label loss.
+  c.label_smoothing = 0.0
+
+  # Compute budget: training examples forwarded. 0 -> num_epochs × pool size.
+  c.budget_examples = 0
+  c.num_epochs = 10.0
+  c.global_batch_size = 128
+  c.eval_batch_size = 500
+
+  # Optimizer and learning-rate schedule.
+  c.optimizer = "sgd"
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 5e-4
+  c.schedule = "cosine"
+  c.warmup_epochs = 0.0
+  c.step_milestones = (0.5, 0.75)  # fractions of training, for schedule='step'
+  c.step_gamma = 0.1
+  c.hald_eta = 1.0  # HALD: lr · 0.5 (1 + cos(π e / (E η)))
+
+  # Run control.
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.num_workers = 0
+  c.tensorboard = True
+  return c
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def _require_choice(config: ml_collections.ConfigDict, field: str, choices: tuple) -> None:
+  value = config[field]
+  _require(value in choices, field, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field."""
+  missing = sorted(set(default_config().keys()) - set(config.keys()))
+  _require(not missing, missing[0] if missing else "", "missing field; start from "
+           "hardlabel_jax.config_schema.default_config()")
+  _require_choice(config, "task", TASKS)
+  _require_choice(config, "regime", REGIMES)
+  _require_choice(config, "optimizer", OPTIMIZERS)
+  _require_choice(config, "schedule", SCHEDULES)
+  _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
+  _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
+  _require(config.image_size > 0, "image_size", "must be positive")
+  _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
+  _require(config.eval_batch_size > 0, "eval_batch_size", "must be positive")
+  _require(config.budget_examples >= 0, "budget_examples", "must be >= 0")
+  _require(config.budget_examples > 0 or config.num_epochs > 0, "num_epochs",
+           "must be positive when budget_examples is 0")
+  _require(config.learning_rate > 0, "learning_rate", "must be positive")
+  _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+  _require(config.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
+  _require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+  _require(config.hald_eta > 0, "hald_eta", "must be positive")
+  _require(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+  _require(all(0 < m < 1 for m in config.step_milestones), "step_milestones",
+           "must be fractions of training in (0, 1)")
+  _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
+  _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
+  _require(config.num_workers >= 0, "num_workers", "must be >= 0")
+  _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config argument 'runlocal,ipc=10' into fields, typed by `defaults` (big_vision)."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      parsed[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      parsed[key] = type(default)(value)
+  return parsed

@@ -1,0 +1,169 @@
+"""Crops as pure functions of `(seed, example id, slot)` (DESIGN.md §2).
+
+The relabel step and every training pipeline call `crop_params` with the same key, so a stored
+soft label can always be matched to the exact pixels it was computed on. Randomness comes from a
+counter-style key (NumPy's `SeedSequence` hashes the key tuple), never from a stateful generator,
+so results do not depend on worker count, process count or iteration order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+# Separate streams so that switching CutMix on does not move the crop box, and vice versa.
+_STREAM_CROP = 0
+_STREAM_CUTMIX = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSpec:
+  """How training crops are drawn: torchvision's RandomResizedCrop, flip and CutMix."""
+
+  output_size: int
+  scale: tuple[float, float] = (0.08, 1.0)
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip: bool = True
+  cutmix_alpha: float = 0.0  # 0 disables CutMix
+
+  def __post_init__(self):
+    if self.output_size <= 0:
+      raise ValueError(f"crop output_size must be positive, got {self.output_size}")
+    lo, hi = self.scale
+    if not 0 < lo <= hi <= 1:
+      raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+    if not 0 < self.ratio[0] <= self.ratio[1]:
+      raise ValueError(f"crop ratio must satisfy 0 < min <= max, got {self.ratio}")
+    if self.cutmix_alpha < 0:
+      raise ValueError(f"cutmix_alpha must be >= 0, got {self.cutmix_alpha}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CropParams:
+  """One crop: a source box in pixels, a flip bit, and optionally a CutMix partner."""
+
+  top: int
+  left: int
+  height: int
+  width: int
+  flip: bool
+  # CutMix: position of the partner in the training pool (-1: no CutMix), the pasted box in
+  # output pixels, and the label weight of the example itself (1 - pasted area fraction).
+  partner_position: int = -1
+  cut_top: int = 0
+  cut_left: int = 0
+  cut_height: int = 0
+  cut_width: int = 0
+  mix_lambda: float = 1.0
+
+  def box_fractions(self, image_hw: tuple[int, int]) -> np.ndarray:
+    """Crop box as (top, left, height, width) fractions of the image, for storage."""
+    h, w = image_hw
+    return np.array([self.top / h, self.left / w, self.height / h, self.width / w], np.float32)
+
+
+def _rng(seed: int, example_id: int, slot: int, stream: int) -> np.random.Generator:
+  if min(seed, example_id, slot) < 0:
+    raise ValueError(f"crop key must be non-negative, got seed={seed} id={example_id} slot={slot}")
+  return np.random.default_rng(np.random.SeedSequence([seed, example_id, slot, stream]))
+
+
+def random_resized_box(rng: np.random.Generator, image_hw: tuple[int, int],
+                       scale: tuple[float, float],
+                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop.get_params: 10 tries, then a centre crop."""
+  height, width = image_hw
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def cutmix_box(rng: np.random.Generator, size: int,
+               alpha: float) -> tuple[int, int, int, int, float]:
+  """CutMix box on a `size`×`size` crop; returns the box and the area-corrected λ."""
+  lam = rng.beta(alpha, alpha)
+  cut = int(size * math.sqrt(1.0 - lam))
+  cy, cx = int(rng.integers(0, size)), int(rng.integers(0, size))
+  y0, y1 = np.clip([cy - cut // 2, cy + cut // 2], 0, size)
+  x0, x1 = np.clip([cx - cut // 2, cx + cut // 2], 0, size)
+  mix_lambda = 1.0 - (y1 - y0) * (x1 - x0) / (size * size)
+  return int(y0), int(x0), int(y1 - y0), int(x1 - x0), float(mix_lambda)
+
+
+def crop_params(seed: int, example_id: int, slot: int, image_hw: tuple[int, int],
+                spec: CropSpec, pool_size: int = 0) -> CropParams:
+  """The crop of `example_id` at `slot`: a pure function of its arguments."""
+  rng = _rng(seed, example_id, slot, _STREAM_CROP)
+  top, left, height, width = random_resized_box(rng, image_hw, spec.scale, spec.ratio)
+  flip = bool(spec.flip and rng.random() < 0.5)
+  if spec.cutmix_alpha <= 0 or pool_size <= 0:
+    return CropParams(top, left, height, width, flip)
+  mix_rng = _rng(seed, example_id, slot, _STREAM_CUTMIX)
+  partner = int(mix_rng.integers(0, pool_size))
+  cut_top, cut_left, cut_h, cut_w, lam = cutmix_box(mix_rng, spec.output_size, spec.cutmix_alpha)
+  return CropParams(top, left, height, width, flip, partner, cut_top, cut_left, cut_h, cut_w, lam)
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+  if image.dtype != np.uint8 or image.ndim != 3:
+    raise ValueError(f"expected a uint8 [H, W, C] image, got {image.dtype} {image.shape}")
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
+  out = np.asarray(pil, dtype=np.uint8)
+  return out[..., None] if channels == 1 else out
+
+
+def resized_crop(image: np.ndarray, top: int, left: int, height: int, width: int,
+                 size: int) -> np.ndarray:
+  """Bilinear resize of a pixel box to `size`×`size`, uint8 in and out (as torchvision)."""
+  pil = _to_pil(image).resize((size, size), Image.BILINEAR,
+                              box=(left, top, left + width, top + height))
+  return _from_pil(pil, image.shape[-1])
+
+
+def apply_crop(image: np.ndarray, params: CropParams, size: int) -> np.ndarray:
+  """Applies the box and the flip of `params`; CutMix is pasted separately."""
+  out = resized_crop(image, params.top, params.left, params.height, params.width, size)
+  return out[:, ::-1] if params.flip else out
+
+
+def paste_cutmix(crop: np.ndarray, partner_crop: np.ndarray, params: CropParams) -> np.ndarray:
+  """Pastes the partner's pixels into the CutMix box of `crop`."""
+  out = crop.copy()
+  y0, x0 = params.cut_top, params.cut_left
+  y1, x1 = y0 + params.cut_height, x0 + params.cut_width
+  out[y0:y1, x0:x1] = partner_crop[y0:y1, x0:x1]
+  return out
+
+
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+  """Evaluation view: the central square of `crop_fraction` × the short side, resized."""
+  if not 0 < crop_fraction <= 1:
+    raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+  height, width = image.shape[:2]
+  side = max(1, int(round(min(height, width) * crop_fraction)))
+  top, left = (height - side) // 2, (width - side) // 2
+  if side == height == width == size:
+    return image
+  return resized_crop(image, top, left, side, side, size)

@@ -1,0 +1,179 @@
+"""Grain pipelines: a training stream of crops over a pool of example ids, and evaluation batches.
+
+Everything is index-based (as Grain recommends): the element at global position `g` of the
+training stream is a pure function of `(seed, g)`, so the stream is identical for any number of
+worker processes or hosts, and the iterator state that orbax checkpoints is just a position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+from absl import flags
+import grain
+import numpy as np
+
+from hardlabel_jax.data import crops
+from hardlabel_jax.data.source import ImageSource
+
+_SHUFFLE_ROUNDS = 4
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+  """A 32-bit seed for the permutation of one epoch, derived from the run seed."""
+  return int(np.random.SeedSequence([seed, epoch, 0x5EED]).generate_state(1)[0] >> 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochShuffle:
+  """Global stream position -> (pool position, epoch): a fresh permutation every epoch."""
+
+  pool_size: int
+  seed: int
+
+  def __call__(self, position: int) -> tuple[int, int]:
+    epoch, offset = divmod(int(position), self.pool_size)
+    if self.pool_size == 1:
+      return 0, epoch
+    shuffled = grain.experimental.index_shuffle(
+        offset, max_index=self.pool_size - 1, seed=epoch_shuffle_seed(self.seed, epoch),
+        rounds=_SHUFFLE_ROUNDS)
+    return int(shuffled), epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """uint8 pixels -> float32 `(x/255 - mean) / std` per channel."""
+
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    mean = np.asarray(self.mean, np.float32)
+    std = np.asarray(self.std, np.float32)
+    return (image.astype(np.float32) / 255.0 - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class CropExample:
+  """(pool position, slot) -> a normalised training crop with its label(s)."""
+
+  source: ImageSource
+  pool_ids: np.ndarray
+  spec: crops.CropSpec
+  seed: int
+  normalizer: Normalizer
+
+  def raw_crop(self, pool_position: int, slot: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The uint8 crop of a pool example at `slot`, and its label fields."""
+    example_id = int(self.pool_ids[pool_position])
+    record = self.source[example_id]
+    image = record["image"]
+    params = crops.crop_params(self.seed, example_id, slot, image.shape[:2], self.spec,
+                               pool_size=len(self.pool_ids))
+    pixels = crops.apply_crop(image, params, self.spec.output_size)
+    partner_label = int(record["label"])
+    if params.partner_position >= 0:
+      partner_id = int(self.pool_ids[params.partner_position])
+      partner = self.source[partner_id]
+      partner_params = crops.crop_params(
+          self.seed, partner_id, slot, partner["image"].shape[:2],
+          dataclasses.replace(self.spec, cutmix_alpha=0.0))
+      partner_pixels = crops.apply_crop(partner["image"], partner_params, self.spec.output_size)
+      pixels = crops.paste_cutmix(pixels, partner_pixels, params)
+      partner_label = int(partner["label"])
+    fields = {
+        "label": np.int32(record["label"]),
+        "partner_label": np.int32(partner_label),
+        "mix_lambda": np.float32(params.mix_lambda),
+        "id": np.int64(example_id),
+        "slot": np.int32(slot),
+    }
+    return pixels, fields
+
+  def __call__(self, position_and_slot: tuple[int, int]) -> dict[str, np.ndarray]:
+    pixels, fields = self.raw_crop(*position_and_slot)
+    return {"image": self.normalizer(pixels), **fields}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessPositions:
+  """Local stream index -> global position, giving each process a contiguous slice per batch."""
+
+  global_batch: int
+  process_index: int
+  process_count: int
+
+  def __call__(self, local_index: int) -> int:
+    local_batch = self.global_batch // self.process_count
+    step, within = divmod(int(local_index), local_batch)
+    return step * self.global_batch + self.process_index * local_batch + within
+
+
+def check_batch_split(global_batch: int, process_count: int) -> int:
+  """Returns the per-process batch, or says why the global batch cannot be split."""
+  if global_batch <= 0:
+    raise ValueError(f"global batch size must be positive, got {global_batch}")
+  if global_batch % process_count:
+    raise ValueError(f"global batch size {global_batch} is not divisible by the process count "
+                     f"{process_count}")
+  return global_batch // process_count
+
+
+def _to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+  iter_dataset = dataset.to_iter_dataset()
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker processes read absl flags; library callers (tests, notebooks) have none.
+      flags.FLAGS.mark_as_parsed()
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(iter_dataset)
+
+
+def training_stream(example: CropExample, *, global_batch: int, num_steps: int, seed: int,
+                    process_index: int = 0, process_count: int = 1,
+                    num_workers: int = 0) -> grain.DatasetIterator:
+  """Local batches of fresh crops for `num_steps` steps; epochs reshuffled, slot = epoch."""
+  local_batch = check_batch_split(global_batch, process_count)
+  order = EpochShuffle(len(example.pool_ids), seed)
+  dataset = (grain.MapDataset.range(num_steps * local_batch)
+             .map(ProcessPositions(global_batch, process_index, process_count))
+             .map(order)
+             .map(example)
+             .batch(local_batch, drop_remainder=True))
+  return _to_iterator(dataset, num_workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalExample:
+  """Split position -> centre view with label and a validity mask (padding has mask 0)."""
+
+  source: ImageSource
+  size: int
+  crop_fraction: float
+  normalizer: Normalizer
+
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
+    valid = position < len(self.source)
+    record = self.source[int(position) if valid else 0]
+    pixels = crops.center_crop(record["image"], self.size, self.crop_fraction)
+    return {
+        "image": self.normalizer(pixels),
+        "label": np.int32(record["label"]),
+        "id": np.int64(record["id"]),
+        "mask": np.float32(valid),
+    }
+
+
+def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
+                       normalizer: Normalizer, global_batch: int, process_index: int = 0,
+                       process_count: int = 1, num_workers: int = 0) -> Iterator[dict]:
+  """One pass over a split in local batches, padded to whole global batches."""
+  local_batch = check_batch_split(global_batch, process_count)
+  num_batches = -(-len(source) // global_batch)
+  dataset = (grain.MapDataset.range(num_batches * local_batch)
+             .map(ProcessPositions(global_batch, process_index, process_count))
+             .map(EvalExample(source, size, crop_fraction, normalizer))
+             .batch(local_batch, drop_remainder=True))
+  return _to_iterator(dataset, num_workers)

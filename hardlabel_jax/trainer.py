@@ -1,0 +1,229 @@
+"""The linear trainer: data → pool → budgeted steps → checkpoints → evaluation → results.json.
+
+Read top to bottom as one run (big_vision style). Everything that can be wrong with a config is
+checked before anything is written to the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import checkpointing
+from hardlabel_jax import config_schema
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import metrics_log
+from hardlabel_jax import models
+from hardlabel_jax import optim
+from hardlabel_jax import selection
+from hardlabel_jax import train_state as train_state_lib
+from hardlabel_jax import train_steps
+from hardlabel_jax.data import crops
+from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import sources
+from hardlabel_jax.data.source import ImageSource
+
+RESULTS_FILE = "results.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step produces a NaN/Inf loss; names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """How long a run trains: the compute budget in examples and what it implies."""
+
+  examples: int
+  global_batch: int
+  pool_size: int
+
+  @property
+  def steps(self) -> int:
+    return self.examples // self.global_batch
+
+  @property
+  def steps_per_epoch(self) -> float:
+    return self.pool_size / self.global_batch
+
+  @property
+  def epochs(self) -> float:
+    return self.steps * self.global_batch / self.pool_size
+
+
+def budget_from_config(config: ml_collections.ConfigDict, pool_size: int) -> Budget:
+  """`budget_examples`, or `num_epochs` × pool size; at least one global batch."""
+  examples = config.budget_examples or int(round(config.num_epochs * pool_size))
+  budget = Budget(examples, config.global_batch_size, pool_size)
+  if budget.steps < 1:
+    raise ValueError(f"config.budget_examples: a budget of {examples} examples is less than one "
+                     f"global batch of {config.global_batch_size}")
+  return budget
+
+
+@dataclasses.dataclass
+class RunData:
+  """The sources, the training pool and the views a run reads."""
+
+  train: ImageSource
+  test: ImageSource
+  pool_ids: np.ndarray
+  crop_spec: crops.CropSpec
+  normalizer: pipeline.Normalizer
+
+
+def load_run_data(config: ml_collections.ConfigDict) -> RunData:
+  """Opens both splits and chooses the pool; fails before any training on bad data config."""
+  data_dir = config.data_dir or None
+  train = sources.load_source(config.dataset, config.train_split, data_dir)
+  test = sources.load_source(config.dataset, config.test_split, data_dir)
+  pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
+                                     seed=config.subset_seed, ids_file=config.subset_ids_file)
+  spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
+                        ratio=tuple(config.crop_ratio), flip=config.random_flip,
+                        cutmix_alpha=config.cutmix_alpha)
+  return RunData(train, test, pool_ids, spec,
+                 pipeline.Normalizer(tuple(train.info.mean), tuple(train.info.std)))
+
+
+def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: RunData,
+             config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Top-1 accuracy and mean NLL over the whole test split (centre views)."""
+  batches = pipeline.evaluation_batches(
+      data.test, size=config.image_size, crop_fraction=config.eval_crop_fraction,
+      normalizer=data.normalizer, global_batch=config.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.num_workers)
+  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for local in batches:
+    sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
+    totals = {k: totals[k] + float(sums[k]) for k in totals}
+  return {"test_top1": totals["correct"] / totals["count"],
+          "test_loss": totals["loss_sum"] / totals["count"]}
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping (lower the learning rate "
+                             "or check the data)")
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       step_hook: Callable[[int], None] | None = None,
+                       devices: list[jax.Device] | None = None) -> dict:
+  """Trains under the HL regime for the configured budget, evaluates, writes results.json."""
+  run_start = time.perf_counter()
+  config_schema.validate(config)
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.global_batch_size, mesh)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+  data = load_run_data(config)
+  budget = budget_from_config(config, len(data.pool_ids))
+  checkpointing.check_same_run(workdir, config)
+  is_writer = jax.process_index() == 0
+
+  info = data.train.info
+  model = models.create_model(config.model, info.num_classes, **config.model_kwargs)
+  schedule = optim.learning_rate_schedule(config, budget.steps, budget.steps_per_epoch)
+  tx = optim.make_optimizer(config, schedule)
+  root_rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(root_rng)
+  input_shape = (1, config.image_size, config.image_size, info.image_shape[-1])
+  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
+                                    input_shape=input_shape),
+                  out_shardings=mesh_lib.replicated(mesh))(init_rng)
+
+  iterator = pipeline.training_stream(
+      pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.seed,
+                           data.normalizer),
+      global_batch=config.global_batch_size, num_steps=budget.steps, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.num_workers)
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpointing.write_run_identity(workdir, config)
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint_every_steps)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state, iterator)
+  start_step = int(state.step)
+
+  step_fn = train_steps.jit_train_step(
+      train_steps.hl_train_step, mesh, model=model, tx=tx, schedule=schedule,
+      num_classes=info.num_classes, label_smoothing=config.label_smoothing, base_rng=step_rng)
+  log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
+  progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
+  metrics_log.log_line(
+      f"training {config.model} on {len(data.pool_ids)} examples of {info.name} "
+      f"({info.num_classes} classes), {budget.steps} steps × {config.global_batch_size} = "
+      f"{budget.steps * config.global_batch_size} examples ({budget.epochs:.1f} epochs) on "
+      f"{mesh.size} devices; starting at step {start_step}")
+
+  start_time = time.perf_counter()
+  pending = None  # the previous step's metrics, checked one step late to keep dispatch async
+  for step in range(start_step + 1, budget.steps + 1):
+    state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
+    if pending is not None:
+      _check_finite(*pending)
+    pending = (step, metrics)
+    if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
+      _check_finite(step, metrics)
+      scalars = {k: float(v) for k, v in metrics.items()}
+      rates = progress.update(step)
+      log.write(step, {**scalars, **rates})
+      metrics_log.log_line(progress.line(step, scalars, rates))
+    checkpointer.save(step, state, iterator)
+    if step_hook is not None:
+      step_hook(step)
+  if pending is not None:
+    _check_finite(*pending)
+  checkpointer.save(budget.steps, state, iterator, force=checkpointer.latest_step() != budget.steps)
+  checkpointer.wait()
+  train_seconds = time.perf_counter() - start_time
+
+  eval_fn = train_steps.jit_eval_step(mesh, model)
+  test_metrics = evaluate(state, eval_fn, data, config, mesh)
+  log.write(budget.steps, test_metrics)
+  log.close()
+  checkpointer.close()
+  results = {
+      **test_metrics,
+      "steps": budget.steps,
+      "examples_seen": budget.steps * config.global_batch_size,
+      "epochs": budget.epochs,
+      "wall_seconds": time.perf_counter() - run_start,
+      "train_seconds_this_process": train_seconds,
+      "resumed_from_step": start_step,
+      "regime": config.regime,
+      "label_bytes": 0,
+      "pool_size": int(len(data.pool_ids)),
+      "dataset": info.name,
+      "dataset_fingerprint": info.fingerprint,
+      "num_params": models.count_params(state.params),
+      "device_count": mesh.size,
+      "process_count": jax.process_count(),
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  if is_writer:
+    _write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+  metrics_log.log_line(f"test top-1 {results['test_top1']:.4f}, test loss "
+                       f"{results['test_loss']:.4f}; results in "
+                       f"{os.path.join(workdir, RESULTS_FILE)}")
+  return {**results, "state": state}

@@ -1,0 +1,83 @@
+"""The HL train step: same loss and parameters on 8 simulated devices as on 1."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import models
+from hardlabel_jax import train_state as train_state_lib
+from hardlabel_jax import train_steps
+
+
+def _batch(n=16, size=12, classes=5, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+      "label": rng.integers(0, classes, n).astype(np.int32),
+      "partner_label": rng.integers(0, classes, n).astype(np.int32),
+      "mix_lambda": rng.uniform(0.3, 1.0, n).astype(np.float32),
+  }
+
+
+def _run_steps(model_name, devices, num_steps=3):
+  mesh = mesh_lib.data_mesh(devices)
+  # BatchNorm statistics must be those of the global batch, whatever the device count.
+  norm = {"convnet_d3": "instance", "convnet_bn": "batch"}[model_name]
+  model = models.create_model("convnet_d3", 5, width=16, norm=norm)
+  schedule = optax.constant_schedule(0.05)
+  tx = optax.sgd(schedule, momentum=0.9)
+  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
+                                    input_shape=(1, 12, 12, 3)),
+                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  step = train_steps.jit_train_step(train_steps.hl_train_step, mesh, model=model, tx=tx,
+                                    schedule=schedule, num_classes=5, label_smoothing=0.1,
+                                    base_rng=jax.random.key(1))
+  losses = []
+  for i in range(num_steps):
+    state, metrics = step(state, mesh_lib.global_batch(_batch(seed=i), mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+@pytest.mark.parametrize("model_name", ["convnet_d3", "convnet_bn"])
+def test_eight_devices_match_one(model_name):
+  assert jax.device_count() == 8, "tests/conftest.py must simulate 8 CPU devices"
+  state8, losses8 = _run_steps(model_name, jax.devices())
+  state1, losses1 = _run_steps(model_name, jax.devices()[:1])
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  chex.assert_trees_all_close(state8.params, state1.params, atol=2e-5, rtol=2e-4)
+  chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats, atol=2e-5, rtol=2e-4)
+  assert int(state8.step) == 3
+
+
+def test_hard_label_targets_mix_smoothed_one_hots():
+  batch = {"label": jnp.array([0, 1]), "partner_label": jnp.array([2, 1]),
+           "mix_lambda": jnp.array([0.75, 0.5])}
+  targets = train_steps.hard_label_targets(batch, num_classes=4, smoothing=0.4)
+  # smoothed one-hot: true class 1 - 0.4 + 0.1 = 0.7, others 0.1
+  expected = np.array([[0.75 * 0.7 + 0.25 * 0.1, 0.1, 0.75 * 0.1 + 0.25 * 0.7, 0.1],
+                       [0.1, 0.7, 0.1, 0.1]])
+  np.testing.assert_allclose(targets, expected, rtol=1e-6)
+
+
+def test_eval_step_counts_only_masked_rows():
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
+  model = models.create_model("convnet_d3", 5, width=8)
+  state = train_state_lib.create_train_state(model, optax.sgd(0.1), jax.random.key(0),
+                                             (1, 12, 12, 3))
+  batch = _batch(n=8)
+  batch["mask"] = np.array([1, 1, 1, 0, 0, 1, 0, 1], np.float32)
+  sums = train_steps.jit_eval_step(mesh, model)(state, mesh_lib.global_batch(batch, mesh))
+  logits = model.apply(state.variables(), batch["image"], train=False)
+  keep = batch["mask"] == 1
+  correct = (np.argmax(logits, -1) == batch["label"])[keep].sum()
+  nll = -jax.nn.log_softmax(logits)[np.arange(8), batch["label"]][keep].sum()
+  assert float(sums["count"]) == 5
+  assert float(sums["correct"]) == correct
+  np.testing.assert_allclose(float(sums["loss_sum"]), float(nll), rtol=1e-5)
