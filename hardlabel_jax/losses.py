@@ -1,11 +1,16 @@
 """Classification and distillation losses: CE, soft-label KL, KD, DKD, RLD, NKD (DESIGN.md §6).
 
-Conventions (DESIGN §6): z are logits `[batch, classes]`, p = softmax, KL(q‖p) = Σ q (log q − log p),
-every loss returns a float32 scalar batch mean. Everything is computed in log space and masks use a
-large finite negative (never −inf), so values and gradients stay finite for logits of magnitude 1e4
-and for a confidently wrong teacher. The functions are pure and work under `jax.jit`, `jax.grad`
-and with the batch axis sharded over a mesh (the batch mean becomes an all-reduce; inside
-`shard_map` it is the per-shard mean and the caller averages across devices).
+Conventions (DESIGN §6): z are logits `[batch, classes]`, p = softmax,
+KL(q‖p) = Σ q (log q − log p), and every loss returns a float32 scalar batch mean. Everything is
+computed in log space and masks use a large finite negative (never −inf), so values and gradients
+stay finite for logits of magnitude 1e4 and for a confidently wrong teacher. The functions are
+pure and work under `jax.jit`, `jax.grad` and with the batch axis sharded over a mesh (the batch
+mean becomes an all-reduce; inside `shard_map` it is the per-shard mean and the caller averages
+across devices).
+
+Where DESIGN §6 is not explicit, the reference code (mdistiller DKD, zju-SWJ/RLD, NKD, logit
+standardisation) decides: with logit standardisation the CE term of KD/DKD/RLD still uses the raw
+student logits, and only the distillation terms see z-scored logits.
 
 Each public function validates its inputs in Python (trace time: shapes, dtypes, Python-number
 hyper-parameters; `ValueError` on bad input) and then calls a `jax.jit`-compiled kernel, so eager
@@ -128,7 +133,8 @@ def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Any
 def _check_number(name: str, value: Any, *, positive: bool = False, lo: float | None = None,
                   hi: float | None = None) -> None:
   """Checks a scalar hyper-parameter when it is concrete; traced values pass (cannot be read)."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
+  real = (int, float, np.number, np.ndarray, jax.Array)  # jax.Array also matches tracers
+  if isinstance(value, bool) or not isinstance(value, real):
     raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
   if np.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
@@ -253,7 +259,7 @@ def _rld_terms(s: Array, t: Array, labels: Array, temperature: Array,
       _masked_log_softmax(t / temperature, mask), _masked_log_softmax(s / temperature, mask)
   )
   # Teacher ranks the true class lowest: nothing is left to distil; define MCD = 0 explicitly.
-  pass
+  mcd = jnp.where(jnp.all(mask, axis=-1), 0.0, mcd)
   return scd, mcd
 
 
@@ -265,18 +271,21 @@ _kernel = functools.partial(jax.jit, static_argnames=("logit_standardization",))
 
 
 @jax.jit
-def _ce_kernel(logits, labels):
+def _ce_kernel(logits: Array, labels: Array) -> Array:
+  """Compiled `cross_entropy`."""
   return _ce(logits.astype(jnp.float32), labels)
 
 
 @jax.jit
-def _soft_ce_kernel(logits, target_probs):
+def _soft_ce_kernel(logits: Array, target_probs: Array) -> Array:
+  """Compiled `soft_cross_entropy`."""
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.mean(jnp.sum(target_probs.astype(jnp.float32) * log_p, axis=-1))
 
 
 @jax.jit
-def _kl_soft_kernel(logits, target_probs, temperature):
+def _kl_soft_kernel(logits: Array, target_probs: Array, temperature: Array) -> Array:
+  """Compiled `kl_soft_loss`."""
   q = target_probs.astype(jnp.float32)
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   # 0·log 0 = 0, with a zero (not NaN) derivative with respect to q at q = 0.
@@ -286,14 +295,18 @@ def _kl_soft_kernel(logits, target_probs, temperature):
 
 
 @_kernel
-def _kl_teacher_kernel(s, t, temperature, logit_standardization):
+def _kl_teacher_kernel(s: Array, t: Array, temperature: Array,
+                       logit_standardization: bool) -> Array:
+  """Compiled registry `kl`."""
   _, s, t = _prepare(s, t, logit_standardization)
   # Same value as kl_soft_loss(s, softmax(t/T), T), but the target stays in log space.
   return jnp.mean(_kl_at_temperature(s, t, temperature))
 
 
 @_kernel
-def _kd_kernel(s, t, y, temperature, kd_weight, ce_weight, logit_standardization):
+def _kd_kernel(s: Array, t: Array, y: Array, temperature: Array, kd_weight: Array,
+               ce_weight: Array, logit_standardization: bool) -> Array:
+  """Compiled `kd_loss`."""
   s_raw, s, t = _prepare(s, t, logit_standardization)
   kl = jnp.mean(_kl_at_temperature(s, t, temperature))
   # CE always sees the raw student logits: standardised logits have unit variance and could not
@@ -302,13 +315,16 @@ def _kd_kernel(s, t, y, temperature, kd_weight, ce_weight, logit_standardization
 
 
 @jax.jit
-def _dkd_parts_kernel(s, t, y, temperature):
+def _dkd_parts_kernel(s: Array, t: Array, y: Array, temperature: Array) -> tuple[Array, Array]:
+  """Compiled `_dkd_parts`."""
   _, s, t = _prepare(s, t, False)
   return _dkd_terms(s, t, y, temperature)
 
 
 @_kernel
-def _dkd_kernel(s, t, y, alpha, beta, temperature, warmup, ce_weight, logit_standardization):
+def _dkd_kernel(s: Array, t: Array, y: Array, alpha: Array, beta: Array, temperature: Array,
+                warmup: Array, ce_weight: Array, logit_standardization: bool) -> Array:
+  """Compiled `dkd_loss`."""
   s_raw, s, t = _prepare(s, t, logit_standardization)
   tckd, nckd = _dkd_terms(s, t, y, temperature)
   distill = temperature**2 * (alpha * jnp.mean(tckd) + beta * jnp.mean(nckd))
@@ -316,14 +332,18 @@ def _dkd_kernel(s, t, y, alpha, beta, temperature, warmup, ce_weight, logit_stan
 
 
 @jax.jit
-def _rld_parts_kernel(s, t, y, temperature, alpha_temperature):
+def _rld_parts_kernel(s: Array, t: Array, y: Array, temperature: Array,
+                      alpha_temperature: Array) -> tuple[Array, Array]:
+  """Compiled `_rld_parts`."""
   _, s, t = _prepare(s, t, False)
   return _rld_terms(s, t, y, temperature, alpha_temperature)
 
 
 @_kernel
-def _rld_kernel(s, t, y, alpha, beta, temperature, alpha_temperature, warmup, ce_weight,
-                logit_standardization):
+def _rld_kernel(s: Array, t: Array, y: Array, alpha: Array, beta: Array, temperature: Array,
+                alpha_temperature: Array, warmup: Array, ce_weight: Array,
+                logit_standardization: bool) -> Array:
+  """Compiled `rld_loss`."""
   s_raw, s, t = _prepare(s, t, logit_standardization)
   scd, mcd = _rld_terms(s, t, y, temperature, alpha_temperature)
   distill = alpha * alpha_temperature**2 * jnp.mean(scd) + beta * temperature**2 * jnp.mean(mcd)
@@ -331,7 +351,9 @@ def _rld_kernel(s, t, y, alpha, beta, temperature, alpha_temperature, warmup, ce
 
 
 @_kernel
-def _nkd_kernel(s, t, y, temperature, gamma, logit_standardization):
+def _nkd_kernel(s: Array, t: Array, y: Array, temperature: Array, gamma: Array,
+                logit_standardization: bool) -> Array:
+  """Compiled `nkd_loss`."""
   _, s, t = _prepare(s, t, logit_standardization)
   # Target term at T = 1 whatever `temperature` is (DESIGN §6, as in the NKD reference).
   pt_y = jnp.exp(_gather(jax.nn.log_softmax(t, axis=-1), y))
@@ -374,7 +396,7 @@ def kl_soft_loss(student_logits: ArrayLike, target_probs: ArrayLike, temperature
 def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
             temperature: float = 4.0, kd_weight: float = 0.9, *, ce_weight: float | None = None,
             logit_standardization: bool = False) -> Array:
-  """Hinton KD: ce_weight·CE + kd_weight·T²·KL(p(z_t/T) ‖ p(z_s/T)); ce_weight defaults to 1 − kd_weight."""
+  """Hinton KD: ce_weight·CE + kd_weight·T²·KL(p(z_t/T) ‖ p(z_s/T)), ce_weight = 1 − kd_weight."""
   s, t, y = _check_distillation_inputs(student_logits, teacher_logits, labels)
   _check_number("temperature", temperature, positive=True)
   if ce_weight is None:
@@ -437,7 +459,7 @@ def rld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Array
 def nkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
              temperature: float = 1.0, gamma: float = 1.5, *,
              logit_standardization: bool = False) -> Array:
-  """Normalized KD: −mean(pt_y log ps_y) − γT² mean Σ_{i≠y} p̂t_i log p̂s_i, no CE term (DESIGN §6)."""
+  """NKD: −mean(pt_y log ps_y) − γT² mean Σ_{i≠y} p̂t_i log p̂s_i, no CE term (DESIGN §6)."""
   s, t, y = _check_distillation_inputs(student_logits, teacher_logits, labels)
   _check_number("temperature", temperature, positive=True)
   _check_number("gamma", gamma)
@@ -450,7 +472,8 @@ def nkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Array
 
 
 @jax.jit
-def _standardize_kernel(logits):
+def _standardize_kernel(logits: Array) -> Array:
+  """Compiled `standardize_logits`."""
   return _standardize(logits.astype(jnp.float32))
 
 
@@ -465,7 +488,8 @@ def standardize_logits(logits: ArrayLike) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
-def _smoothing_kernel(labels, num_classes, smoothing):
+def _smoothing_kernel(labels: Array, num_classes: int, smoothing: Array) -> Array:
+  """Compiled `label_smoothing_targets`."""
   one_hot = _one_hot_mask(labels, num_classes).astype(jnp.float32)
   return one_hot * (1.0 - smoothing) + smoothing / num_classes
 
@@ -533,7 +557,7 @@ def _hyper_parameters(fn: DistillationLoss) -> set[str]:
 
 def get_distillation_loss(name: str, logit_standardization: bool = False,
                           **kwargs: Any) -> Callable[..., Array]:
-  """Returns `loss(student_logits, teacher_logits, labels, **overrides) -> scalar` for a config name."""
+  """Config name → `loss(student_logits, teacher_logits, labels, **overrides) -> scalar`."""
   if name not in LOSSES:
     raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
   flag = _check_flag(logit_standardization)

@@ -1,3 +1,16 @@
+"""Test setup: 8 simulated CPU devices and a compilation cache shared by all tests."""
+
 import os
+import tempfile
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Many tests compile the same tiny steps; a persistent cache makes the second compile free.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("HARDLABEL_TEST_JAX_CACHE",
+                                 os.path.join(tempfile.gettempdir(), "hardlabel_jax_test_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,4 +1,4 @@
-"""Tests for hardlabel_jax.losses against independent NumPy references of DESIGN.md §3, §5, §6."""
+"""hardlabel_jax.losses against independent NumPy references of DESIGN.md §3, §5, §6."""
 
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ def test_dkd_reference(alpha, beta, T, wf):
     close(got, np_dkd(s, t, y, alpha, beta, T, wf))
 
 
-@pytest.mark.parametrize("alpha,beta,T,Ta,wf", [(1.0, 8.0, 4.0, 4.0, 1.0), (2.0, 0.5, 1.0, 3.0, 0.5)])
+@pytest.mark.parametrize("alpha,beta,T,Ta,wf",
+                         [(1.0, 8.0, 4.0, 4.0, 1.0), (2.0, 0.5, 1.0, 3.0, 0.5)])
 def test_rld_reference(alpha, beta, T, Ta, wf):
   for s, t, y in CASES:
     got = losses.rld_loss(s, t, y, alpha=alpha, beta=beta, temperature=T, alpha_temperature=Ta,
@@ -250,7 +251,8 @@ def test_kd_and_kl_vanish_when_student_equals_teacher():
   close(losses.get_distillation_loss("kl")(s, s, y), 0.0, atol=1e-6)
   close(losses.kl_soft_loss(s, np_softmax(s / 3.0).astype(np.float32), 3.0), 0.0, atol=1e-6)
   # ...and are positive otherwise (the tests above could not pass with an identically-zero loss).
-  assert float(losses.kd_loss(s, s + 1.5 * np.eye(10, dtype=np.float32)[y], y, kd_weight=1.0)) > 1e-3
+  other = s + 1.5 * np.eye(10, dtype=np.float32)[y]
+  assert float(losses.kd_loss(s, other, y, kd_weight=1.0)) > 1e-3
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0])
@@ -312,7 +314,7 @@ def jitted_value_and_grad(name, standardize):
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_jit_and_8_device_sharding_match_eager(name):
   """Eager and jitted values agree; batch-sharded over 8 simulated CPU devices = 1 device."""
-  assert jax.device_count() >= 8, "tests/conftest.py must set --xla_force_host_platform_device_count=8"
+  assert jax.device_count() >= 8, "tests/conftest.py must force 8 host platform devices"
   s, t, y = random_batch(batch=16, seed=8)
   jitted = jitted_value_and_grad(name, False)
   value, (grad_s, grad_t) = jitted(s, t, y)  # on the default (single) device
