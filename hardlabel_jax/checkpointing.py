@@ -46,6 +46,18 @@ class Checkpointer:
                               data=grain.checkpoint.CheckpointRestore(data_iterator))
     return self._manager.restore(step, args=args)["state"]
 
+  def restore_variables(self) -> dict[str, Any]:
+    """The latest model variables (`params`, `batch_stats`) as host arrays, without a template."""
+    step = self._manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self._manager.directory}")
+    state = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+      variables["batch_stats"] = state["batch_stats"]
+    return variables
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

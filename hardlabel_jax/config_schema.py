@@ -9,7 +9,10 @@ from __future__ import annotations
 import ml_collections
 
 TASKS = ("train",)
-REGIMES = ("hl",)
+REGIMES = ("hl", "kd")
+DISTILLATION_LOSSES = ("kl", "kd", "dkd", "rld", "nkd", "ce")
+# Losses whose formula uses the integer label; CutMix would make that label ambiguous.
+LABEL_LOSSES = ("kd", "dkd", "rld", "nkd", "ce")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "hald", "constant")
 
@@ -56,6 +59,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10.0
   c.global_batch_size = 128
   c.eval_batch_size = 500
+
+  # Online distillation (regime='kd'): a teacher HL run and a loss from hardlabel_jax.losses.
+  c.teacher_workdir = ""  # '' -> <workdir>/teacher
+  c.teacher_config = None  # a full HL config: trains the teacher there first if it is absent
+  c.distillation_loss = "kd"
+  c.distillation_kwargs = ml_collections.ConfigDict()  # e.g. temperature, alpha, beta
+  c.logit_standardization = False
+  c.kd_warmup_epochs = 0.0  # DKD/RLD ramp-in, min(epoch / warmup, 1); 0 disables
 
   # Optimizer and learning-rate schedule.
   c.optimizer = "sgd"
@@ -112,6 +123,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
   _require(all(0 < m < 1 for m in config.step_milestones), "step_milestones",
            "must be fractions of training in (0, 1)")
+  _require_choice(config, "distillation_loss", DISTILLATION_LOSSES)
+  _require(config.kd_warmup_epochs >= 0, "kd_warmup_epochs", "must be >= 0")
+  if config.regime == "kd":
+    _require(not (config.cutmix_alpha > 0 and config.distillation_loss in LABEL_LOSSES),
+             "cutmix_alpha", f"CutMix makes the label of the {config.distillation_loss!r} loss "
+             "ambiguous; use distillation_loss='kl' or cutmix_alpha=0")
+    _require(config.kd_warmup_epochs == 0 or config.distillation_loss in ("dkd", "rld"),
+             "kd_warmup_epochs", "only DKD and RLD have a warm-up")
   _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")

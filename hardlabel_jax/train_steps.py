@@ -1,4 +1,4 @@
-"""Jitted, sharded train and eval steps for the hard-label (HL) regime (DESIGN.md §3)."""
+"""Jitted, sharded train and eval steps: hard labels (HL) and online-teacher KD (DESIGN.md §3, §6)."""
 
 from __future__ import annotations
 
@@ -37,16 +37,16 @@ def _apply_train(model: nn.Module, state: TrainState, params: Any, images: jax.A
   return model.apply(variables, images, train=True, rngs={"dropout": rng}), state.batch_stats
 
 
-def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-                  tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
-                  label_smoothing: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """One SGD step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy."""
+def _update(state: TrainState, batch: dict[str, jax.Array],
+            loss_of_logits: Callable[[jax.Array], jax.Array], *, model: nn.Module,
+            tx: optax.GradientTransformation, schedule: optax.Schedule,
+            base_rng: jax.Array) -> tuple[TrainState, dict]:
+  """Forward, backward and optimizer update shared by every regime's step."""
   rng = jax.random.fold_in(base_rng, state.step)
-  targets = hard_label_targets(batch, num_classes, label_smoothing)
 
   def loss_fn(params):
     logits, batch_stats = _apply_train(model, state, params, batch["image"], rng)
-    return losses.soft_cross_entropy(logits, targets), (logits, batch_stats)
+    return loss_of_logits(logits), (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -62,6 +62,35 @@ def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.M
   return new_state, metrics
 
 
+def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+                  tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
+                  label_smoothing: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
+  """One step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy."""
+  targets = hard_label_targets(batch, num_classes, label_smoothing)
+  return _update(state, batch, lambda logits: losses.soft_cross_entropy(logits, targets),
+                 model=model, tx=tx, schedule=schedule, base_rng=base_rng)
+
+
+def kd_train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any, *,
+                  model: nn.Module, teacher_model: nn.Module, tx: optax.GradientTransformation,
+                  schedule: optax.Schedule, distillation_loss: Callable, warmup_epochs: float,
+                  steps_per_epoch: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
+  """One step against a teacher queried online on the same crops (eval-mode BatchNorm)."""
+  teacher_logits = jax.lax.stop_gradient(
+      teacher_model.apply(teacher_variables, batch["image"], train=False))
+  extra = {}
+  if warmup_epochs > 0:
+    # DKD/RLD ramp the distillation terms in over 1-based epochs, as mdistiller counts them.
+    epoch = jnp.floor(state.step / steps_per_epoch) + 1.0
+    extra["warmup_factor"] = losses.warmup_factor(epoch, warmup_epochs)
+  new_state, metrics = _update(
+      state, batch,
+      lambda logits: distillation_loss(logits, teacher_logits, batch["label"], **extra),
+      model=model, tx=tx, schedule=schedule, base_rng=base_rng)
+  metrics["teacher_accuracy"] = jnp.mean(jnp.argmax(teacher_logits, -1) == batch["label"])
+  return new_state, metrics
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: nn.Module) -> dict[str, jax.Array]:
   """Sums of loss and correct predictions over the valid (mask=1) rows of a batch."""
@@ -74,11 +103,13 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
           "count": jnp.sum(mask)}
 
 
-def jit_train_step(step_fn: Callable, mesh: Mesh, **static) -> Callable:
-  """Compiles a step with the state replicated and the batch split over the `data` axis."""
+def jit_train_step(step_fn: Callable, mesh: Mesh, num_replicated_args: int = 0,
+                   **static) -> Callable:
+  """Compiles a step: state (and e.g. teacher variables) replicated, batch split over `data`."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(functools.partial(step_fn, **static),
-                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh))
+                 + (replicated,) * num_replicated_args,
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 

@@ -25,7 +25,9 @@ from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
 from hardlabel_jax import optim
+from hardlabel_jax import losses
 from hardlabel_jax import selection
+from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
 from hardlabel_jax.data import crops
@@ -119,6 +121,14 @@ def _check_finite(step: int, metrics: dict) -> None:
                              "or check the data)")
 
 
+def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict:
+  if teacher is None:
+    return {}
+  return {"teacher_workdir": teacher.workdir,
+          "teacher_test_top1": teacher.results.get("test_top1"),
+          "teacher_model": teacher.results.get("config", {}).get("model")}
+
+
 def _write_json_atomic(path: str, payload: dict) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -126,10 +136,29 @@ def _write_json_atomic(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def _make_step(config: ml_collections.ConfigDict, model, tx, schedule, step_rng: jax.Array,
+               mesh: jax.sharding.Mesh, budget: Budget, num_classes: int,
+               teacher: teacher_lib.Teacher | None) -> Callable:
+  """The compiled train step of the configured regime, as `step(state, batch)`."""
+  common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
+  if teacher is None:
+    return train_steps.jit_train_step(
+        train_steps.hl_train_step, mesh, num_classes=num_classes,
+        label_smoothing=config.label_smoothing, **common)
+  loss_fn = losses.get_distillation_loss(config.distillation_loss,
+                                         logit_standardization=config.logit_standardization,
+                                         **config.distillation_kwargs.to_dict())
+  step = train_steps.jit_train_step(
+      train_steps.kd_train_step, mesh, num_replicated_args=1, teacher_model=teacher.model,
+      distillation_loss=loss_fn, warmup_epochs=config.kd_warmup_epochs,
+      steps_per_epoch=budget.steps_per_epoch, **common)
+  return lambda state, batch: step(state, batch, teacher.variables)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        step_hook: Callable[[int], None] | None = None,
                        devices: list[jax.Device] | None = None) -> dict:
-  """Trains under the HL regime for the configured budget, evaluates, writes results.json."""
+  """Trains under the configured regime for the budget, evaluates, writes results.json."""
   run_start = time.perf_counter()
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
@@ -139,6 +168,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   budget = budget_from_config(config, len(data.pool_ids))
   checkpointing.check_same_run(workdir, config)
   is_writer = jax.process_index() == 0
+  input_shape = (1, config.image_size, config.image_size, data.train.info.image_shape[-1])
+  teacher = None
+  if config.regime == "kd":
+    teacher_path = teacher_lib.ensure_teacher(
+        config, workdir, lambda c, w: train_and_evaluate(c, w, devices=devices))
+    teacher = teacher_lib.load_teacher(teacher_path, num_classes=data.train.info.num_classes,
+                                             input_shape=input_shape, mesh=mesh)
 
   info = data.train.info
   model = models.create_model(config.model, info.num_classes, **config.model_kwargs)
@@ -146,7 +182,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optim.make_optimizer(config, schedule)
   root_rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(root_rng)
-  input_shape = (1, config.image_size, config.image_size, info.image_shape[-1])
   state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
                                     input_shape=input_shape),
                   out_shardings=mesh_lib.replicated(mesh))(init_rng)
@@ -165,9 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = checkpointer.restore(state, iterator)
   start_step = int(state.step)
 
-  step_fn = train_steps.jit_train_step(
-      train_steps.hl_train_step, mesh, model=model, tx=tx, schedule=schedule,
-      num_classes=info.num_classes, label_smoothing=config.label_smoothing, base_rng=step_rng)
+  step_fn = _make_step(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
+                       teacher)
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
   progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
   metrics_log.log_line(
@@ -212,6 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "train_seconds_this_process": train_seconds,
       "resumed_from_step": start_step,
       "regime": config.regime,
+      **_teacher_summary(teacher),
       "label_bytes": 0,
       "pool_size": int(len(data.pool_ids)),
       "dataset": info.name,
