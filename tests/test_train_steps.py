@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
 from hardlabel_jax import train_state as train_state_lib
@@ -81,3 +82,45 @@ def test_eval_step_counts_only_masked_rows():
   assert float(sums["count"]) == 5
   assert float(sums["correct"]) == correct
   np.testing.assert_allclose(float(sums["loss_sum"]), float(nll), rtol=1e-5)
+
+
+def _kd_setup(devices):
+  mesh = mesh_lib.data_mesh(devices)
+  student = models.create_model("convnet_d3", 5, width=8)
+  teacher = models.create_model("convnet_d3", 5, width=16, norm="batch")
+  teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, 12, 12, 3)), train=False)
+  schedule = optax.constant_schedule(0.05)
+  tx = optax.sgd(schedule, momentum=0.9)
+  state = jax.jit(functools.partial(train_state_lib.create_train_state, student, tx,
+                                    input_shape=(1, 12, 12, 3)),
+                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  step = train_steps.jit_train_step(
+      train_steps.kd_train_step, mesh, num_replicated_args=1, model=student,
+      teacher_model=teacher, tx=tx, schedule=schedule,
+      distillation_loss=losses.get_distillation_loss("rld"), warmup_epochs=2.0,
+      steps_per_epoch=4.0, base_rng=jax.random.key(1))
+  return mesh, student, teacher, teacher_vars, state, step
+
+
+def test_kd_step_uses_online_teacher_logits_and_warmup():
+  mesh, student, teacher, teacher_vars, state, step = _kd_setup(jax.devices()[:1])
+  batch = _batch()
+  student_logits = student.apply(state.variables(), batch["image"], train=True)
+  teacher_logits = teacher.apply(teacher_vars, batch["image"], train=False)
+  # step 0 is in epoch 1 (1-based): warmup factor min(1 / 2, 1) = 0.5
+  expected = losses.rld_loss(student_logits, teacher_logits, batch["label"], warmup_factor=0.5)
+  _, metrics = step(state, mesh_lib.global_batch(batch, mesh), teacher_vars)
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+  teacher_acc = np.mean(np.argmax(teacher_logits, -1) == batch["label"])
+  np.testing.assert_allclose(float(metrics["teacher_accuracy"]), teacher_acc)
+
+
+def test_kd_step_eight_devices_match_one():
+  results = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh, _, _, teacher_vars, state, step = _kd_setup(devices)
+    for i in range(2):
+      state, metrics = step(state, mesh_lib.global_batch(_batch(seed=i), mesh), teacher_vars)
+    results.append((state, float(metrics["loss"])))
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+  chex.assert_trees_all_close(results[0][0].params, results[1][0].params, atol=2e-5, rtol=2e-4)

@@ -127,3 +127,48 @@ def test_tfds_path_end_to_end_on_mock_data(tmp_path):
   assert results["steps"] == 2 and results["pool_size"] == 20
   assert results["dataset"].startswith("tfds:cifar10")
   assert 0.0 <= results["test_top1"] <= 1.0
+
+
+def kd_config(teacher_dir, **overrides):
+  """A tiny student distilled from the tiny teacher run in `teacher_dir`."""
+  config = tiny_config(regime="kd", teacher_workdir=str(teacher_dir), distillation_loss="rld",
+                       kd_warmup_epochs=1.0)
+  config.model_kwargs.width = 4
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_kd_student_learns_from_a_teacher_run(tmp_path):
+  teacher = trainer.train_and_evaluate(tiny_config(), str(tmp_path / "teacher"))
+  student = trainer.train_and_evaluate(kd_config(tmp_path / "teacher"), str(tmp_path / "student"))
+  assert student["regime"] == "kd" and student["steps"] == 10
+  assert student["teacher_test_top1"] == teacher["test_top1"]
+  assert student["teacher_workdir"] == str(tmp_path / "teacher")
+  assert np.isfinite(student["test_loss"])
+
+
+def test_kd_trains_a_missing_teacher_from_teacher_config(tmp_path):
+  config = kd_config("", distillation_loss="kd", kd_warmup_epochs=0.0)
+  config.teacher_config = tiny_config()
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "teacher" / "results.json").exists()
+  assert results["teacher_workdir"] == str(tmp_path / "teacher")
+
+
+def test_kd_without_teacher_fails_before_writing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="teacher_workdir"):
+    trainer.train_and_evaluate(kd_config(tmp_path / "none"), str(tmp_path / "student"))
+  assert not (tmp_path / "student").exists()
+
+
+def test_kd_teacher_of_another_input_size_is_refused(tmp_path):
+  trainer.train_and_evaluate(tiny_config(), str(tmp_path / "teacher"))
+  with pytest.raises(ValueError, match="config.image_size"):
+    trainer.train_and_evaluate(kd_config(tmp_path / "teacher", image_size=32),
+                               str(tmp_path / "student"))
+
+
+def test_kd_with_cutmix_and_a_label_loss_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="config.cutmix_alpha"):
+    trainer.train_and_evaluate(kd_config(tmp_path, cutmix_alpha=1.0), str(tmp_path / "s"))
