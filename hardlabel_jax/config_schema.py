@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import ml_collections
 
-TASKS = ("train",)
-REGIMES = ("hl", "kd")
+from hardlabel_jax import hald
+
+TASKS = ("train", "relabel", "drift")
+REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
+# Regimes that train on a stored soft-label table (and so need a relabel first).
+TABLE_REGIMES = ("sl", "hald")
+# Regimes with a teacher queried online inside the jitted step.
+ONLINE_TEACHER_REGIMES = ("kd", "sl_kd")
+LABEL_FORMATS = ("full", "topk", "topk_q8")
+TEACHER_BN_MODES = ("eval", "batch_stats")
 DISTILLATION_LOSSES = ("kl", "kd", "dkd", "rld", "nkd", "ce")
 # Losses whose formula uses the integer label; CutMix would make that label ambiguous.
 LABEL_LOSSES = ("kd", "dkd", "rld", "nkd", "ce")
@@ -19,7 +27,7 @@ SCHEDULES = ("cosine", "step", "hald", "constant")
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
     "log_every_steps", "checkpoint_every_steps", "num_workers", "eval_batch_size",
-    "data_dir", "tensorboard",
+    "data_dir", "tensorboard", "cache_dir", "label_table_dir", "table_positions_per_shard",
 })
 
 
@@ -61,12 +69,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
 
   # Online distillation (regime='kd'): a teacher HL run and a loss from hardlabel_jax.losses.
-  c.teacher_workdir = ""  # '' -> <workdir>/teacher
+  c.teacher_workdir = ""  # '' -> <cache_dir>/teacher
   c.teacher_config = None  # a full HL config: trains the teacher there first if it is absent
   c.distillation_loss = "kd"
   c.distillation_kwargs = ml_collections.ConfigDict()  # e.g. temperature, alpha, beta
   c.logit_standardization = False
   c.kd_warmup_epochs = 0.0  # DKD/RLD ramp-in, min(epoch / warmup, 1); 0 disables
+
+  # Soft labels (DESIGN.md §3–§5). The table is keyed by (crop_seed, example id, slot).
+  c.cache_dir = ""  # teachers and tables shared between runs; '' -> the run's workdir
+  c.label_table_dir = ""  # '' -> <cache_dir>/tables/<format>-<identity hash>
+  c.temperature = 20.0  # soft labels softmax(z/T) and the KL of sl, sl_kd and hald
+  c.label_format = "full"
+  c.topk = 5  # classes kept per crop by the topk formats
+  c.crops_per_image = 4  # stored crop slots per image
+  c.crop_seed = 0  # seed of the stored crops (the run seed drives shuffling and fresh crops)
+  c.label_keep_fraction = 1.0  # LPLD label pruning: fraction of stored crops a run may use
+  c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
+  c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
+  c.hald_schedule = "S6"  # S1, S6, S7, S8, alt:n, hybrid:λ
+  c.hald_hard_fraction = 0.5  # share of epochs in the hard phase
+  c.hald_label_smoothing = 0.8  # hard phase: one-hot smoothed by 0.8 (true class 0.2 + 0.8/C)
+  c.hald_cutmix_alpha = 1.0  # hard phase: CutMix on every batch
+  c.drift_crop_counts = (1, 2, 4, 8, 16, 32)  # task='drift': crops per image to measure
 
   # Optimizer and learning-rate schedule.
   c.optimizer = "sgd"
@@ -131,6 +156,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "ambiguous; use distillation_loss='kl' or cutmix_alpha=0")
     _require(config.kd_warmup_epochs == 0 or config.distillation_loss in ("dkd", "rld"),
              "kd_warmup_epochs", "only DKD and RLD have a warm-up")
+  _require(config.temperature > 0, "temperature", "must be positive")
+  _require_choice(config, "label_format", LABEL_FORMATS)
+  _require(config.label_format == "full" or config.topk >= 1, "topk",
+           "must be >= 1 for the topk formats")
+  _require(config.crops_per_image >= 1, "crops_per_image", "must be >= 1")
+  _require(config.crop_seed >= 0, "crop_seed", "must be >= 0")
+  _require(0 < config.label_keep_fraction <= 1, "label_keep_fraction", "must be in (0, 1]")
+  _require_choice(config, "teacher_bn_mode", TEACHER_BN_MODES)
+  _require(config.table_positions_per_shard >= 0, "table_positions_per_shard", "must be >= 0")
+  _require(0 <= config.hald_hard_fraction <= 1, "hald_hard_fraction", "must be in [0, 1]")
+  _require(0 <= config.hald_label_smoothing < 1, "hald_label_smoothing", "must be in [0, 1)")
+  _require(config.hald_cutmix_alpha >= 0, "hald_cutmix_alpha", "must be >= 0")
+  if config.regime == "hald":
+    hald.parse_schedule(config.hald_schedule)
+  _require(len(config.drift_crop_counts) > 0 and all(int(m) >= 1 for m in config.drift_crop_counts),
+           "drift_crop_counts", "must be a non-empty list of positive crop counts")
   _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")

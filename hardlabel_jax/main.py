@@ -1,6 +1,7 @@
 """Command line: `python -m hardlabel_jax.main --config configs/X.py --workdir DIR`.
 
-Only parses flags and hands the config to the tested library (Flax-examples style). Override any
+Only parses flags and hands the config to the tested library (Flax-examples style):
+`config.task` is `train` (any regime), `relabel` (build a soft-label table) or `drift`. Override any
 field with `--config.field=value`; pass a config argument as `--config configs/X.py:runlocal`.
 """
 
@@ -10,6 +11,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from hardlabel_jax import drift
+from hardlabel_jax import relabel
 from hardlabel_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -31,10 +34,10 @@ def main(argv):
     # Reads the coordinator from the TPU/SLURM environment; every process runs this same main.
     jax.distributed.initialize()
   config = _CONFIG.value
-  if config.task == "train":
-    trainer.train_and_evaluate(config, _WORKDIR.value)
-  else:
-    raise app.UsageError(f"config.task {config.task!r} is not supported")
+  tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run}
+  if config.task not in tasks:
+    raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
+  tasks[config.task](config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the HL trainer), so any teacher this library trained can be reused by any studen
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable
@@ -29,11 +30,23 @@ class Teacher:
   variables: dict[str, Any]
   workdir: str
   results: dict[str, Any]
+  fingerprint: str = ""  # hash of the teacher's run config and checkpoint step
+
+  def describe(self) -> dict[str, Any]:
+    """What a soft-label table header records about its teacher."""
+    return {"workdir": os.path.abspath(self.workdir), "fingerprint": self.fingerprint,
+            "model": self.results.get("config", {}).get("model"),
+            "test_top1": self.results.get("test_top1")}
+
+
+def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where teachers and soft-label tables shared between runs live: `cache_dir` or the workdir."""
+  return config.cache_dir or workdir
 
 
 def teacher_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`config.teacher_workdir`, or `<workdir>/teacher` when it is empty."""
-  return config.teacher_workdir or os.path.join(workdir, "teacher")
+  """`config.teacher_workdir`, or `<cache_dir>/teacher` when it is empty."""
+  return config.teacher_workdir or os.path.join(cache_dir(config, workdir), "teacher")
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -79,9 +92,12 @@ def load_teacher(path: str, *, num_classes: int, input_shape: tuple[int, ...],
                               **run_config.get("model_kwargs", {}))
   checkpointer = checkpointing.Checkpointer(path, save_every_steps=1)
   try:
+    step = checkpointer.latest_step()
     variables = checkpointer.restore_variables()
   finally:
     checkpointer.close()
+  fingerprint = hashlib.sha256(
+      json.dumps([run_config, step], sort_keys=True).encode()).hexdigest()[:16]
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape),
                                                train=False))
   if _shapes(dict(expected)) != _shapes(variables):
@@ -89,4 +105,4 @@ def load_teacher(path: str, *, num_classes: int, input_shape: tuple[int, ...],
                      f"{num_classes} classes on inputs {input_shape[1:]}; was the teacher "
                      "trained on another data set?")
   variables = jax.device_put(variables, mesh_lib.replicated(mesh))
-  return Teacher(model, variables, path, results)
+  return Teacher(model, variables, path, results, fingerprint)

@@ -15,25 +15,24 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
-from hardlabel_jax import optim
+from hardlabel_jax import hald
 from hardlabel_jax import losses
-from hardlabel_jax import selection
+from hardlabel_jax import optim
+from hardlabel_jax import relabel
+from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
-from hardlabel_jax.data import crops
+from hardlabel_jax.soft_labels import table as table_lib
 from hardlabel_jax.data import pipeline
-from hardlabel_jax.data import sources
-from hardlabel_jax.data.source import ImageSource
+from hardlabel_jax.data import replay
 
 RESULTS_FILE = "results.json"
 
@@ -73,32 +72,7 @@ def budget_from_config(config: ml_collections.ConfigDict, pool_size: int) -> Bud
   return budget
 
 
-@dataclasses.dataclass
-class RunData:
-  """The sources, the training pool and the views a run reads."""
-
-  train: ImageSource
-  test: ImageSource
-  pool_ids: np.ndarray
-  crop_spec: crops.CropSpec
-  normalizer: pipeline.Normalizer
-
-
-def load_run_data(config: ml_collections.ConfigDict) -> RunData:
-  """Opens both splits and chooses the pool; fails before any training on bad data config."""
-  data_dir = config.data_dir or None
-  train = sources.load_source(config.dataset, config.train_split, data_dir)
-  test = sources.load_source(config.dataset, config.test_split, data_dir)
-  pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
-                                     seed=config.subset_seed, ids_file=config.subset_ids_file)
-  spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
-                        ratio=tuple(config.crop_ratio), flip=config.random_flip,
-                        cutmix_alpha=config.cutmix_alpha)
-  return RunData(train, test, pool_ids, spec,
-                 pipeline.Normalizer(tuple(train.info.mean), tuple(train.info.std)))
-
-
-def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: RunData,
+def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_data.RunData,
              config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Top-1 accuracy and mean NLL over the whole test split (centre views)."""
   batches = pipeline.evaluation_batches(
@@ -136,23 +110,95 @@ def _write_json_atomic(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def _make_step(config: ml_collections.ConfigDict, model, tx, schedule, step_rng: jax.Array,
-               mesh: jax.sharding.Mesh, budget: Budget, num_classes: int,
-               teacher: teacher_lib.Teacher | None) -> Callable:
-  """The compiled train step of the configured regime, as `step(state, batch)`."""
-  common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
-  if teacher is None:
-    return train_steps.jit_train_step(
-        train_steps.hl_train_step, mesh, num_classes=num_classes,
-        label_smoothing=config.label_smoothing, **common)
-  loss_fn = losses.get_distillation_loss(config.distillation_loss,
-                                         logit_standardization=config.logit_standardization,
-                                         **config.distillation_kwargs.to_dict())
+def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                         budget: Budget, teacher: teacher_lib.Teacher, common: dict) -> Callable:
+  """KD (any registry loss) or SL+KD (KL at T against the teacher on the same crop)."""
+  if config.regime == "sl_kd":
+    loss_fn = losses.get_distillation_loss("kl", config.logit_standardization,
+                                           temperature=config.temperature)
+    warmup = 0.0
+  else:
+    loss_fn = losses.get_distillation_loss(config.distillation_loss,
+                                           logit_standardization=config.logit_standardization,
+                                           **config.distillation_kwargs.to_dict())
+    warmup = config.kd_warmup_epochs
   step = train_steps.jit_train_step(
       train_steps.kd_train_step, mesh, num_replicated_args=1, teacher_model=teacher.model,
-      distillation_loss=loss_fn, warmup_epochs=config.kd_warmup_epochs,
-      steps_per_epoch=budget.steps_per_epoch, **common)
+      distillation_loss=loss_fn, warmup_epochs=warmup, steps_per_epoch=budget.steps_per_epoch,
+      **common)
   return lambda state, batch: step(state, batch, teacher.variables)
+
+
+def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng: jax.Array,
+                mesh: jax.sharding.Mesh, budget: Budget, num_classes: int,
+                teacher: teacher_lib.Teacher | None) -> dict[str, Callable]:
+  """The compiled train step of each phase of the configured regime, as `step(state, batch)`."""
+  common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
+  if config.regime in config_schema.ONLINE_TEACHER_REGIMES:
+    return {hald.TRAIN: _online_teacher_step(config, mesh, budget, teacher, common)}
+  hard = lambda smoothing: train_steps.jit_train_step(
+      train_steps.hl_train_step, mesh, num_classes=num_classes, label_smoothing=smoothing,
+      **common)
+  if config.regime == "hl":
+    return {hald.TRAIN: hard(config.label_smoothing)}
+  soft = train_steps.jit_train_step(train_steps.sl_train_step, mesh,
+                                    temperature=config.temperature, **common)
+  if config.regime == "sl":
+    return {hald.SOFT: soft}
+  schedule_spec = hald.parse_schedule(config.hald_schedule)
+  if schedule_spec.is_hybrid:
+    return {hald.HYBRID: train_steps.jit_train_step(
+        train_steps.hybrid_train_step, mesh, num_classes=num_classes,
+        label_smoothing=config.hald_label_smoothing, temperature=config.temperature,
+        hard_weight=schedule_spec.hybrid_weight, **common)}
+  return {hald.SOFT: soft, hald.HARD: hard(config.hald_label_smoothing)}
+
+
+def step_phases(config: ml_collections.ConfigDict, budget: Budget) -> hald.StepPhases:
+  """Which phase each step of the run is in (one phase for every regime but `hald`)."""
+  if config.regime == "hald":
+    schedule = hald.parse_schedule(config.hald_schedule)
+  else:
+    schedule = hald.Schedule(hald.SOFT if config.regime == "sl" else hald.TRAIN)
+  return hald.StepPhases(schedule, budget.steps, budget.global_batch, budget.pool_size,
+                         config.hald_hard_fraction)
+
+
+def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
+                      table: table_lib.SoftLabelTable | None,
+                      phases: hald.StepPhases) -> Callable[[int], dict]:
+  """Global stream position → training example, for the configured regime."""
+  order = pipeline.EpochShuffle(len(data.pool_ids), config.seed)
+  fresh = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.seed,
+                               data.normalizer)
+  if table is None:
+    return pipeline.FreshCrops(fresh, order)
+  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                data.normalizer)
+  soft = replay.TableCrops(stored, order, table.directory, config.seed,
+                           config.label_keep_fraction)
+  if config.regime == "sl" or phases.schedule.is_hybrid:
+    return soft
+  hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=config.hald_cutmix_alpha)
+  hard = pipeline.FreshCrops(
+      pipeline.CropExample(data.train, data.pool_ids, hard_spec, config.seed, data.normalizer),
+      order, slot_offset=config.crops_per_image)
+  return replay.PhasedCrops(phases, soft, hard, data.train.info.num_classes)
+
+
+def _label_summary(config: ml_collections.ConfigDict,
+                   table: table_lib.SoftLabelTable | None) -> dict:
+  """`label_bytes` (soft-label bytes the run used; 0 without a table) and the table's identity."""
+  if table is None:
+    return {"label_bytes": 0}
+  return {"label_bytes": table_lib.kept_label_bytes(table, config.seed,
+                                                    config.label_keep_fraction),
+          "table_dir": os.path.abspath(table.directory),
+          "table_bytes": table.table_bytes,
+          "table_label_bytes": table.label_bytes,
+          "label_format": table.spec.label_format,
+          "crops_per_image": table.spec.slots_per_image,
+          "label_keep_fraction": config.label_keep_fraction}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -164,17 +210,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.global_batch_size, mesh)
   mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  data = load_run_data(config)
+  data = run_data.load_run_data(config)
   budget = budget_from_config(config, len(data.pool_ids))
   checkpointing.check_same_run(workdir, config)
   is_writer = jax.process_index() == 0
-  input_shape = (1, config.image_size, config.image_size, data.train.info.image_shape[-1])
-  teacher = None
-  if config.regime == "kd":
-    teacher_path = teacher_lib.ensure_teacher(
-        config, workdir, lambda c, w: train_and_evaluate(c, w, devices=devices))
-    teacher = teacher_lib.load_teacher(teacher_path, num_classes=data.train.info.num_classes,
-                                             input_shape=input_shape, mesh=mesh)
+  input_shape = run_data.input_shape(config, data)
+  teacher, table = None, None
+  if config.regime != "hl":
+    teacher = relabel.load_teacher_for(config, workdir, data, mesh,
+                                       lambda c, w: train_and_evaluate(c, w, devices=devices))
+  if config.regime in config_schema.TABLE_REGIMES:
+    # Builds the table on first use; a stored table of another data set, subset, teacher or
+    # crop config, or a corrupted one, fails here, before anything is written to the workdir.
+    table = relabel.relabel_with(config, workdir, data, teacher, mesh)
 
   info = data.train.info
   model = models.create_model(config.model, info.num_classes, **config.model_kwargs)
@@ -186,12 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     input_shape=input_shape),
                   out_shardings=mesh_lib.replicated(mesh))(init_rng)
 
-  iterator = pipeline.training_stream(
-      pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.seed,
-                           data.normalizer),
-      global_batch=config.global_batch_size, num_steps=budget.steps, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.num_workers)
+  phases = step_phases(config, budget)
+  iterator = pipeline.position_stream(
+      training_examples(config, data, table, phases), global_batch=config.global_batch_size,
+      num_steps=budget.steps, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=config.num_workers)
 
   os.makedirs(workdir, exist_ok=True)
   checkpointing.write_run_identity(workdir, config)
@@ -200,8 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = checkpointer.restore(state, iterator)
   start_step = int(state.step)
 
-  step_fn = _make_step(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
-                       teacher)
+  step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
+                        teacher)
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
   progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
   metrics_log.log_line(
@@ -213,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_time = time.perf_counter()
   pending = None  # the previous step's metrics, checked one step late to keep dispatch async
   for step in range(start_step + 1, budget.steps + 1):
+    step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
     if pending is not None:
       _check_finite(*pending)
@@ -247,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "resumed_from_step": start_step,
       "regime": config.regime,
       **_teacher_summary(teacher),
-      "label_bytes": 0,
+      **_label_summary(config, table),
+      "phase_steps": phases.counts(),
       "pool_size": int(len(data.pool_ids)),
       "dataset": info.name,
       "dataset_fingerprint": info.fingerprint,

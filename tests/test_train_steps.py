@@ -124,3 +124,66 @@ def test_kd_step_eight_devices_match_one():
     results.append((state, float(metrics["loss"])))
   np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
   chex.assert_trees_all_close(results[0][0].params, results[1][0].params, atol=2e-5, rtol=2e-4)
+
+
+def _soft_batch(seed=0, n=16, classes=5):
+  batch = _batch(n=n, classes=classes, seed=seed)
+  rng = np.random.default_rng(100 + seed)
+  batch["soft_label"] = rng.dirichlet(np.ones(classes), n).astype(np.float32)
+  return batch
+
+
+def _soft_steps(devices, which):
+  mesh = mesh_lib.data_mesh(devices)
+  model = models.create_model("convnet_d3", 5, width=8, norm="batch")
+  schedule = optax.constant_schedule(0.05)
+  tx = optax.sgd(schedule, momentum=0.9)
+  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
+                                    input_shape=(1, 12, 12, 3)),
+                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  common = dict(model=model, tx=tx, schedule=schedule, base_rng=jax.random.key(1))
+  if which == "sl":
+    step = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=4.0, **common)
+  elif which == "hybrid":
+    step = train_steps.jit_train_step(train_steps.hybrid_train_step, mesh, num_classes=5,
+                                      label_smoothing=0.8, temperature=4.0, hard_weight=0.25,
+                                      **common)
+  else:  # sl_kd: the KL registry loss against an online teacher
+    teacher = models.create_model("convnet_d3", 5, width=16, norm="batch")
+    teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, 12, 12, 3)), train=False)
+    kd = train_steps.jit_train_step(
+        train_steps.kd_train_step, mesh, num_replicated_args=1, teacher_model=teacher,
+        distillation_loss=losses.get_distillation_loss("kl", temperature=4.0),
+        warmup_epochs=0.0, steps_per_epoch=4.0, **common)
+    step = lambda s, b: kd(s, b, teacher_vars)
+  return mesh, model, state, step
+
+
+@pytest.mark.parametrize("which", ["sl", "sl_kd", "hybrid"])
+def test_soft_label_steps_eight_devices_match_one(which):
+  results = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh, _, state, step = _soft_steps(devices, which)
+    for i in range(2):
+      state, metrics = step(state, mesh_lib.global_batch(_soft_batch(seed=i), mesh))
+    results.append((state, float(metrics["loss"])))
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+  chex.assert_trees_all_close(results[0][0].params, results[1][0].params, atol=2e-5, rtol=2e-4)
+  chex.assert_trees_all_close(results[0][0].batch_stats, results[1][0].batch_stats, atol=2e-5,
+                              rtol=2e-4)
+
+
+def test_sl_and_hybrid_losses_match_their_formulas():
+  batch = _soft_batch()
+  for which in ("sl", "hybrid"):
+    mesh, model, state, step = _soft_steps(jax.devices()[:1], which)
+    logits = model.apply(state.variables(), batch["image"], train=True,
+                         mutable=["batch_stats"])[0]
+    kl = losses.kl_soft_loss(logits, batch["soft_label"], 4.0)
+    if which == "sl":
+      expected = kl
+    else:
+      hard = losses.soft_cross_entropy(logits, train_steps.hard_label_targets(batch, 5, 0.8))
+      expected = 0.25 * hard + 0.75 * kl
+    _, metrics = step(state, mesh_lib.global_batch(batch, mesh))
+    np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)

@@ -1,10 +1,8 @@
 """End-to-end HL training: results, resume after a kill, TFDS path, and clear errors."""
 
 import json
-import os
 
 import chex
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

@@ -8,7 +8,7 @@ worker processes or hosts, and the iterator state that orbax checkpoints is just
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import flags
 import grain
@@ -65,15 +65,16 @@ class CropExample:
   seed: int
   normalizer: Normalizer
 
-  def raw_crop(self, pool_position: int, slot: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The uint8 crop of a pool example at `slot`, and its label fields."""
+  def raw_crop(self, pool_position: int,
+               slot: int) -> tuple[np.ndarray, dict[str, Any], crops.CropParams]:
+    """The uint8 crop of a pool example at `slot`, its label fields and its crop parameters."""
     example_id = int(self.pool_ids[pool_position])
     record = self.source[example_id]
     image = record["image"]
     params = crops.crop_params(self.seed, example_id, slot, image.shape[:2], self.spec,
                                pool_size=len(self.pool_ids))
     pixels = crops.apply_crop(image, params, self.spec.output_size)
-    partner_label = int(record["label"])
+    partner_label, partner_id = int(record["label"]), -1
     if params.partner_position >= 0:
       partner_id = int(self.pool_ids[params.partner_position])
       partner = self.source[partner_id]
@@ -90,11 +91,35 @@ class CropExample:
         "id": np.int64(example_id),
         "slot": np.int32(slot),
     }
-    return pixels, fields
+    metadata = {
+        "box": params.box_fractions(image.shape[:2]),
+        "flip": np.uint8(params.flip),
+        "partner_id": np.int32(partner_id),
+        "cut_box": np.array([params.cut_top, params.cut_left, params.cut_height,
+                             params.cut_width], np.int32),
+    }
+    return pixels, fields, metadata
 
   def __call__(self, position_and_slot: tuple[int, int]) -> dict[str, np.ndarray]:
-    pixels, fields = self.raw_crop(*position_and_slot)
+    pixels, fields, _ = self.raw_crop(*position_and_slot)
     return {"image": self.normalizer(pixels), **fields}
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshCrops:
+  """Global stream position -> a fresh crop: the epoch's shuffle picks the image, slot = epoch.
+
+  `slot_offset` keeps fresh crops apart from the slots a soft-label table stores (HALD's hard
+  phase must not replay the table's crops).
+  """
+
+  example: CropExample
+  order: EpochShuffle
+  slot_offset: int = 0
+
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
+    pool_position, epoch = self.order(position)
+    return self.example((pool_position, epoch + self.slot_offset))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,18 +156,26 @@ def _to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIt
   return iter(iter_dataset)
 
 
+def position_stream(example_at: Callable[[int], dict[str, np.ndarray]], *, global_batch: int,
+                    num_steps: int, process_index: int = 0, process_count: int = 1,
+                    num_workers: int = 0) -> grain.DatasetIterator:
+  """Local batches for `num_steps` steps of `example_at(global position)`."""
+  local_batch = check_batch_split(global_batch, process_count)
+  dataset = (grain.MapDataset.range(num_steps * local_batch)
+             .map(ProcessPositions(global_batch, process_index, process_count))
+             .map(example_at)
+             .batch(local_batch, drop_remainder=True))
+  return _to_iterator(dataset, num_workers)
+
+
 def training_stream(example: CropExample, *, global_batch: int, num_steps: int, seed: int,
                     process_index: int = 0, process_count: int = 1,
                     num_workers: int = 0) -> grain.DatasetIterator:
   """Local batches of fresh crops for `num_steps` steps; epochs reshuffled, slot = epoch."""
-  local_batch = check_batch_split(global_batch, process_count)
-  order = EpochShuffle(len(example.pool_ids), seed)
-  dataset = (grain.MapDataset.range(num_steps * local_batch)
-             .map(ProcessPositions(global_batch, process_index, process_count))
-             .map(order)
-             .map(example)
-             .batch(local_batch, drop_remainder=True))
-  return _to_iterator(dataset, num_workers)
+  return position_stream(FreshCrops(example, EpochShuffle(len(example.pool_ids), seed)),
+                         global_batch=global_batch, num_steps=num_steps,
+                         process_index=process_index, process_count=process_count,
+                         num_workers=num_workers)
 
 
 @dataclasses.dataclass(frozen=True)

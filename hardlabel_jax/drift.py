@@ -1,0 +1,211 @@
+"""Local semantic drift of few-crop soft labels (DESIGN.md §5), as pure functions plus writers.
+
+For an image with teacher prediction `p_img` on the whole (centre) view and soft labels
+`p_1 … p_m` on its first `m` stored crops, drift at `m` crops is
+
+  * `kl`: `KL(p_img ‖ mean_j p_j)`, how far the crop average a student learns from is from
+    what the teacher says about the whole image (0 when they agree);
+  * `crop_mismatch`: the fraction of the `m` crops whose teacher argmax is not the image label;
+  * `mean_label_mismatch`: whether the argmax of the crop average is not the image label.
+
+HALD's claim is that drift is worst with few crops; `drift_curve` measures it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import config_schema
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import metrics_log
+from hardlabel_jax import relabel as relabel_lib
+from hardlabel_jax import run_data
+from hardlabel_jax.data import pipeline
+
+CSV_COLUMNS = ("crops_per_image", "kl", "kl_std", "crop_mismatch", "mean_label_mismatch",
+               "images")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def image_drift_stats(crop_log_probs: np.ndarray, image_log_probs: np.ndarray,
+                      labels: np.ndarray, crop_counts: Sequence[int]) -> dict[str, np.ndarray]:
+  """Per-image drift statistics, each `[images, len(crop_counts)]`.
+
+  `crop_log_probs` is `[images, slots, classes]` (log-probabilities of the stored crops in slot
+  order), `image_log_probs` `[images, classes]`, `labels` `[images]`.
+  """
+  crop_log_probs = np.asarray(crop_log_probs, np.float64)
+  image_log_probs = _log_softmax(np.asarray(image_log_probs, np.float64))
+  labels = np.asarray(labels)
+  images, slots, _ = crop_log_probs.shape
+  if image_log_probs.shape != (images, crop_log_probs.shape[-1]) or labels.shape != (images,):
+    raise ValueError(f"shapes disagree: crops {crop_log_probs.shape}, image "
+                     f"{image_log_probs.shape}, labels {labels.shape}")
+  if max(crop_counts) > slots or min(crop_counts) < 1:
+    raise ValueError(f"crop counts {tuple(crop_counts)} must lie in [1, {slots}]")
+  probs = np.exp(crop_log_probs)
+  crop_wrong = probs.argmax(-1) != labels[:, None]  # [images, slots]
+  image_probs = np.exp(image_log_probs)
+  out = {"kl": [], "crop_mismatch": [], "mean_label_mismatch": []}
+  for m in crop_counts:
+    mean = probs[:, :m].mean(axis=1)
+    log_mean = np.log(np.maximum(mean, 1e-30))
+    out["kl"].append(np.sum(image_probs * (image_log_probs - log_mean), axis=-1))
+    out["crop_mismatch"].append(crop_wrong[:, :m].mean(axis=1))
+    out["mean_label_mismatch"].append((mean.argmax(-1) != labels).astype(np.float64))
+  return {k: np.stack(v, axis=1) for k, v in out.items()}
+
+
+def drift_curve(stats: dict[str, np.ndarray], crop_counts: Sequence[int]) -> list[dict]:
+  """Averages per-image statistics into one row per crop count (the CSV rows)."""
+  rows = []
+  for j, m in enumerate(crop_counts):
+    kl = stats["kl"][:, j]
+    rows.append({
+        "crops_per_image": int(m),
+        "kl": float(kl.mean()),
+        "kl_std": float(kl.std()),
+        "crop_mismatch": float(stats["crop_mismatch"][:, j].mean()),
+        "mean_label_mismatch": float(stats["mean_label_mismatch"][:, j].mean()),
+        "images": int(kl.shape[0]),
+    })
+  return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  """Writes the curve as CSV (atomically)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+  """Two panels against crops per image (log2 axis): KL to the whole-image label, mismatch rates."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  m = [r["crops_per_image"] for r in rows]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+  left.errorbar(m, [r["kl"] for r in rows], yerr=[r["kl_std"] for r in rows], marker="o",
+                capsize=3)
+  left.set_ylabel("KL(whole image ‖ crop average)")
+  right.plot(m, [r["crop_mismatch"] for r in rows], marker="o", label="crop argmax ≠ label")
+  right.plot(m, [r["mean_label_mismatch"] for r in rows], marker="s",
+             label="crop-average argmax ≠ label")
+  right.set_ylabel("fraction")
+  right.legend(fontsize=8)
+  for axis in (left, right):
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(m, [str(v) for v in m])
+    axis.set_xlabel("crops per image")
+    axis.grid(alpha=0.3)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _image_log_probs(teacher, data, config, mesh, pool_ids: np.ndarray) -> np.ndarray:
+  """Teacher log-probabilities at T on the centre view of each pool image, in pool order."""
+  view = _PoolView(data.train, pool_ids)
+  predict = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature, "eval")
+  out = np.zeros((len(pool_ids), data.train.info.num_classes), np.float32)
+  start = 0
+  for local in pipeline.evaluation_batches(
+      view, size=config.image_size, crop_fraction=config.eval_crop_fraction,
+      normalizer=data.normalizer, global_batch=config.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    result = jax.device_get(predict(teacher.variables, mesh_lib.global_batch(local, mesh)))
+    valid = result["log_probs"][result["mask"] > 0]
+    out[start:start + len(valid)] = valid
+    start += len(valid)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _PoolView:
+  """The pool's images as a split of their own, in pool order (for centre-view predictions)."""
+
+  source: Any
+  pool_ids: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.pool_ids)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[int(self.pool_ids[index])]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        devices: list[jax.Device] | None = None) -> list[dict]:
+  """`task='drift'`: drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG."""
+  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (avoids a cycle)
+
+  config_schema.validate(config)
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+  data = run_data.load_run_data(config)
+  counts = sorted({int(m) for m in config.drift_crop_counts})
+  teacher = relabel_lib.load_teacher_for(
+      config, workdir, data, mesh, lambda c, w: trainer.train_and_evaluate(c, w, devices=devices))
+  image_log_probs = _image_log_probs(teacher, data, config, mesh, data.pool_ids)
+  slots = counts[-1]
+  example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                 data.normalizer)
+  predict = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature,
+                                             config.teacher_bn_mode)
+  labels = np.asarray(data.train.labels())[data.pool_ids]
+  # One block of whole images at a time: per-image statistics only, memory independent of n.
+  block = max(1, config.eval_batch_size // slots)
+  stats = []
+  for start in range(0, len(data.pool_ids), block):
+    stop = min(start + block, len(data.pool_ids))
+    crop_log_probs = np.zeros((stop - start, slots, data.train.info.num_classes), np.float32)
+    for out in relabel_lib.teacher_crop_outputs(
+        example, slots=slots, first_row=start * slots, num_rows=(stop - start) * slots,
+        predict=predict, variables=teacher.variables, mesh=mesh,
+        global_batch=config.eval_batch_size, num_workers=config.num_workers):
+      position, slot = np.divmod(out["row"], slots)
+      crop_log_probs[position - start, slot] = out["log_probs"]
+    stats.append(image_drift_stats(crop_log_probs, image_log_probs[start:stop],
+                                   labels[start:stop], counts))
+  merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+  rows = drift_curve(merged, counts)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    write_csv(rows, os.path.join(workdir, "drift.csv"))
+    teacher_top1 = float(np.mean(image_log_probs.argmax(-1) == labels))
+    summary = {"rows": rows, "teacher": teacher.describe(), "pool_size": len(data.pool_ids),
+               "teacher_pool_top1_whole_image": teacher_top1, "temperature": config.temperature,
+               "crop_seed": config.crop_seed, "dataset": data.train.info.name,
+               "config": json.loads(config.to_json_best_effort())}
+    with open(os.path.join(workdir, "drift.json.tmp"), "w") as f:
+      json.dump(summary, f, indent=1, sort_keys=True)
+    os.replace(os.path.join(workdir, "drift.json.tmp"), os.path.join(workdir, "drift.json"))
+    plot(rows, os.path.join(workdir, "drift.png"),
+         f"local semantic drift: {data.train.info.name}, {len(data.pool_ids)} images, "
+         f"teacher {teacher.describe()['model']}, T={config.temperature:g}")
+  for row in rows:
+    metrics_log.log_line(
+        f"{row['crops_per_image']:>4} crops/image: KL {row['kl']:.4f} ± {row['kl_std']:.4f}, "
+        f"crop argmax ≠ label {row['crop_mismatch']:.3f}, crop-average argmax ≠ label "
+        f"{row['mean_label_mismatch']:.3f}")
+  return rows

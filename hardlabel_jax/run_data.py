@@ -1,0 +1,44 @@
+"""The data of a run: both splits, the training pool of example ids, the crop spec, the normaliser."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import selection
+from hardlabel_jax.data import crops
+from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import sources
+from hardlabel_jax.data.source import ImageSource
+
+
+@dataclasses.dataclass
+class RunData:
+  """The sources, the training pool and the views a run reads."""
+
+  train: ImageSource
+  test: ImageSource
+  pool_ids: np.ndarray
+  crop_spec: crops.CropSpec
+  normalizer: pipeline.Normalizer
+
+
+def load_run_data(config: ml_collections.ConfigDict) -> RunData:
+  """Opens both splits and chooses the pool; fails before any training on bad data config."""
+  data_dir = config.data_dir or None
+  train = sources.load_source(config.dataset, config.train_split, data_dir)
+  test = sources.load_source(config.dataset, config.test_split, data_dir)
+  pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
+                                     seed=config.subset_seed, ids_file=config.subset_ids_file)
+  spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
+                        ratio=tuple(config.crop_ratio), flip=config.random_flip,
+                        cutmix_alpha=config.cutmix_alpha)
+  return RunData(train, test, pool_ids, spec,
+                 pipeline.Normalizer(tuple(train.info.mean), tuple(train.info.std)))
+
+
+def input_shape(config: ml_collections.ConfigDict, data: RunData) -> tuple[int, int, int, int]:
+  """The model input shape `(1, size, size, channels)` of a run."""
+  return (1, config.image_size, config.image_size, data.train.info.image_shape[-1])

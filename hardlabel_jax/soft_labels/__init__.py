@@ -1,0 +1,1 @@
+"""Soft-label tables: teacher label payload formats and their on-disk storage."""

@@ -1,0 +1,599 @@
+"""Soft-label tables on disk: a header, the pool's ids and raw shards of fixed-size rows.
+
+A table directory `D` holds `header.json`, `ids.npy` and `shard-00000.bin`, ... Shard s holds
+pool positions `[s P, min((s + 1) P, n))` x all slots, rows in (position, slot) order, as the raw
+bytes of `row_dtype(spec)`: per-crop metadata (`box`, `flip`, and with CutMix `partner_id`,
+`mix_lambda`, `cut_box`) followed by the payload of `formats`. Tables are written under
+`D.partial/` and renamed to `D` only once complete, so a half-written table is never readable at
+`D`; an interrupted write resumes from its finished shards. Every shard's sha256 is in the header,
+and opening a table checks it, its size and (optionally) that the table was made for the expected
+data, teacher and settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from hardlabel_jax.soft_labels import formats
+
+FORMAT_VERSION = 1
+HEADER_FILE = "header.json"
+IDS_FILE = "ids.npy"
+PROGRESS_FILE = "progress.json"
+PARTIAL_SUFFIX = ".partial"
+BN_MODES = ("eval", "batch_stats")
+RELABEL_HINT = "re-run task='relabel'"
+
+# Per-crop metadata, always stored: crop box (top, left, height, width as image fractions), flip.
+BASE_METADATA = (("box", "<f2", (4,)), ("flip", "<u1"))
+# With CutMix also the partner's example id (-1: none), lambda and the pasted box in output pixels.
+CUTMIX_METADATA = (("partner_id", "<i4"), ("mix_lambda", "<f2"), ("cut_box", "<u2", (4,)))
+
+# A stream tag keeps the pruning draws independent of any other use of (seed, example_id).
+_KEEP_STREAM = 0x4B455054  # "KEPT"
+_DRAW_STREAM = 0x44524157  # "DRAW"
+
+
+class TableError(ValueError):
+  """A soft-label table is missing, incomplete, corrupted or made for something else."""
+
+
+class TableMissingError(TableError):
+  """No table at the directory."""
+
+
+class TableInterruptedError(TableError):
+  """Only an unfinished `.partial` table exists: relabel was interrupted."""
+
+
+class TableCorruptedError(TableError):
+  """A file of the table is missing, has the wrong size or checksum."""
+
+
+class TableMismatchError(TableError):
+  """The table was made for other data, another teacher or other settings."""
+
+
+def _json_normalised(value: Any, name: str) -> Any:
+  # A JSON round trip makes tuples lists, so a spec compares equal to its reloaded self.
+  try:
+    return json.loads(json.dumps(value, sort_keys=True))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name}: must be JSON-serialisable ({e})") from e
+
+
+def ids_sha256(ids: np.ndarray) -> str:
+  """sha256 of the ids as little-endian int64."""
+  return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+  """Everything that defines a table's content (`==` ignores `ids`, `teacher`: see `mismatches`)."""
+  dataset_name: str
+  dataset_fingerprint: str
+  ids: np.ndarray = dataclasses.field(compare=False, repr=False)
+  num_classes: int
+  teacher_fingerprint: str
+  crop_seed: int
+  crop_spec: dict = dataclasses.field(hash=False)
+  temperature: float
+  label_format: str
+  topk: int = 0
+  slots_per_image: int = 1
+  teacher_bn_mode: str = "eval"
+  teacher: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def __post_init__(self):
+    ids = np.array(self.ids, dtype=np.int64).reshape(-1) if np.ndim(self.ids) else None
+    if ids is None or ids.size == 0:
+      raise ValueError("ids: must be a non-empty 1-D array of example ids")
+    ids.setflags(write=False)
+    object.__setattr__(self, "ids", ids)
+    object.__setattr__(self, "crop_spec", _json_normalised(self.crop_spec, "crop_spec"))
+    object.__setattr__(self, "teacher", _json_normalised(self.teacher, "teacher"))
+    object.__setattr__(self, "temperature", float(self.temperature))
+    # Plain Python ints and strs keep the spec JSON-able and equal to its reloaded self.
+    for name in ("num_classes", "crop_seed", "topk", "slots_per_image"):
+      object.__setattr__(self, name, int(getattr(self, name)))
+    for name in ("dataset_name", "dataset_fingerprint", "teacher_fingerprint", "label_format",
+                 "teacher_bn_mode"):
+      object.__setattr__(self, name, str(getattr(self, name)))
+    if not isinstance(self.crop_spec, dict):
+      raise ValueError(f"crop_spec: must be a dict, got {self.crop_spec!r}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature: must be positive, got {self.temperature}")
+    if int(self.slots_per_image) < 1:
+      raise ValueError(f"slots_per_image: must be >= 1, got {self.slots_per_image}")
+    if self.teacher_bn_mode not in BN_MODES:
+      raise ValueError(f"teacher_bn_mode: must be one of {BN_MODES}, got {self.teacher_bn_mode!r}")
+    _ = self.fmt  # Validates label_format, num_classes and topk.
+
+  @property
+  def fmt(self) -> formats.LabelFormat:
+    return formats.LabelFormat(self.label_format, self.num_classes, self.topk)
+
+  @property
+  def cutmix(self) -> bool:
+    return float(self.crop_spec.get("cutmix_alpha", 0.0)) > 0
+
+  @property
+  def num_positions(self) -> int:
+    return int(self.ids.size)
+
+  @property
+  def num_rows(self) -> int:
+    return self.num_positions * self.slots_per_image
+
+  @property
+  def ids_sha256(self) -> str:
+    return ids_sha256(self.ids)
+
+  def to_json(self) -> dict[str, Any]:
+    """JSON-able dict; the ids themselves go to `ids.npy`, only their count and sha256 stay here."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ids"}
+    out["num_ids"] = self.num_positions
+    out["ids_sha256"] = self.ids_sha256
+    return out
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any], ids: np.ndarray) -> "TableSpec":
+    """Inverse of `to_json`; raises TableCorruptedError when `ids` do not match the recorded sha."""
+    data = dict(data)
+    num_ids, sha = data.pop("num_ids"), data.pop("ids_sha256")
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size != num_ids or ids_sha256(ids) != sha:
+      raise TableCorruptedError(f"{IDS_FILE}: holds {ids.size} ids whose sha256 does not match "
+                                f"the header ({num_ids} ids); the table is corrupted, "
+                                f"{RELABEL_HINT}")
+    return cls(ids=ids, **data)
+
+  def mismatches(self, expected: "TableSpec") -> list[str]:
+    """One message per identity field in which this (the table's) spec differs from `expected`."""
+    out = []
+
+    def check(name, ours, theirs, why=""):
+      if ours != theirs:
+        out.append(f"{name}: table has {ours!r}, expected {theirs!r}{why}")
+
+    check("dataset_fingerprint", self.dataset_fingerprint, expected.dataset_fingerprint,
+          f" (the table was made for another data set: {self.dataset_name!r})")
+    check("dataset_name", self.dataset_name, expected.dataset_name)
+    if not np.array_equal(self.ids, expected.ids):
+      if self.ids.size != expected.ids.size:
+        detail = f"{self.ids.size} ids vs {expected.ids.size}"
+      else:
+        detail = f"same count {self.ids.size} but different ids"
+      out.append(f"ids: the table was made for another subset: {detail}")
+    check("num_classes", self.num_classes, expected.num_classes)
+    check("teacher_fingerprint", self.teacher_fingerprint, expected.teacher_fingerprint,
+          " (another teacher)")
+    check("teacher_bn_mode", self.teacher_bn_mode, expected.teacher_bn_mode)
+    check("crop_seed", self.crop_seed, expected.crop_seed)
+    check("crop_spec", self.crop_spec, expected.crop_spec)
+    check("temperature", self.temperature, expected.temperature)
+    check("label_format", self.label_format, expected.label_format)
+    check("topk", self.topk, expected.topk)
+    check("slots_per_image", self.slots_per_image, expected.slots_per_image)
+    return out
+
+
+def metadata_dtype(spec: TableSpec) -> np.dtype:
+  """Packed dtype of a row's metadata: 9 bytes, 23 with CutMix."""
+  return np.dtype(list(BASE_METADATA + (CUTMIX_METADATA if spec.cutmix else ())))
+
+
+def row_dtype(spec: TableSpec) -> np.dtype:
+  """Packed little-endian dtype of one stored row: metadata fields, then payload fields."""
+  payload = spec.fmt.payload_dtype
+  fields = list(BASE_METADATA + (CUTMIX_METADATA if spec.cutmix else ()))
+  fields += [(name, payload.fields[name][0]) for name in payload.names]
+  return np.dtype(fields)
+
+
+def bytes_per_row(spec: TableSpec) -> int:
+  """Bytes of one stored row (metadata + payload)."""
+  return row_dtype(spec).itemsize
+
+
+def _dtype_json(dtype: np.dtype) -> Any:
+  return json.loads(json.dumps(dtype.descr))
+
+
+def shard_name(shard: int) -> str:
+  return f"shard-{shard:05d}.bin"
+
+
+def _num_shards(num_positions: int, positions_per_shard: int) -> int:
+  return -(-num_positions // positions_per_shard)
+
+
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+  # Makes a rename durable; not every file system lets a directory be opened, so best effort.
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+  return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _state(spec: TableSpec, positions_per_shard: int,
+           shards: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  return {"format_version": FORMAT_VERSION,
+          "spec": spec.to_json(),
+          "positions_per_shard": positions_per_shard,
+          "num_shards": _num_shards(spec.num_positions, positions_per_shard),
+          "row_dtype": _dtype_json(row_dtype(spec)),
+          "bytes_per_row": bytes_per_row(spec),
+          "shards": [shards[s] for s in sorted(shards)]}
+
+
+def _table_directory(directory: str) -> str:
+  return os.path.normpath(os.fspath(directory))
+
+
+class TableWriter:
+  """Writes a table shard by shard into `directory.partial/`, resumable, renamed when finished."""
+
+  def __init__(self, directory: str, spec: TableSpec, positions_per_shard: int):
+    if int(positions_per_shard) < 1:
+      raise ValueError(f"positions_per_shard: must be >= 1, got {positions_per_shard}")
+    self.directory = _table_directory(directory)
+    self.partial = self.directory + PARTIAL_SUFFIX
+    self.spec = spec
+    self.positions_per_shard = int(positions_per_shard)
+    self.row_dtype = row_dtype(spec)
+    self.num_shards = _num_shards(spec.num_positions, self.positions_per_shard)
+    if os.path.exists(os.path.join(self.directory, HEADER_FILE)):
+      raise FileExistsError(f"{self.directory} already holds a finished soft-label table; delete "
+                            "it or choose another directory to relabel again")
+    if os.path.exists(self.directory) and (not os.path.isdir(self.directory)
+                                           or os.listdir(self.directory)):
+      raise FileExistsError(f"{self.directory} exists and is not a soft-label table; remove it or "
+                            "choose another directory")
+    self._shards = self._resume()
+
+  def _resume(self) -> dict[int, dict[str, Any]]:
+    """The verified finished shards of a `.partial` dir with the same spec; else starts afresh."""
+    try:
+      kept = self._verified_partial_shards()
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+      kept = None  # An unreadable progress record is treated like none: start afresh.
+    if kept is None:
+      shutil.rmtree(self.partial, ignore_errors=True)
+      os.makedirs(self.partial)
+      with open(os.path.join(self.partial, IDS_FILE), "wb") as f:
+        np.save(f, self.spec.ids.astype("<i8"))
+        f.flush()
+        os.fsync(f.fileno())
+      kept = {}
+    for name in os.listdir(self.partial):
+      if name.endswith(".tmp"):
+        os.remove(os.path.join(self.partial, name))
+    self._write_progress(kept)
+    return kept
+
+  def _verified_partial_shards(self) -> dict[int, dict[str, Any]] | None:
+    if not os.path.isdir(self.partial):
+      return None
+    # After finalize writes the header it drops progress.json, so either records the state.
+    for name in (PROGRESS_FILE, HEADER_FILE):
+      path = os.path.join(self.partial, name)
+      if os.path.exists(path):
+        with open(path) as f:
+          state = json.load(f)
+        break
+    else:
+      return None
+    old = TableSpec.from_json(state["spec"], np.load(os.path.join(self.partial, IDS_FILE)))
+    if (state["format_version"] != FORMAT_VERSION or old.mismatches(self.spec)
+        or state["positions_per_shard"] != self.positions_per_shard
+        or state["row_dtype"] != _dtype_json(self.row_dtype)):
+      return None
+    kept = {}
+    for entry in state["shards"]:
+      shard = int(entry["file"][len("shard-"):-len(".bin")])
+      path = os.path.join(self.partial, entry["file"])
+      if (entry == self._shard_entry(shard, entry["sha256"]) and os.path.exists(path)
+          and os.path.getsize(path) == entry["bytes"] and _file_sha256(path) == entry["sha256"]):
+        kept[shard] = entry
+    return kept
+
+  def _shard_entry(self, shard: int, sha: str) -> dict[str, Any]:
+    rows = self.shard_rows(shard)
+    return {"file": shard_name(shard), "rows": rows, "bytes": rows * self.row_dtype.itemsize,
+            "sha256": sha}
+
+  def _write_progress(self, shards: dict[int, dict[str, Any]]) -> None:
+    state = _state(self.spec, self.positions_per_shard, shards)
+    _atomic_write(os.path.join(self.partial, PROGRESS_FILE), _json_bytes(state))
+
+  def completed_shards(self) -> set[int]:
+    return set(self._shards)
+
+  def shard_positions(self, shard: int) -> tuple[int, int]:
+    """Pool positions `[start, stop)` that shard `shard` holds."""
+    if not 0 <= shard < self.num_shards:
+      raise IndexError(f"shard {shard} out of range [0, {self.num_shards})")
+    start = shard * self.positions_per_shard
+    return start, min(start + self.positions_per_shard, self.spec.num_positions)
+
+  def shard_rows(self, shard: int) -> int:
+    start, stop = self.shard_positions(shard)
+    return (stop - start) * self.spec.slots_per_image
+
+  def write_shard(self, shard: int, rows: np.ndarray) -> None:
+    """Writes one shard's rows ((position, slot) order) durably and records it as finished."""
+    expected_rows = self.shard_rows(shard)
+    if not isinstance(rows, np.ndarray) or rows.dtype != self.row_dtype:
+      raise ValueError(f"rows: expected dtype {self.row_dtype}, got "
+                       f"{getattr(rows, 'dtype', type(rows))}")
+    if rows.shape != (expected_rows,):
+      raise ValueError(f"rows: shard {shard} holds {expected_rows} rows (positions "
+                       f"{self.shard_positions(shard)} x {self.spec.slots_per_image} slots), got "
+                       f"shape {rows.shape}")
+    data = np.ascontiguousarray(rows).tobytes()
+    path = os.path.join(self.partial, shard_name(shard))
+    with open(path + ".tmp", "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    self._shards[shard] = self._shard_entry(shard, hashlib.sha256(data).hexdigest())
+    self._write_progress(self._shards)
+
+  def finalize(self) -> "SoftLabelTable":
+    """Writes the header and renames the finished table into place; returns it opened."""
+    missing = sorted(set(range(self.num_shards)) - set(self._shards))
+    if missing:
+      raise ValueError(f"cannot finalize {self.directory}: shards {missing} are not written")
+    header = _state(self.spec, self.positions_per_shard, self._shards)
+    header["label_bytes"] = sum(entry["bytes"] for entry in self._shards.values())
+    ids_bytes = os.path.getsize(os.path.join(self.partial, IDS_FILE))
+    # table_bytes counts header.json itself, so iterate until its own length stops changing.
+    header["table_bytes"] = 0
+    while True:
+      size = header["label_bytes"] + ids_bytes + len(_json_bytes(header))
+      if size == header["table_bytes"]:
+        break
+      header["table_bytes"] = size
+    _atomic_write(os.path.join(self.partial, HEADER_FILE), _json_bytes(header))
+    os.remove(os.path.join(self.partial, PROGRESS_FILE))
+    if os.path.isdir(self.directory):
+      os.rmdir(self.directory)  # Empty (checked on construction); os.replace needs it gone.
+    os.replace(self.partial, self.directory)
+    _fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
+    return SoftLabelTable.open(self.directory, expected=self.spec, verify_checksums=False)
+
+
+class SoftLabelTable:
+  """A finished table, read through read-only memory maps of its shards."""
+
+  def __init__(self, directory: str, header: dict[str, Any], spec: TableSpec):
+    self.directory = directory
+    self.spec = spec
+    self.header = header
+    self.positions_per_shard = int(header["positions_per_shard"])
+    self.num_shards = int(header["num_shards"])
+    self.row_dtype = row_dtype(spec)
+    self.fmt = spec.fmt
+    self._maps: dict[int, np.memmap] = {}
+
+  @classmethod
+  def open(cls, directory: str, expected: TableSpec | None = None,
+           verify_checksums: bool = True) -> "SoftLabelTable":
+    """Opens and checks a table; raises TableError saying what is wrong and how to fix it."""
+    directory = _table_directory(directory)
+    header_path = os.path.join(directory, HEADER_FILE)
+    if not os.path.exists(header_path):
+      partial = directory if directory.endswith(PARTIAL_SUFFIX) else directory + PARTIAL_SUFFIX
+      if os.path.isdir(partial) or os.path.exists(os.path.join(directory, PROGRESS_FILE)):
+        raise TableInterruptedError(
+            f"soft-label table {directory} is incomplete: relabel was interrupted (unfinished "
+            f"shards in {partial}); {RELABEL_HINT} with the same settings to resume")
+      raise TableMissingError(f"no soft-label table at {directory} (no {HEADER_FILE}); "
+                              f"{RELABEL_HINT} to build it")
+    try:
+      with open(header_path) as f:
+        header = json.load(f)
+      version = header["format_version"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise TableCorruptedError(f"{header_path} is unreadable ({e}); delete {directory} and "
+                                f"{RELABEL_HINT}") from e
+    if version != FORMAT_VERSION:
+      raise TableCorruptedError(f"{directory} has table format version {version}, this code "
+                                f"reads {FORMAT_VERSION}; {RELABEL_HINT}")
+    ids_path = os.path.join(directory, IDS_FILE)
+    if not os.path.exists(ids_path):
+      raise TableCorruptedError(f"{ids_path} is missing; delete {directory} and {RELABEL_HINT}")
+    spec = TableSpec.from_json(header["spec"], np.load(ids_path))
+    if header["row_dtype"] != _dtype_json(row_dtype(spec)):
+      raise TableCorruptedError(f"{directory}: the header's row layout {header['row_dtype']} is "
+                                f"not the layout of its spec; {RELABEL_HINT}")
+    table = cls(directory, header, spec)
+    table._check_shards(verify_checksums)
+    if expected is not None:
+      problems = spec.mismatches(expected)
+      if problems:
+        raise TableMismatchError(
+            f"soft-label table {directory} does not match this run: " + "; ".join(problems)
+            + f". Point to the right table or {RELABEL_HINT} to build one for these settings")
+    return table
+
+  def _check_shards(self, verify_checksums: bool) -> None:
+    entries = {entry["file"]: entry for entry in self.header["shards"]}
+    for shard in range(self.num_shards):
+      name = shard_name(shard)
+      path = os.path.join(self.directory, name)
+      entry = entries.get(name)
+      rows = self._shard_rows(shard)
+      fix = f"delete {self.directory} and {RELABEL_HINT}"
+      if entry is None or entry["rows"] != rows:
+        raise TableCorruptedError(f"{self.directory}: the header does not list {name} with "
+                                  f"{rows} rows; {fix}")
+      if not os.path.exists(path):
+        raise TableCorruptedError(f"shard {name} of {self.directory} is missing; {fix}")
+      size = os.path.getsize(path)
+      if size != rows * self.bytes_per_row:
+        raise TableCorruptedError(f"shard {path} has {size} bytes, expected {rows} rows x "
+                                  f"{self.bytes_per_row} = {rows * self.bytes_per_row} "
+                                  f"(truncated?); {fix}")
+      if verify_checksums and _file_sha256(path) != entry["sha256"]:
+        raise TableCorruptedError(f"shard {path} is corrupted: its sha256 checksum does not "
+                                  f"match the header; {fix}")
+
+  def _shard_rows(self, shard: int) -> int:
+    start = shard * self.positions_per_shard
+    stop = min(start + self.positions_per_shard, self.spec.num_positions)
+    return (stop - start) * self.spec.slots_per_image
+
+  def _shard_map(self, shard: int) -> np.memmap:
+    if shard not in self._maps:
+      self._maps[shard] = np.memmap(os.path.join(self.directory, shard_name(shard)),
+                                    dtype=self.row_dtype, mode="r",
+                                    shape=(self._shard_rows(shard),))
+    return self._maps[shard]
+
+  @property
+  def num_positions(self) -> int:
+    return self.spec.num_positions
+
+  @property
+  def num_rows(self) -> int:
+    return self.spec.num_rows
+
+  @property
+  def bytes_per_row(self) -> int:
+    return self.row_dtype.itemsize
+
+  @property
+  def payload_bytes_per_row(self) -> int:
+    return self.fmt.payload_bytes_per_row
+
+  @property
+  def metadata_bytes_per_row(self) -> int:
+    return self.bytes_per_row - self.payload_bytes_per_row
+
+  @property
+  def label_bytes(self) -> int:
+    """Exact bytes of all rows (payload + metadata)."""
+    return int(self.header["label_bytes"])
+
+  @property
+  def table_bytes(self) -> int:
+    """Bytes of every file of the table, header and ids included."""
+    return int(self.header["table_bytes"])
+
+  def rows(self, position: int) -> np.ndarray:
+    """The `slots_per_image` rows of one pool position (a copy)."""
+    if not 0 <= position < self.num_positions:
+      raise IndexError(f"position {position} out of range [0, {self.num_positions})")
+    shard, local = divmod(int(position), self.positions_per_shard)
+    slots = self.spec.slots_per_image
+    return np.array(self._shard_map(shard)[local * slots:(local + 1) * slots])
+
+  def row(self, position: int, slot: int) -> np.void:
+    if not 0 <= slot < self.spec.slots_per_image:
+      raise IndexError(f"slot {slot} out of range [0, {self.spec.slots_per_image})")
+    return self.rows(position)[slot]
+
+  def gather(self, positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Rows for parallel arrays of positions and slots, as one structured array."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    slots = np.broadcast_to(np.asarray(slots, dtype=np.int64), positions.shape)
+    if positions.size and (positions.min() < 0 or positions.max() >= self.num_positions):
+      raise IndexError(f"positions out of range [0, {self.num_positions})")
+    if slots.size and (slots.min() < 0 or slots.max() >= self.spec.slots_per_image):
+      raise IndexError(f"slots out of range [0, {self.spec.slots_per_image})")
+    out = np.empty(positions.size, dtype=self.row_dtype)
+    shard, local = np.divmod(positions, self.positions_per_shard)
+    index = local * self.spec.slots_per_image + slots
+    for s in np.unique(shard):
+      sel = shard == s
+      out[sel] = self._shard_map(int(s))[index[sel]]
+    return out
+
+  def probs(self, position: int, slot: int) -> np.ndarray:
+    """Decoded float32 probabilities `[C]` of one stored crop."""
+    return formats.decode(self.rows(position)[slot:slot + 1], self.fmt)[0]
+
+  def metadata(self, position: int, slot: int) -> dict[str, Any]:
+    """The crop metadata of one stored crop as Python values."""
+    row = self.row(position, slot)
+    out = {"box": tuple(float(v) for v in row["box"]), "flip": bool(row["flip"])}
+    if self.spec.cutmix:
+      out["partner_id"] = int(row["partner_id"])
+      out["mix_lambda"] = float(row["mix_lambda"])
+      out["cut_box"] = tuple(int(v) for v in row["cut_box"])
+    return out
+
+
+def _check_keep_fraction(keep_fraction: float) -> None:
+  if not 0.0 < keep_fraction <= 1.0:
+    raise ValueError(f"keep_fraction: must be in (0, 1], got {keep_fraction}")
+
+
+def num_kept_slots(slots: int, keep_fraction: float) -> int:
+  """`max(1, round(keep_fraction * slots))`, halves rounded up."""
+  _check_keep_fraction(keep_fraction)
+  return max(1, int(np.floor(keep_fraction * slots + 0.5)))
+
+
+def kept_slots(seed: int, example_id: int, slots: int, keep_fraction: float) -> np.ndarray:
+  """Sorted random subset of an image's slots that label pruning keeps; pure in (seed, id)."""
+  if slots < 1:
+    raise ValueError(f"slots: must be >= 1, got {slots}")
+  count = num_kept_slots(slots, keep_fraction)
+  rng = np.random.default_rng(np.random.SeedSequence([seed, example_id, _KEEP_STREAM]))
+  return np.sort(rng.choice(slots, size=count, replace=False)).astype(np.int64)
+
+
+def draw_slot(seed: int, example_id: int, epoch: int, kept: np.ndarray) -> int:
+  """One of `kept`, uniformly; a pure function of (seed, example_id, epoch)."""
+  kept = np.asarray(kept)
+  if kept.size == 0:
+    raise ValueError("kept: no slots to draw from")
+  rng = np.random.default_rng(np.random.SeedSequence([seed, example_id, epoch, _DRAW_STREAM]))
+  return int(kept[rng.integers(kept.size)])
+
+
+def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction: float) -> int:
+  """Bytes of the rows a pruned run uses: sum over images of len(kept) x bytes_per_row."""
+  del seed  # Every image keeps the same number of slots; only which ones depends on the seed.
+  spec = table.spec if isinstance(table, SoftLabelTable) else table
+  return spec.num_positions * num_kept_slots(spec.slots_per_image, keep_fraction) * bytes_per_row(
+      spec)
