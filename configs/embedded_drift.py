@@ -9,16 +9,14 @@ the teacher's own confidence (the table's T=20 flattens every distribution).
 Writes drift.csv, drift.json and drift.png to the workdir.
 """
 
-import importlib.util
 import os
+
+from hardlabel_jax import config_schema
 
 
 def _hald_config(arg):
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hald.py")
-  spec = importlib.util.spec_from_file_location("embedded_hald_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_schema.load_config_file(path, arg)
 
 
 def get_config(arg=None):

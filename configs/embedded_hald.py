@@ -14,7 +14,6 @@ Teacher and table are built on first use and cached in `cache_dir`, shared by ev
   # --config.label_format=topk_q8 --config.topk=3: the same study at a fraction of the bytes.
 """
 
-import importlib.util
 import os
 
 from hardlabel_jax import config_schema
@@ -23,10 +22,7 @@ from hardlabel_jax import config_schema
 def teacher_config(runlocal: bool):
   """The teacher is exactly configs/embedded_hl.py (loaded by path: configs is no package)."""
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hl.py")
-  spec = importlib.util.spec_from_file_location("embedded_hl_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("runlocal" if runlocal else None)
+  return config_schema.load_config_file(path, "runlocal" if runlocal else None)
 
 
 def get_config(arg=None):

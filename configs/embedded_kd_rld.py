@@ -13,7 +13,6 @@ The first run trains the teacher into teacher_workdir (default `<workdir>/teache
 reuse it. `loss=ce` trains the same student on hard labels only, the baseline KD must beat.
 """
 
-import importlib.util
 import os
 
 from hardlabel_jax import config_schema
@@ -22,10 +21,7 @@ from hardlabel_jax import config_schema
 def _teacher_config(runlocal: bool):
   """The HL teacher is exactly configs/embedded_hl.py (loaded by path: configs is no package)."""
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hl.py")
-  spec = importlib.util.spec_from_file_location("embedded_hl_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("runlocal" if runlocal else None)
+  return config_schema.load_config_file(path, "runlocal" if runlocal else None)
 
 
 _LOSS_SETTINGS = {

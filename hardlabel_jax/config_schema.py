@@ -6,6 +6,9 @@ Experiment files under `configs/` start from `default_config()` and override wha
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from hardlabel_jax import hald
@@ -176,6 +179,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file by path (configs/ is no package; configs reuse configs)."""
+  spec = importlib.util.spec_from_file_location(
+      "hardlabel_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -176,3 +176,22 @@ def test_drift_task_writes_csv_json_and_png(tmp_path, teacher_dir):
   assert all(np.isfinite(r["kl"]) and r["kl"] >= 0 for r in rows)
   for name in ("drift.csv", "drift.json", "drift.png"):
     assert (tmp_path / "drift" / name).stat().st_size > 0
+
+
+def test_bssl_relabel_uses_batch_statistics_and_eval_mode_the_running_ones():
+  from hardlabel_jax import models
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  model = models.create_model("convnet_d3", 4, width=8, norm="batch")
+  images = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 12, 12, 1)).astype(np.float32)
+  variables = model.init(jax.random.key(0), images[:1], train=False)
+  teacher = teacher_lib.Teacher(model, variables, "mem", {}, "fp")
+  batch = {"image": images, "mask": np.ones(16, np.float32)}
+  eval_out = relabel.teacher_log_probs_fn(teacher, mesh, 2.0, "eval")(variables, batch)
+  bssl_out = relabel.teacher_log_probs_fn(teacher, mesh, 2.0, "batch_stats")(variables, batch)
+  expected_eval = jax.nn.log_softmax(model.apply(variables, images, train=False) / 2.0)
+  expected_bssl = jax.nn.log_softmax(
+      model.apply(variables, images, train=True, mutable=["batch_stats"])[0] / 2.0)
+  np.testing.assert_allclose(eval_out["log_probs"], expected_eval, atol=1e-5)
+  # Statistics of the whole global batch (8 shards), not of each device's 2 rows.
+  np.testing.assert_allclose(bssl_out["log_probs"], expected_bssl, atol=1e-4)
+  assert np.abs(np.asarray(eval_out["log_probs"]) - np.asarray(bssl_out["log_probs"])).max() > 1e-3
