@@ -195,3 +195,25 @@ def test_bssl_relabel_uses_batch_statistics_and_eval_mode_the_running_ones():
   # Statistics of the whole global batch (8 shards), not of each device's 2 rows.
   np.testing.assert_allclose(bssl_out["log_probs"], expected_bssl, atol=1e-4)
   assert np.abs(np.asarray(eval_out["log_probs"]) - np.asarray(bssl_out["log_probs"])).max() > 1e-3
+
+
+def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
+  import pickle
+  config = soft_config(tmp_path, teacher_dir)
+  table = relabel.relabel(config, str(tmp_path / "relabel"))
+  data = run_data.load_run_data(config)
+  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                data.normalizer)
+  crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 3), table.directory, draw_seed=3,
+                            keep_fraction=2 / 3)
+  before = [crops(p) for p in range(0, 400, 37)]  # opens the table's memory maps
+  clone = pickle.loads(pickle.dumps(crops))
+  assert "table" not in clone.__dict__  # re-opened lazily in the worker, not shipped
+  for position, expected in zip(range(0, 400, 37), before):
+    got = clone(position)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+  # Pruned to 2 of 3 slots: over many epochs an image replays exactly its kept slots.
+  slots = {crops.slot_for(7, epoch) for epoch in range(60)}
+  kept = table_lib.kept_slots(3, int(data.pool_ids[7]), 3, 2 / 3)
+  assert slots == set(kept.tolist()) and len(kept) == 2
