@@ -14,3 +14,9 @@ jax.config.update("jax_compilation_cache_dir",
                                  os.path.join(tempfile.gettempdir(), "hardlabel_jax_test_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_configure(config):
+  # Slow end-to-end tests still run in CI (the README command runs everything); `-m "not slow"`
+  # skips them for a quick local loop.
+  config.addinivalue_line("markers", "slow: end-to-end runs of tens of seconds on 2 CPU cores")

@@ -75,6 +75,7 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
   assert table.spec.cutmix and table.metadata(0, 1)["partner_id"] >= 0
 
 
+@pytest.mark.slow
 def test_regimes_report_the_label_bytes_they_used(tmp_path, teacher_dir):
   sl = trainer.train_and_evaluate(soft_config(tmp_path, teacher_dir), str(tmp_path / "sl"))
   table = table_lib.SoftLabelTable.open(_table_dir(tmp_path))

@@ -1,6 +1,7 @@
 """End-to-end HL training: results, resume after a kill, TFDS path, and clear errors."""
 
 import json
+import os
 
 import chex
 import numpy as np
@@ -56,6 +57,7 @@ def test_run_writes_results_and_metrics(tmp_path):
   assert rows[-1]["test_top1"] == saved["test_top1"]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
   config = tiny_config(cutmix_alpha=1.0)
   whole = trainer.train_and_evaluate(config, str(tmp_path / "whole"))
@@ -170,3 +172,22 @@ def test_kd_teacher_of_another_input_size_is_refused(tmp_path):
 def test_kd_with_cutmix_and_a_label_loss_is_refused(tmp_path):
   with pytest.raises(ValueError, match="config.cutmix_alpha"):
     trainer.train_and_evaluate(kd_config(tmp_path, cutmix_alpha=1.0), str(tmp_path / "s"))
+
+
+@pytest.mark.slow
+def test_imagenet_config_runs_end_to_end_on_mock_data(tmp_path):
+  """configs/imagenet_hl_resnet18.py as a TPU run would use it, on TFDS mock ImageNet."""
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "imagenet_hl_resnet18.py")
+  config = config_schema.load_config_file(path, "runlocal")
+  ids = tmp_path / "ids.json"
+  ids.write_text(json.dumps(list(range(16))))
+  config.subset_ids_file = str(ids)
+  config.budget_examples = 32
+  config.data_dir = str(tmp_path / "tfds")
+  config.tensorboard = False
+  with tfds.testing.mock_data(num_examples=24):
+    results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["dataset"].startswith("tfds:imagenet2012")
+  assert results["steps"] == 2 and results["pool_size"] == 16
+  assert results["config"]["model"] == "resnet18" and results["config"]["image_size"] == 64
+  assert np.isfinite(results["test_loss"])
