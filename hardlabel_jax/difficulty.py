@@ -372,7 +372,7 @@ def _grand_kernel(model: nn.Module, variables: dict[str, Any], images: Array, la
   params = variables["params"]
 
   def example_loss(wrt: Any, x: Array, y: Array) -> Array:
-    full = params if layer_path is None else _replace_subtree(params, layer_path, wrt)
+    full = wrt if layer_path is None else _replace_subtree(params, layer_path, wrt)
     logits = model.apply({**variables, "params": full}, x[None], train=False)
     return -_gather(jax.nn.log_softmax(_float32(logits), axis=-1), y[None])[0]
 
@@ -400,25 +400,25 @@ def grand(model: nn.Module, variables: dict[str, Any], images: ArrayLike, labels
     raise ValueError("variables must be a dict with a 'params' collection")
   # Plain dicts throughout, so the layer lookup and the param substitution see one container type.
   variables = flax.core.unfreeze(variables)
+  if layer_name is not None and not last_layer:
+    raise ValueError("layer_name only applies with last_layer=True")
+  params = variables["params"]
+  layer_path = None
+  if layer_name is not None:
+    layer_path = tuple(layer_name.split("/"))
+    if not _is_dense_params(_subtree(params, layer_path)):
+      raise ValueError(f"layer_name {layer_name!r} is not a Dense layer of the params; Dense "
+                       f"layers: {['/'.join(p) for p in _dense_paths(params)]}")
   x = _as_array(images)
   if x.ndim < 2 or x.shape[0] < 1:
     raise ValueError(f"images must have shape [n, ...] with n >= 1, got shape {x.shape}")
   # Abstract evaluation only: the class count for the label check costs no compute.
-  out = jax.eval_shape(lambda v, xs: model.apply(v, xs, train=False), variables, x[:1])
+  one = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)
+  out = jax.eval_shape(lambda v, xs: model.apply(v, xs, train=False), variables, one)
   if len(out.shape) != 2 or out.shape[1] < 2:
     raise ValueError(f"model must return [batch, classes>=2] logits, got shape {out.shape}")
   num_classes = out.shape[1]
   y = _check_labels(labels, num_classes, x.shape[0])
-  if layer_name is not None and not last_layer:
-    raise ValueError("layer_name only applies with last_layer=True")
-  layer_path = None
-  if last_layer:
-    params = variables["params"]
-    if layer_name is None:
-      layer_path = find_final_layer(params, num_classes)
-    else:
-      layer_path = tuple(layer_name.split("/"))
-      if not _is_dense_params(_subtree(params, layer_path)):
-        raise ValueError(f"layer_name {layer_name!r} is not a Dense layer of the params; Dense "
-                         f"layers: {['/'.join(p) for p in _dense_paths(params)]}")
+  if last_layer and layer_path is None:
+    layer_path = find_final_layer(params, num_classes)
   return _grand_kernel(model, variables, x, y, layer_path)

@@ -1,7 +1,9 @@
-"""Training pools as lists of example ids: class-balanced random subsets and id files.
+"""Training pools as lists of example ids: random subsets, id files and score-based selectors.
 
-Later selection methods (difficulty scores, CAD-Prune, coresets) produce the same thing, a sorted
-int64 array of ids, so the trainer never needs to know how a pool was chosen.
+Every selection method (random, easiest/hardest by a difficulty score, percentile windows, CCS,
+CAD-Prune; DESIGN §7) produces the same thing, a sorted int64 array of ids, so the trainer never
+needs to know how a pool was chosen. Scores come from `hardlabel_jax.difficulty` and are stored
+with `save_scores` / `load_scores`.
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def _groups(labels: np.ndarray, images_per_class: int,
   return groups
 
 
-def _ranked(ids: np.ndarray, scores: np.ndarray, hardest_first: bool) -> np.ndarray:
-  """`ids` ordered by score (easiest or hardest first), ties broken by the lower id."""
-  key = -scores[ids] if hardest_first else scores[ids]
+def _ranked(ids: np.ndarray, scores: np.ndarray, descending: bool) -> np.ndarray:
+  """`ids` ordered by score, ascending or descending, ties broken by the lower id."""
+  key = -scores[ids] if descending else scores[ids]
   return ids[np.lexsort((ids, key))]
 
 
@@ -155,11 +157,11 @@ def select_random(labels: np.ndarray, images_per_class: int, seed: int, *,
 
 
 def _select_ranked(scores: np.ndarray, labels: np.ndarray, images_per_class: int,
-                   hardest_first: bool, class_balanced: bool) -> np.ndarray:
+                   descending: bool, class_balanced: bool) -> np.ndarray:
   """Top of each group by score."""
   labels = _check_labels_1d(labels)
   scores = _check_scores(scores, labels)
-  return _finish([_ranked(ids, scores, hardest_first)[:budget]
+  return _finish([_ranked(ids, scores, descending)[:budget]
                   for ids, budget, _ in _groups(labels, images_per_class, class_balanced)])
 
 
@@ -247,7 +249,7 @@ def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int
   rng = np.random.default_rng(seed)
   chosen = []
   for ids, budget, what in _groups(labels, images_per_class, class_balanced):
-    kept = _ranked(ids, scores, hardest_first=not higher_is_harder)[int(beta * ids.size):]
+    kept = _ranked(ids, scores, descending=higher_is_harder)[int(beta * ids.size):]
     if kept.size < budget:
       raise ValueError(f"{what} keeps {kept.size} examples after dropping the beta={beta} "
                        f"hardest, fewer than the {budget} requested")
