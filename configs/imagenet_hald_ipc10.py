@@ -13,6 +13,9 @@ Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any fi
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py \
       --config.data_dir=$DATA --config.teacher_workdir=$TEACHER --workdir $WORKDIR
 `--config.regime=sl` gives the SL baseline on the same table; `:runlocal` a CPU smoke test.
+The soft loss keeps the DD convention (KL without T²). On the embedded data that made HALD's
+soft→hard switch collapse the network (see configs/embedded_hald.py); if the hard phase's loss
+sits at ln(1000) after the switch, add `--config.soft_loss_weight=400` (T²).
 """
 
 from hardlabel_jax import config_schema

@@ -87,6 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.topk = 5  # classes kept per crop by the topk formats
   c.crops_per_image = 4  # stored crop slots per image
   c.crop_seed = 0  # seed of the stored crops (the run seed drives shuffling and fresh crops)
+  # Weight of the stored-label KL (sl, hald soft phases, hybrid). 1 is the DD convention (no
+  # T²); with Adam a constant weight is irrelevant to a single-loss run, but HALD switches
+  # between CE and KL, whose gradients differ by ~T² in scale, so its soft phase may use T².
+  c.soft_loss_weight = 1.0
   c.label_keep_fraction = 1.0  # LPLD label pruning: fraction of stored crops a run may use
   c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
   c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
@@ -102,6 +106,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 5e-4
+  c.adam_b1 = 0.9
+  # Adam's second-moment memory is ~1/(1-b2) steps. HALD switches between losses whose
+  # gradients differ ~100× in scale (CE vs KL at T=20); a run of a few hundred steps needs a
+  # shorter memory (e.g. 0.99) or the soft phase inherits the hard phase's step-size damping.
+  c.adam_b2 = 0.999
   c.schedule = "cosine"
   c.warmup_epochs = 0.0
   c.step_milestones = (0.5, 0.75)  # fractions of training, for schedule='step'
@@ -147,6 +156,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
   _require(config.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
   _require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+  _require(0 <= config.adam_b1 < 1 and 0 <= config.adam_b2 < 1, "adam_b2",
+           "Adam's b1 and b2 must lie in [0, 1)")
   _require(config.hald_eta > 0, "hald_eta", "must be positive")
   _require(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
   _require(all(0 < m < 1 for m in config.step_milestones), "step_milestones",
@@ -163,6 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "label_format", LABEL_FORMATS)
   _require(config.label_format == "full" or config.topk >= 1, "topk",
            "must be >= 1 for the topk formats")
+  _require(config.soft_loss_weight > 0, "soft_loss_weight", "must be positive")
   _require(config.crops_per_image >= 1, "crops_per_image", "must be >= 1")
   _require(config.crop_seed >= 0, "crop_seed", "must be >= 0")
   _require(0 < config.label_keep_fraction <= 1, "label_keep_fraction", "must be in (0, 1]")

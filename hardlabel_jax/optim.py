@@ -54,5 +54,6 @@ def make_optimizer(config: ml_collections.ConfigDict,
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
         optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
   if config.optimizer == "adamw":
-    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+    return optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
+                       weight_decay=config.weight_decay, mask=decay_mask)
   raise ValueError(f"config.optimizer: unknown optimizer {config.optimizer!r}")

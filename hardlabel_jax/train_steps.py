@@ -73,23 +73,25 @@ def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.M
 
 def sl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                   tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
-                  base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """One step on stored soft labels: `KL(q_table ‖ softmax(z/T))`, no T² (the DD convention)."""
-  return _update(state, batch,
-                 lambda logits: losses.kl_soft_loss(logits, batch["soft_label"], temperature),
-                 model=model, tx=tx, schedule=schedule, base_rng=base_rng)
+                  base_rng: jax.Array, soft_weight: float = 1.0) -> tuple[TrainState, dict]:
+  """One step on stored soft labels: `w · KL(q_table ‖ softmax(z/T))`; w = 1 is the DD convention."""
+  return _update(
+      state, batch,
+      lambda logits: soft_weight * losses.kl_soft_loss(logits, batch["soft_label"], temperature),
+      model=model, tx=tx, schedule=schedule, base_rng=base_rng)
 
 
 def hybrid_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                       tx: optax.GradientTransformation, schedule: optax.Schedule,
                       num_classes: int, label_smoothing: float, temperature: float,
-                      hard_weight: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """HALD's per-step ablation on a stored crop: `λ·CE_hard + (1−λ)·KL_soft`."""
+                      hard_weight: float, base_rng: jax.Array,
+                      soft_weight: float = 1.0) -> tuple[TrainState, dict]:
+  """HALD's per-step ablation on a stored crop: `λ·CE_hard + (1−λ)·w·KL_soft`."""
   targets = hard_label_targets(batch, num_classes, label_smoothing)
 
   def loss_of_logits(logits):
     hard = losses.soft_cross_entropy(logits, targets)
-    soft = losses.kl_soft_loss(logits, batch["soft_label"], temperature)
+    soft = soft_weight * losses.kl_soft_loss(logits, batch["soft_label"], temperature)
     return hard_weight * hard + (1.0 - hard_weight) * soft
 
   return _update(state, batch, loss_of_logits, model=model, tx=tx, schedule=schedule,

@@ -142,7 +142,8 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
   if config.regime == "hl":
     return {hald.TRAIN: hard(config.label_smoothing)}
   soft = train_steps.jit_train_step(train_steps.sl_train_step, mesh,
-                                    temperature=config.temperature, **common)
+                                    temperature=config.temperature,
+                                    soft_weight=config.soft_loss_weight, **common)
   if config.regime == "sl":
     return {hald.SOFT: soft}
   schedule_spec = hald.parse_schedule(config.hald_schedule)
@@ -150,7 +151,8 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
     return {hald.HYBRID: train_steps.jit_train_step(
         train_steps.hybrid_train_step, mesh, num_classes=num_classes,
         label_smoothing=config.hald_label_smoothing, temperature=config.temperature,
-        hard_weight=schedule_spec.hybrid_weight, **common)}
+        hard_weight=schedule_spec.hybrid_weight, soft_weight=config.soft_loss_weight,
+        **common)}
   return {hald.SOFT: soft, hald.HARD: hard(config.hald_label_smoothing)}
 
 

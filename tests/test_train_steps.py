@@ -187,3 +187,26 @@ def test_sl_and_hybrid_losses_match_their_formulas():
       expected = 0.25 * hard + 0.75 * kl
     _, metrics = step(state, mesh_lib.global_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+
+
+def test_soft_loss_weight_scales_only_the_kl_term():
+  batch = _soft_batch()
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
+  model = models.create_model("convnet_d3", 5, width=8)
+  tx = optax.adamw(1e-3)
+  state = train_state_lib.create_train_state(model, tx, jax.random.key(0), (1, 12, 12, 3))
+  common = dict(model=model, tx=tx, schedule=optax.constant_schedule(1e-3),
+                base_rng=jax.random.key(1))
+  logits = model.apply(state.variables(), batch["image"], train=True)
+  kl = float(losses.kl_soft_loss(logits, batch["soft_label"], 20.0))
+  hard = float(losses.soft_cross_entropy(logits, train_steps.hard_label_targets(batch, 5, 0.8)))
+  sl = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=20.0,
+                                  soft_weight=400.0, **common)
+  hybrid = train_steps.jit_train_step(train_steps.hybrid_train_step, mesh, num_classes=5,
+                                      label_smoothing=0.8, temperature=20.0, hard_weight=0.5,
+                                      soft_weight=400.0, **common)
+  global_batch = mesh_lib.global_batch(batch, mesh)
+  np.testing.assert_allclose(float(sl(state, global_batch)[1]["loss"]), 400 * kl, rtol=1e-5)
+  state = train_state_lib.create_train_state(model, tx, jax.random.key(0), (1, 12, 12, 3))
+  np.testing.assert_allclose(float(hybrid(state, global_batch)[1]["loss"]),
+                             0.5 * hard + 0.5 * 400 * kl, rtol=1e-5)
