@@ -13,7 +13,9 @@ import ml_collections
 
 from hardlabel_jax import hald
 
-TASKS = ("train", "relabel", "drift")
+TASKS = ("train", "relabel", "drift", "score")
+SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune")
+CAD_DIRECTIONS = ("hardest", "easiest")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
 # Regimes that train on a stored soft-label table (and so need a relabel first).
 TABLE_REGIMES = ("sl", "hald")
@@ -49,6 +51,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
   c.subset_seed = 0
   c.subset_ids_file = ""  # .npy or .json list of example ids; overrides images_per_class
+  # Subset selection by difficulty (DESIGN.md §7): a method and the score file of a
+  # task='score' run (EL2N for el2n_*, AUM for ccs, CAD for cad_prune), class-balanced.
+  c.selection = "random"
+  c.scores_file = ""
+  c.ccs_beta = 0.1  # CCS: fraction of hardest (lowest-AUM) examples dropped per class
+  c.ccs_strata = 50
+  c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
+
+  # Scoring runs (task='score'): HL training on the pool for K epochs, statistics every epoch.
+  c.score_epochs = 0  # K; 0 -> CAD-Prune's K·N = E_down·n from the two fields below
+  c.cad_subset_images_per_class = 0  # n / classes of the downstream subset
+  c.cad_downstream_epochs = 0.0  # E_down of the downstream run
+  c.cad_window = 6  # J: epochs per dynamic-uncertainty window
+  c.cad_num_windows = 2  # W: windows averaged into CAD
 
   # Crops (torchvision RandomResizedCrop semantics) and evaluation view.
   c.image_size = 28
@@ -146,6 +162,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "schedule", SCHEDULES)
   _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
   _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
+  _require_choice(config, "selection", SELECTIONS)
+  _require(config.selection == "random" or bool(config.scores_file), "scores_file",
+           f"selection {config.selection!r} needs the score file of a task='score' run")
+  _require(0 <= config.ccs_beta < 1, "ccs_beta", "must be in [0, 1)")
+  _require(config.ccs_strata >= 1, "ccs_strata", "must be >= 1")
+  _require_choice(config, "cad_direction", CAD_DIRECTIONS)
+  _require(config.score_epochs >= 0, "score_epochs", "must be >= 0")
+  _require(config.cad_window >= 2, "cad_window", "must be >= 2 (a standard deviation)")
+  _require(config.cad_num_windows >= 1, "cad_num_windows", "must be >= 1")
+  if config.task == "score":
+    _require(config.score_epochs > 0 or (config.cad_subset_images_per_class > 0
+                                         and config.cad_downstream_epochs > 0),
+             "score_epochs", "set it, or cad_subset_images_per_class and cad_downstream_epochs "
+             "so that K·N = E_down·n gives it")
   _require(config.image_size > 0, "image_size", "must be positive")
   _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
   _require(config.eval_batch_size > 0, "eval_batch_size", "must be positive")

@@ -14,10 +14,9 @@ HALD's claim is that drift is worst with few crops; `drift_curve` measures it.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -125,7 +124,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 def _image_log_probs(teacher, data, config, mesh, pool_ids: np.ndarray) -> np.ndarray:
   """Teacher log-probabilities at T on the centre view of each pool image, in pool order."""
-  view = _PoolView(data.train, pool_ids)
+  view = pipeline.PoolView(data.train, pool_ids)
   predict = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature, "eval")
   out = np.zeros((len(pool_ids), data.train.info.num_classes), np.float32)
   start = 0
@@ -138,20 +137,6 @@ def _image_log_probs(teacher, data, config, mesh, pool_ids: np.ndarray) -> np.nd
     out[start:start + len(valid)] = valid
     start += len(valid)
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _PoolView:
-  """The pool's images as a split of their own, in pool order (for centre-view predictions)."""
-
-  source: Any
-  pool_ids: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.pool_ids)
-
-  def __getitem__(self, index: int) -> dict:
-    return self.source[int(self.pool_ids[index])]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,

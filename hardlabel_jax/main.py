@@ -1,7 +1,8 @@
 """Command line: `python -m hardlabel_jax.main --config configs/X.py --workdir DIR`.
 
 Only parses flags and hands the config to the tested library (Flax-examples style):
-`config.task` is `train` (any regime), `relabel` (build a soft-label table) or `drift`. Override any
+`config.task` is `train` (any regime), `relabel` (build a soft-label table), `drift` or
+`score` (per-example difficulty statistics for subset selection). Override any
 field with `--config.field=value`; pass a config argument as `--config configs/X.py:runlocal`.
 """
 
@@ -13,6 +14,7 @@ from ml_collections import config_flags
 
 from hardlabel_jax import drift
 from hardlabel_jax import relabel
+from hardlabel_jax import scoring
 from hardlabel_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -34,7 +36,8 @@ def main(argv):
     # Reads the coordinator from the TPU/SLURM environment; every process runs this same main.
     jax.distributed.initialize()
   config = _CONFIG.value
-  tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run}
+  tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run,
+           "score": scoring.run}
   if config.task not in tasks:
     raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
   tasks[config.task](config, _WORKDIR.value)

@@ -25,13 +25,39 @@ class RunData:
   normalizer: pipeline.Normalizer
 
 
+# The score a selection method ranks by (names in a task='score' run's score file).
+SELECTION_SCORES = {"el2n_easy": "el2n", "el2n_hard": "el2n", "ccs": "aum", "cad_prune": "cad"}
+
+
+def scored_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.ndarray:
+  """The pool chosen by `config.selection` among the examples of a score file."""
+  if config.images_per_class <= 0:
+    raise ValueError(f"config.images_per_class: selection {config.selection!r} needs a "
+                     "positive number of images per class")
+  scored = selection.load_scores(config.scores_file, expected_fingerprint=train.info.fingerprint)
+  name = SELECTION_SCORES[config.selection]
+  if name not in scored.scores:
+    raise ValueError(f"config.scores_file: {config.scores_file} has no {name!r} scores (it has "
+                     f"{', '.join(sorted(scored.scores))}); for CAD the scoring run needs at "
+                     "least cad_window + cad_num_windows epochs")
+  labels = np.asarray(train.labels())[scored.ids]
+  chosen = selection.select(config.selection, labels, config.images_per_class,
+                            scores=scored.scores[name], seed=config.subset_seed,
+                            beta=config.ccs_beta, num_strata=config.ccs_strata,
+                            direction=config.cad_direction)
+  return np.sort(scored.ids[chosen]).astype(np.int64)
+
+
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   """Opens both splits and chooses the pool; fails before any training on bad data config."""
   data_dir = config.data_dir or None
   train = sources.load_source(config.dataset, config.train_split, data_dir)
   test = sources.load_source(config.dataset, config.test_split, data_dir)
-  pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
-                                     seed=config.subset_seed, ids_file=config.subset_ids_file)
+  if config.selection == "random":
+    pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
+                                       seed=config.subset_seed, ids_file=config.subset_ids_file)
+  else:
+    pool_ids = scored_pool(config, train)
   spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
                         ratio=tuple(config.crop_ratio), flip=config.random_flip,
                         cutmix_alpha=config.cutmix_alpha)

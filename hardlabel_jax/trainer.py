@@ -205,8 +205,14 @@ def _label_summary(config: ml_collections.ConfigDict,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        step_hook: Callable[[int], None] | None = None,
-                       devices: list[jax.Device] | None = None) -> dict:
-  """Trains under the configured regime for the budget, evaluates, writes results.json."""
+                       devices: list[jax.Device] | None = None,
+                       epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None
+                       ) -> dict:
+  """Trains under the configured regime for the budget, evaluates, writes results.json.
+
+  `epoch_hook(epoch, state)` runs after the step that completes each (0-based) epoch, before
+  the next step (scoring runs record per-example statistics there).
+  """
   run_start = time.perf_counter()
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
@@ -273,6 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       rates = progress.update(step)
       log.write(step, {**scalars, **rates})
       metrics_log.log_line(progress.line(step, scalars, rates))
+    if epoch_hook is not None:
+      done_before = (step - 1) * config.global_batch_size // budget.pool_size
+      for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
+        epoch_hook(epoch, state)
     checkpointer.save(step, state, iterator)
     if step_hook is not None:
       step_hook(step)

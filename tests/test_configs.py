@@ -39,7 +39,7 @@ def test_imagenet_hald_recipe_is_the_papers():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("regime", "soft"), ("task", "score"), ("label_format", "fp8"), ("temperature", 0.0),
+    ("regime", "soft"), ("task", "distill"), ("label_format", "fp8"), ("temperature", 0.0),
     ("crops_per_image", 0), ("label_keep_fraction", 0.0), ("teacher_bn_mode", "train"),
     ("hald_schedule", "S5"),
 ])
@@ -47,5 +47,19 @@ def test_bad_soft_label_fields_name_the_field(field, value):
   config = config_schema.default_config()
   config.regime = "hald"
   config[field] = value
+  with pytest.raises(ValueError, match=f"config.{field}"):
+    config_schema.validate(config)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"selection": "el2n_hard"}, "scores_file"),
+    ({"selection": "rded", "scores_file": "x.npz"}, "selection"),
+    ({"task": "score", "score_epochs": 0}, "score_epochs"),
+    ({"cad_window": 1}, "cad_window"),
+])
+def test_bad_selection_fields_name_the_field(overrides, field):
+  config = config_schema.default_config()
+  for key, value in overrides.items():
+    config[key] = value
   with pytest.raises(ValueError, match=f"config.{field}"):
     config_schema.validate(config)

@@ -179,6 +179,20 @@ def training_stream(example: CropExample, *, global_batch: int, num_steps: int, 
 
 
 @dataclasses.dataclass(frozen=True)
+class PoolView:
+  """A pool's images as a split of their own, in pool order (centre views of a subset)."""
+
+  source: ImageSource
+  pool_ids: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.pool_ids)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[int(self.pool_ids[index])]
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalExample:
   """Split position -> centre view with label and a validity mask (padding has mask 0)."""
 

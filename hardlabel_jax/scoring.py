@@ -1,0 +1,145 @@
+"""Scoring runs (`task='score'`, DESIGN.md §7): per-example training dynamics, keyed by id.
+
+An HL run on the pool (by default the whole train split) for K epochs; after every epoch the
+model is evaluated on the centre view of every pool example and `difficulty.epoch_statistics`
+(true-class probability, EL2N, margin, correctness) is stored, a few floats per example per
+epoch. At the end the per-epoch statistics become scores — EL2N, AUM, forgetting events, dynamic
+uncertainty and CAD — written with a header to `<workdir>/scores.npz` for the selectors. For
+CAD-Prune, K comes from the downstream budget: `K·N = E_down·n`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import config_schema
+from hardlabel_jax import difficulty
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import metrics_log
+from hardlabel_jax import models
+from hardlabel_jax import run_data
+from hardlabel_jax import selection
+from hardlabel_jax import train_state as train_state_lib
+from hardlabel_jax.data import pipeline
+
+SCORES_FILE = "scores.npz"
+EPOCHS_DIR = "score_epochs"
+STATISTICS = ("true_prob", "el2n", "margin", "correct")
+
+
+def scoring_epochs(config: ml_collections.ConfigDict, pool_size: int, num_classes: int) -> int:
+  """K: `score_epochs`, or CAD-Prune's compute match `K·N = E_down·n`."""
+  if config.score_epochs:
+    return int(config.score_epochs)
+  subset = config.cad_subset_images_per_class * num_classes
+  return selection.cad_prune_epochs(pool_size, subset, config.cad_downstream_epochs)
+
+
+def _statistics_step(state: train_state_lib.TrainState, batch: dict[str, jax.Array], *,
+                     model) -> dict[str, jax.Array]:
+  logits = model.apply(state.variables(), batch["image"], train=False)
+  return {**difficulty.epoch_statistics(logits, batch["label"]), "mask": batch["mask"]}
+
+
+class EpochRecorder:
+  """`(epoch, state)` → statistics of every pool example in `<workdir>/score_epochs/`."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data: run_data.RunData,
+               mesh: jax.sharding.Mesh, workdir: str):
+    self._config, self._data, self._mesh = config, data, mesh
+    self._directory = os.path.join(workdir, EPOCHS_DIR)
+    model = models.create_model(config.model, data.train.info.num_classes,
+                                **config.model_kwargs)
+    self._step = jax.jit(functools.partial(_statistics_step, model=model),
+                         in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                         out_shardings=mesh_lib.replicated(mesh))
+
+  def path(self, epoch: int) -> str:
+    return os.path.join(self._directory, f"epoch_{epoch:04d}.npz")
+
+  def statistics(self, state: train_state_lib.TrainState) -> dict[str, np.ndarray]:
+    """The statistics of every pool example, in pool order."""
+    config, data = self._config, self._data
+    parts = {name: [] for name in STATISTICS}
+    for local in pipeline.evaluation_batches(
+        pipeline.PoolView(data.train, data.pool_ids), size=config.image_size,
+        crop_fraction=config.eval_crop_fraction, normalizer=data.normalizer,
+        global_batch=config.eval_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_workers=config.num_workers):
+      out = jax.device_get(self._step(state, mesh_lib.global_batch(local, self._mesh)))
+      keep = out["mask"] > 0
+      for name in STATISTICS:
+        parts[name].append(np.asarray(out[name])[keep])
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+  def __call__(self, epoch: int, state: train_state_lib.TrainState) -> None:
+    stats = self.statistics(state)
+    if jax.process_index() == 0:
+      os.makedirs(self._directory, exist_ok=True)
+      tmp = self.path(epoch) + ".tmp.npz"
+      np.savez(tmp, **stats)
+      os.replace(tmp, self.path(epoch))
+    metrics_log.log_line(f"scored epoch {epoch + 1}: mean true-class probability "
+                         f"{stats['true_prob'].mean():.4f}, accuracy {stats['correct'].mean():.4f}")
+
+
+def scores_from_statistics(per_epoch: dict[str, np.ndarray], window: int,
+                           num_windows: int) -> dict[str, np.ndarray]:
+  """`[epochs, n]` statistics → one score per example (higher = harder, AUM excepted)."""
+  epochs = per_epoch["true_prob"].shape[0]
+  scores = {
+      "el2n": per_epoch["el2n"].mean(axis=0),
+      "aum": per_epoch["margin"].mean(axis=0),  # low AUM = hard or mislabeled
+      "forgetting": np.asarray(difficulty.forgetting_events(per_epoch["correct"])),
+      "final_true_prob": per_epoch["true_prob"][-1],
+  }
+  if epochs >= window:
+    scores["dynamic_uncertainty"] = np.asarray(
+        difficulty.dynamic_uncertainty(per_epoch["true_prob"], window)).mean(axis=0)
+  if epochs >= window + num_windows:
+    scores["cad"] = np.asarray(difficulty.cad_scores(per_epoch["true_prob"], window, num_windows))
+  return {k: np.asarray(v, np.float32) for k, v in scores.items()}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """`task='score'`: the scoring run, then `<workdir>/scores.npz`; returns the scores."""
+  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer is heavier)
+
+  config_schema.validate(config)
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+  data = run_data.load_run_data(config)
+  epochs = scoring_epochs(config, len(data.pool_ids), data.train.info.num_classes)
+  train_config = config.copy_and_resolve_references()
+  train_config.num_epochs = float(epochs)
+  train_config.budget_examples = 0
+  metrics_log.log_line(f"scoring {len(data.pool_ids)} examples over {epochs} epochs")
+  recorder = EpochRecorder(config, data, mesh, workdir)
+  results = trainer.train_and_evaluate(train_config, workdir, devices=devices,
+                                       epoch_hook=recorder)
+  if not os.path.exists(recorder.path(epochs - 1)):
+    # steps = ⌊K·N / batch⌋ can stop a few examples short of the last epoch boundary.
+    recorder(epochs - 1, results["state"])
+  missing = [e for e in range(epochs) if not os.path.exists(recorder.path(e))]
+  if missing:
+    raise RuntimeError(f"scoring epochs {missing} were not recorded in {workdir}/{EPOCHS_DIR}")
+  per_epoch = {}
+  for name in STATISTICS:
+    per_epoch[name] = np.stack([np.load(recorder.path(e))[name] for e in range(epochs)])
+  scores = scores_from_statistics(per_epoch, config.cad_window, config.cad_num_windows)
+  header = {"dataset": data.train.info.name, "fingerprint": data.train.info.fingerprint,
+            "model": config.model, "epochs": epochs, "seed": config.seed,
+            "cad_window": config.cad_window, "cad_num_windows": config.cad_num_windows,
+            "scoring_test_top1": results["test_top1"]}
+  if jax.process_index() == 0:
+    selection.save_scores(os.path.join(workdir, SCORES_FILE), scores, data.pool_ids, header)
+  metrics_log.log_line(f"scores {', '.join(sorted(scores))} for {len(data.pool_ids)} examples "
+                       f"in {os.path.join(workdir, SCORES_FILE)}")
+  return scores
