@@ -13,8 +13,9 @@ import ml_collections
 
 from hardlabel_jax import hald
 
-TASKS = ("train", "relabel", "drift", "score")
-SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune")
+TASKS = ("train", "relabel", "drift", "score", "distill")
+SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
+SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
 # Regimes that train on a stored soft-label table (and so need a relabel first).
@@ -48,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train_split = "train"
   c.test_split = "test"
   c.data_dir = ""  # '' -> $HARDLABEL_DATA_DIR or ~/.cache/hardlabel_jax/tfds
+  c.test_dataset = ""  # '' -> dataset; a distilled set is tested on the original test split
+  c.normalization_mean = ()  # () -> the training source's; distilled sets use the original's
+  c.normalization_std = ()
   c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
   c.subset_seed = 0
   c.subset_ids_file = ""  # .npy or .json list of example ids; overrides images_per_class
@@ -58,6 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.ccs_beta = 0.1  # CCS: fraction of hardest (lowest-AUM) examples dropped per class
   c.ccs_strata = 50
   c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
+  # RDED / CA2D distilled sets (selection='rded'|'ca2d'), built on first use in cache_dir.
+  c.rded_factor = 2  # factor×factor patches per distilled image
+  c.rded_crops_per_image = 5
+  c.rded_candidates_per_class = 0  # mipc; 0 -> min(300, smallest class)
 
   # Scoring runs (task='score'): HL training on the pool for K epochs, statistics every epoch.
   c.score_epochs = 0  # K; 0 -> CAD-Prune's K·N = E_down·n from the two fields below
@@ -163,8 +171,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
   _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
   _require_choice(config, "selection", SELECTIONS)
-  _require(config.selection == "random" or bool(config.scores_file), "scores_file",
+  _require(config.selection not in SCORED_SELECTIONS or bool(config.scores_file), "scores_file",
            f"selection {config.selection!r} needs the score file of a task='score' run")
+  _require(config.selection == "random" or config.images_per_class > 0, "images_per_class",
+           f"selection {config.selection!r} needs a positive number of images per class")
+  _require(config.rded_factor >= 1, "rded_factor", "must be >= 1")
+  _require(config.rded_crops_per_image >= 1, "rded_crops_per_image", "must be >= 1")
+  _require(config.rded_candidates_per_class >= 0, "rded_candidates_per_class", "must be >= 0")
   _require(0 <= config.ccs_beta < 1, "ccs_beta", "must be in [0, 1)")
   _require(config.ccs_strata >= 1, "ccs_strata", "must be >= 1")
   _require_choice(config, "cad_direction", CAD_DIRECTIONS)

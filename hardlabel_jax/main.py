@@ -12,6 +12,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from hardlabel_jax import distill
 from hardlabel_jax import drift
 from hardlabel_jax import relabel
 from hardlabel_jax import scoring
@@ -37,7 +38,7 @@ def main(argv):
     jax.distributed.initialize()
   config = _CONFIG.value
   tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run,
-           "score": scoring.run}
+           "score": scoring.run, "distill": distill.run}
   if config.task not in tasks:
     raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
   tasks[config.task](config, _WORKDIR.value)

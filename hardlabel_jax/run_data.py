@@ -52,7 +52,7 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   """Opens both splits and chooses the pool; fails before any training on bad data config."""
   data_dir = config.data_dir or None
   train = sources.load_source(config.dataset, config.train_split, data_dir)
-  test = sources.load_source(config.dataset, config.test_split, data_dir)
+  test = sources.load_source(config.test_dataset or config.dataset, config.test_split, data_dir)
   if config.selection == "random":
     pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
                                        seed=config.subset_seed, ids_file=config.subset_ids_file)
@@ -61,8 +61,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
                         ratio=tuple(config.crop_ratio), flip=config.random_flip,
                         cutmix_alpha=config.cutmix_alpha)
-  return RunData(train, test, pool_ids, spec,
-                 pipeline.Normalizer(tuple(train.info.mean), tuple(train.info.std)))
+  mean = tuple(config.normalization_mean) or tuple(train.info.mean)
+  std = tuple(config.normalization_std) or tuple(train.info.std)
+  return RunData(train, test, pool_ids, spec, pipeline.Normalizer(mean, std))
 
 
 def input_shape(config: ml_collections.ConfigDict, data: RunData) -> tuple[int, int, int, int]:

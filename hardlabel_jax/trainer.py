@@ -22,6 +22,7 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
+from hardlabel_jax import distill
 from hardlabel_jax import hald
 from hardlabel_jax import losses
 from hardlabel_jax import optim
@@ -215,6 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run_start = time.perf_counter()
   config_schema.validate(config)
+  if config.selection in distill.METHODS:
+    # RDED/CA2D: build (or reuse) the distilled set, then train on it like any data set.
+    config = distill.training_config(config, distill.build(config, workdir, devices=devices))
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.global_batch_size, mesh)
   mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
