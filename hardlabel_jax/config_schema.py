@@ -58,7 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Subset selection by difficulty (DESIGN.md §7): a method and the score file of a
   # task='score' run (EL2N for el2n_*, AUM for ccs, CAD for cad_prune), class-balanced.
   c.selection = "random"
-  c.scores_file = ""
+  c.scores_file = ""  # '' with score_config set -> <cache_dir>/scores/<hash>/scores.npz
+  c.score_config = None  # a full task='score' config, run first when the score file is absent
   c.ccs_beta = 0.1  # CCS: fraction of hardest (lowest-AUM) examples dropped per class
   c.ccs_strata = 50
   c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
@@ -171,8 +172,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
   _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
   _require_choice(config, "selection", SELECTIONS)
-  _require(config.selection not in SCORED_SELECTIONS or bool(config.scores_file), "scores_file",
-           f"selection {config.selection!r} needs the score file of a task='score' run")
+  _require(config.selection not in SCORED_SELECTIONS or bool(config.scores_file)
+           or config.score_config is not None, "scores_file",
+           f"selection {config.selection!r} needs the score file of a task='score' run (or a "
+           "score_config to run one)")
   _require(config.selection == "random" or config.images_per_class > 0, "images_per_class",
            f"selection {config.selection!r} needs a positive number of images per class")
   _require(config.rded_factor >= 1, "rded_factor", "must be >= 1")

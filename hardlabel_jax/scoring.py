@@ -11,6 +11,8 @@ CAD-Prune, K comes from the downstream budget: `K·N = E_down·n`.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -18,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import difficulty
 from hardlabel_jax import mesh as mesh_lib
@@ -25,6 +28,7 @@ from hardlabel_jax import metrics_log
 from hardlabel_jax import models
 from hardlabel_jax import run_data
 from hardlabel_jax import selection
+from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax.data import pipeline
 
@@ -105,6 +109,23 @@ def scores_from_statistics(per_epoch: dict[str, np.ndarray], window: int,
   if epochs >= window + num_windows:
     scores["cad"] = np.asarray(difficulty.cad_scores(per_epoch["true_prob"], window, num_windows))
   return {k: np.asarray(v, np.float32) for k, v in scores.items()}
+
+
+def ensure_scores(config: ml_collections.ConfigDict, workdir: str, *,
+                  devices: list[jax.Device] | None = None) -> ml_collections.ConfigDict:
+  """`config` with `scores_file` set, running `config.score_config` into the cache if needed."""
+  if config.scores_file or config.score_config is None:
+    return config
+  score_config = config.score_config
+  identity = json.dumps(checkpointing.run_identity(score_config), sort_keys=True)
+  digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+  score_dir = os.path.join(teacher_lib.cache_dir(config, workdir), "scores", digest)
+  path = os.path.join(score_dir, SCORES_FILE)
+  if not os.path.exists(path):
+    run(score_config, score_dir, devices=devices)
+  resolved = config.copy_and_resolve_references()
+  resolved.scores_file = path
+  return resolved
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,

@@ -28,6 +28,7 @@ from hardlabel_jax import losses
 from hardlabel_jax import optim
 from hardlabel_jax import relabel
 from hardlabel_jax import run_data
+from hardlabel_jax import scoring
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
@@ -216,6 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run_start = time.perf_counter()
   config_schema.validate(config)
+  # Selection by difficulty: run the scoring config first if its score file is absent.
+  config = scoring.ensure_scores(config, workdir, devices=devices)
   if config.selection in distill.METHODS:
     # RDED/CA2D: build (or reuse) the distilled set, then train on it like any data set.
     config = distill.training_config(config, distill.build(config, workdir, devices=devices))

@@ -39,7 +39,7 @@ def test_imagenet_hald_recipe_is_the_papers():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("regime", "soft"), ("task", "distill"), ("label_format", "fp8"), ("temperature", 0.0),
+    ("regime", "soft"), ("task", "bogus"), ("label_format", "fp8"), ("temperature", 0.0),
     ("crops_per_image", 0), ("label_keep_fraction", 0.0), ("teacher_bn_mode", "train"),
     ("hald_schedule", "S5"),
 ])
@@ -53,7 +53,7 @@ def test_bad_soft_label_fields_name_the_field(field, value):
 
 @pytest.mark.parametrize("overrides, field", [
     ({"selection": "el2n_hard"}, "scores_file"),
-    ({"selection": "rded", "scores_file": "x.npz"}, "selection"),
+    ({"selection": "coreset", "scores_file": "x.npz"}, "selection"),
     ({"task": "score", "score_epochs": 0}, "score_epochs"),
     ({"cad_window": 1}, "cad_window"),
 ])

@@ -104,3 +104,15 @@ def test_cad_prune_epochs_come_from_the_downstream_budget():
                         cad_downstream_epochs=30.0)
   # K·N = E_down·n: K = 30 · 100 / 200 = 15.
   assert scoring.scoring_epochs(config, pool_size=200, num_classes=10) == 15
+
+
+def test_a_missing_score_file_is_made_from_score_config(tmp_path):
+  config = tiny_config(selection="el2n_hard", images_per_class=5, cache_dir=str(tmp_path / "c"),
+                       score_config=score_config(score_epochs=2))
+  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  (digest,) = os.listdir(tmp_path / "c" / "scores")
+  scores_file = tmp_path / "c" / "scores" / digest / scoring.SCORES_FILE
+  assert scores_file.exists() and results["pool_size"] == 50
+  again = trainer.train_and_evaluate(config, str(tmp_path / "run2"))  # reuses the scores
+  assert os.listdir(tmp_path / "c" / "scores") == [digest]
+  assert again["test_top1"] == results["test_top1"]

@@ -1,0 +1,75 @@
+"""Which images? Subset selection and distillation on the embedded MNIST under HL, same budget.
+
+`method` picks the subset of `ipc` images per class: random, el2n_easy, el2n_hard, ccs,
+cad_prune (scored by the library first, cached in `cache_dir`), or rded / ca2d (distilled grids
+of teacher-selected crops; the teacher is configs/embedded_hl.py). Every method trains the same
+student (ConvNet-D3, width 64) for the same budget: 10,000 examples at ipc=10, 20,000 at ipc=50.
+
+  python -m hardlabel_jax.main --config configs/embedded_select.py:method=cad_prune,ipc=10,seed=0 \
+      --config.cache_dir=/tmp/select/cache --workdir /tmp/select/cad_prune_ipc10_s0
+
+Scoring: EL2N and AUM (CCS) come from a 10-epoch run on the whole train split; CAD-Prune's run
+lasts K epochs with K·N = E_down·n (the downstream budget), i.e. 3 epochs at ipc=10 and 5 at
+ipc=50 here, so its windows are short (J=2, W=1).
+"""
+
+import os
+
+from hardlabel_jax import config_schema
+
+METHODS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
+BUDGET = {10: 10_000, 50: 20_000}
+
+
+def _sibling(name, arg=None):
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+  return config_schema.load_config_file(path, arg)
+
+
+def score_config(cad: bool, ipc: int, runlocal: bool):
+  """The scoring run: HL on the whole split, per-example statistics every epoch."""
+  config = _sibling("embedded_hl.py", "runlocal" if runlocal else None)
+  config.task = "score"
+  config.model_kwargs.width = 64
+  config.cad_window, config.cad_num_windows = 2, 1
+  if cad:
+    config.score_epochs = 0  # K from K·N = E_down·n
+    config.cad_subset_images_per_class = ipc
+    config.cad_downstream_epochs = BUDGET[ipc] / (10 * ipc)
+  else:
+    config.score_epochs = 2 if runlocal else 10
+  return config
+
+
+def get_config(arg=None):
+  """`method=…`, `ipc=10|50`, `seed=N` (training and random-subset seed), `runlocal`."""
+  args = config_schema.parse_arg(arg, runlocal=False, method="random", ipc=10, seed=0)
+  if args.method not in METHODS:
+    raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}")
+  if args.ipc not in BUDGET:
+    raise ValueError(f"ipc={args.ipc}: choose 10 or 50")
+  config = _sibling("embedded_hl.py")
+  config.seed = args.seed
+  config.subset_seed = args.seed
+  config.selection = args.method
+  config.images_per_class = args.ipc
+  config.model_kwargs.width = 64
+  config.budget_examples = BUDGET[args.ipc]
+  config.global_batch_size = 32
+  config.learning_rate = 0.02
+  config.crop_scale = (0.5, 1.0)
+  config.log_every_steps = 100
+  if args.method in ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d"):
+    config.score_config = score_config(args.method in ("cad_prune", "ca2d"), args.ipc,
+                                       args.runlocal)
+    config.cad_window, config.cad_num_windows = 2, 1
+  if args.method in ("rded", "ca2d"):
+    config.teacher_config = _sibling("embedded_hl.py", "runlocal" if args.runlocal else None)
+    config.rded_factor = 2
+    config.rded_crops_per_image = 5
+    config.rded_candidates_per_class = 300
+  config.ccs_strata = 50
+  if args.runlocal:
+    config.budget_examples = 640
+    config.rded_candidates_per_class = 4 * args.ipc
+  return config
