@@ -3,7 +3,8 @@
 `method` picks the subset of `ipc` images per class: random, el2n_easy, el2n_hard, ccs,
 cad_prune (scored by the library first, cached in `cache_dir`), or rded / ca2d (distilled grids
 of teacher-selected crops; the teacher is configs/embedded_hl.py). Every method trains the same
-student (ConvNet-D3, width 64) for the same budget: 10,000 examples at ipc=10, 20,000 at ipc=50.
+student (ConvNet-D3, width 64) for the same budget (10,000 examples at ipc=10, 20,000 at ipc=50)
+with the DD evaluation crops (RandomResizedCrop scale 0.08–1).
 
   python -m hardlabel_jax.main --config configs/embedded_select.py:method=cad_prune,ipc=10,seed=0 \
       --config.cache_dir=/tmp/select/cache --workdir /tmp/select/cad_prune_ipc10_s0
@@ -57,7 +58,7 @@ def get_config(arg=None):
   config.budget_examples = BUDGET[args.ipc]
   config.global_batch_size = 32
   config.learning_rate = 0.02
-  config.crop_scale = (0.5, 1.0)
+  config.crop_scale = (0.08, 1.0)  # the DD evaluation protocol; RDED grids need patch-sized crops
   config.log_every_steps = 100
   if args.method in ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d"):
     config.score_config = score_config(args.method in ("cad_prune", "ca2d"), args.ipc,
