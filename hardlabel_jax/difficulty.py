@@ -21,11 +21,13 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import flax
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax
-from flax import linen as nn
+
+from hardlabel_jax import array_checks
 
 __all__ = [
     "FINAL_LAYER_NAMES",
@@ -55,21 +57,11 @@ FINAL_LAYER_NAMES: tuple[str, ...] = ("classifier", "fc", "head")
 # Validation (Python, trace time).
 
 
-def _is_concrete(x: Any) -> bool:
-  """True when `x` holds host-readable values (not a tracer, not a non-addressable global array)."""
-  if isinstance(x, jax.core.Tracer):
-    return False
-  return bool(getattr(x, "is_fully_addressable", True))
-
-
-def _as_array(x: ArrayLike) -> Any:
-  """`x` itself when it already has a shape and dtype, else a NumPy array (no device work)."""
-  return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
 def _check_float(name: str, x: ArrayLike, axes: str) -> Any:
   """Validates a floating array whose axes are named by the comma-separated `axes`."""
-  a = _as_array(x)
+  a = array_checks.as_array(x)
   names = axes.split(", ")
   if a.ndim != len(names):
     raise ValueError(f"{name} must have shape [{axes}], got ndim={a.ndim} shape={a.shape}")
@@ -84,14 +76,14 @@ def _check_float(name: str, x: ArrayLike, axes: str) -> Any:
 
 def _check_labels(labels: ArrayLike, num_classes: int, n: int) -> Any:
   """Validates integer labels `[n]`; checks the range when the labels are concrete."""
-  y = _as_array(labels)
+  y = array_checks.as_array(labels)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise ValueError(f"labels must be an integer array, got dtype {y.dtype}")
   if y.ndim != 1:
     raise ValueError(f"labels must have shape [n], got ndim={y.ndim} shape={y.shape}")
   if y.shape[0] != n:
     raise ValueError(f"labels have {y.shape[0]} examples but the scores' input has {n}")
-  if _is_concrete(labels):
+  if array_checks.is_concrete(labels):
     host = np.asarray(y)
     bad = (host < 0) | (host >= num_classes)
     if bad.any():
@@ -250,14 +242,14 @@ def aum(logits_per_epoch: ArrayLike, labels: ArrayLike) -> Array:
 
 def forgetting_events(correct_per_epoch: ArrayLike) -> Array:
   """Number of correct→wrong transitions per example, `[n]`; +inf if never correct."""
-  c = _as_array(correct_per_epoch)
+  c = array_checks.as_array(correct_per_epoch)
   if c.ndim != 2:
     raise ValueError(f"correct_per_epoch must have shape [epochs, n], got shape {c.shape}")
   if c.shape[0] < 1:
     raise ValueError(f"correct_per_epoch needs at least one epoch, got shape {c.shape}")
   if not (c.dtype == bool or jnp.issubdtype(c.dtype, jnp.integer)):
     raise ValueError(f"correct_per_epoch must be bool or 0/1 integers, got dtype {c.dtype}")
-  if _is_concrete(correct_per_epoch) and c.dtype != bool:
+  if array_checks.is_concrete(correct_per_epoch) and c.dtype != bool:
     host = np.asarray(c)
     if not np.isin(host, (0, 1)).all():
       raise ValueError(f"correct_per_epoch must hold only 0 and 1, got {np.unique(host)[:5]}")
@@ -409,7 +401,7 @@ def grand(model: nn.Module, variables: dict[str, Any], images: ArrayLike, labels
     if not _is_dense_params(_subtree(params, layer_path)):
       raise ValueError(f"layer_name {layer_name!r} is not a Dense layer of the params; Dense "
                        f"layers: {['/'.join(p) for p in _dense_paths(params)]}")
-  x = _as_array(images)
+  x = array_checks.as_array(images)
   if x.ndim < 2 or x.shape[0] < 1:
     raise ValueError(f"images must have shape [n, ...] with n >= 1, got shape {x.shape}")
   # Abstract evaluation only: the class count for the label check costs no compute.

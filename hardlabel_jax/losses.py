@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hardlabel_jax import array_checks
+
 __all__ = [
     "DD_SOFT_LABEL_TEMPERATURE",
     "LOGIT_STANDARDIZATION_KD_DEFAULTS",
@@ -77,22 +79,11 @@ LOGIT_STANDARDIZATION_KD_DEFAULTS = types.MappingProxyType(
 # Validation (Python, trace time).
 
 
-def _is_concrete(x: Any) -> bool:
-  """True when `x` holds host-readable values (not a tracer, not a non-addressable global array)."""
-  if isinstance(x, jax.core.Tracer):
-    return False
-  # Multi-host global arrays cannot be read back on one host; skip the check rather than fail.
-  return bool(getattr(x, "is_fully_addressable", True))
-
-
-def _as_array(x: ArrayLike) -> Any:
-  """`x` itself when it already has a shape and dtype, else a NumPy array (no device work)."""
-  return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
 def _check_logits(name: str, logits: ArrayLike) -> Any:
   """Validates a floating `[batch, classes]` array, batch >= 1 and classes >= 2."""
-  x = _as_array(logits)
+  x = array_checks.as_array(logits)
   if x.ndim != 2:
     raise ValueError(f"{name} must have shape [batch, classes], got ndim={x.ndim} shape={x.shape}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -112,14 +103,14 @@ def _check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Any:
   """Validates integer labels `[batch]`; checks the range when the labels are concrete."""
-  y = _as_array(labels)
+  y = array_checks.as_array(labels)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise ValueError(f"labels must be an integer array, got dtype {y.dtype}")
   if y.ndim != 1:
     raise ValueError(f"labels must have shape [batch], got ndim={y.ndim} shape={y.shape}")
   if batch is not None and y.shape[0] != batch:
     raise ValueError(f"labels have batch {y.shape[0]} but the logits have batch {batch}")
-  if _is_concrete(labels):
+  if array_checks.is_concrete(labels):
     host = np.asarray(y)
     bad = (host < 0) | (host >= num_classes)
     if bad.any():
@@ -138,7 +129,7 @@ def _check_number(name: str, value: Any, *, positive: bool = False, lo: float | 
     raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
   if np.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-  if not _is_concrete(value):
+  if not array_checks.is_concrete(value):
     return
   v = float(value)
   if not math.isfinite(v):
@@ -479,7 +470,7 @@ def _standardize_kernel(logits: Array) -> Array:
 
 def standardize_logits(logits: ArrayLike) -> Array:
   """Per-row z-score (z − mean)/(1e-7 + std), unbiased std, over the last axis (DESIGN §6)."""
-  z = _as_array(logits)
+  z = array_checks.as_array(logits)
   if z.ndim < 1 or not jnp.issubdtype(z.dtype, jnp.floating):
     raise ValueError(f"logits must be a floating array with a class axis, got {z.dtype} {z.shape}")
   if z.shape[-1] < 2:
