@@ -217,14 +217,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   run_start = time.perf_counter()
   config_schema.validate(config)
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.global_batch_size, mesh)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   # Selection by difficulty: run the scoring config first if its score file is absent.
   config = scoring.ensure_scores(config, workdir, devices=devices)
   if config.selection in distill.METHODS:
     # RDED/CA2D: build (or reuse) the distilled set, then train on it like any data set.
     config = distill.training_config(config, distill.build(config, workdir, devices=devices))
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.global_batch_size, mesh)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   data = run_data.load_run_data(config)
   budget = budget_from_config(config, len(data.pool_ids))
   checkpointing.check_same_run(workdir, config)
