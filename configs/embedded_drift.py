@@ -9,19 +9,12 @@ the teacher's own confidence (the table's T=20 flattens every distribution).
 Writes drift.csv, drift.json and drift.png to the workdir.
 """
 
-import os
-
 from hardlabel_jax import config_schema
-
-
-def _hald_config(arg):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hald.py")
-  return config_schema.load_config_file(path, arg)
 
 
 def get_config(arg=None):
   """The subset, crops and teacher of configs/embedded_hald.py; `runlocal` for a smoke test."""
-  config = _hald_config(arg)
+  config = config_schema.sibling_config(__file__, "embedded_hald.py", arg)
   config.task = "drift"
   config.temperature = 1.0
   config.drift_crop_counts = (1, 2, 4, 8, 16, 32)

@@ -14,15 +14,7 @@ Teacher and table are built on first use and cached in `cache_dir`, shared by ev
   # --config.label_format=topk_q8 --config.topk=3: the same study at a fraction of the bytes.
 """
 
-import os
-
 from hardlabel_jax import config_schema
-
-
-def teacher_config(runlocal: bool):
-  """The teacher is exactly configs/embedded_hl.py (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hl.py")
-  return config_schema.load_config_file(path, "runlocal" if runlocal else None)
 
 
 def get_config(arg=None):
@@ -38,7 +30,8 @@ def get_config(arg=None):
   config.crop_scale = (0.08, 1.0)
   config.crop_ratio = (3 / 4, 4 / 3)
   config.random_flip = False
-  config.teacher_config = teacher_config(args.runlocal)
+  config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py",
+                                                       args.runlocal and "runlocal")
   config.model = "convnet_d3"
   config.model_kwargs.width = 64
   config.temperature = 20.0

@@ -13,15 +13,7 @@ The first run trains the teacher into teacher_workdir (default `<workdir>/teache
 reuse it. `loss=ce` trains the same student on hard labels only, the baseline KD must beat.
 """
 
-import os
-
 from hardlabel_jax import config_schema
-
-
-def _teacher_config(runlocal: bool):
-  """The HL teacher is exactly configs/embedded_hl.py (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded_hl.py")
-  return config_schema.load_config_file(path, "runlocal" if runlocal else None)
 
 
 _LOSS_SETTINGS = {
@@ -38,8 +30,10 @@ def get_config(arg=None):
   args = config_schema.parse_arg(arg, runlocal=False, loss="kd", seed=0)
   if args.loss not in _LOSS_SETTINGS:
     raise ValueError(f"loss={args.loss!r}: choose one of {', '.join(_LOSS_SETTINGS)}")
-  teacher = _teacher_config(args.runlocal)
-  config = _teacher_config(args.runlocal)  # same data, crops, optimizer and budget
+  # The teacher is exactly configs/embedded_hl.py; the student shares its data, crops, optimizer
+  # and budget.
+  teacher = config_schema.sibling_config(__file__, "embedded_hl.py", args.runlocal and "runlocal")
+  config = config_schema.sibling_config(__file__, "embedded_hl.py", args.runlocal and "runlocal")
   config.regime = "kd"
   config.seed = args.seed
   config.model = "convnet_d3"

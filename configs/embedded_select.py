@@ -14,22 +14,15 @@ lasts K epochs with K·N = E_down·n (the downstream budget), i.e. 3 epochs at i
 ipc=50 here, so its windows are short (J=2, W=1).
 """
 
-import os
-
 from hardlabel_jax import config_schema
 
 METHODS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
 BUDGET = {10: 10_000, 50: 20_000}
 
 
-def _sibling(name, arg=None):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-  return config_schema.load_config_file(path, arg)
-
-
 def score_config(cad: bool, ipc: int, runlocal: bool):
   """The scoring run: HL on the whole split, per-example statistics every epoch."""
-  config = _sibling("embedded_hl.py", "runlocal" if runlocal else None)
+  config = config_schema.sibling_config(__file__, "embedded_hl.py", runlocal and "runlocal")
   config.task = "score"
   config.model_kwargs.width = 64
   config.cad_window, config.cad_num_windows = 2, 1
@@ -49,7 +42,7 @@ def get_config(arg=None):
     raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}")
   if args.ipc not in BUDGET:
     raise ValueError(f"ipc={args.ipc}: choose 10 or 50")
-  config = _sibling("embedded_hl.py")
+  config = config_schema.sibling_config(__file__, "embedded_hl.py")
   config.seed = args.seed
   config.subset_seed = args.seed
   config.selection = args.method
@@ -65,7 +58,8 @@ def get_config(arg=None):
                                        args.runlocal)
     config.cad_window, config.cad_num_windows = 2, 1
   if args.method in ("rded", "ca2d"):
-    config.teacher_config = _sibling("embedded_hl.py", "runlocal" if args.runlocal else None)
+    config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py",
+                                                         args.runlocal and "runlocal")
     config.rded_factor = 2
     config.rded_crops_per_image = 5
     config.rded_candidates_per_class = 300

@@ -15,6 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import metrics_log
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -89,8 +90,4 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def write_run_identity(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Records the run's identity next to its checkpoints (atomically)."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(run_identity(config), f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  metrics_log.write_json_atomic(os.path.join(workdir, RUN_CONFIG_FILE), run_identity(config))

@@ -248,6 +248,12 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   return module.get_config(arg)
 
 
+def sibling_config(config_file: str, name: str,
+                   arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config `name` in the directory of `config_file` (pass `__file__`)."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name), arg)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a config argument 'runlocal,ipc=10' into fields, typed by `defaults` (big_vision)."""
   parsed = ml_collections.ConfigDict(defaults)

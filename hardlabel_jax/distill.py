@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -128,8 +128,7 @@ def set_directory(config: ml_collections.ConfigDict, workdir: str, ident: dict) 
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, *,
-          devices: list[jax.Device] | None = None,
-          train_fn: Callable | None = None) -> str:
+          devices: list[jax.Device] | None = None) -> str:
   """`task='distill'`: writes (or reuses) the RDED/CA2D set this config asks for; its path."""
   if config.selection not in METHODS:
     raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
@@ -139,10 +138,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *,
   source_config = config.copy_and_resolve_references()
   source_config.selection, source_config.images_per_class = "random", 0
   data = run_data.load_run_data(source_config)
-  if train_fn is None:
-    from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (import cycle)
-    train_fn = lambda c, w: trainer.train_and_evaluate(c, w, devices=devices)
-  teacher = relabel.load_teacher_for(config, workdir, data, mesh, train_fn)
+  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
   ident = identity(config, data.train.info.fingerprint, teacher)
   directory = set_directory(config, workdir, ident)
   if os.path.exists(os.path.join(directory, PROVENANCE_FILE)):

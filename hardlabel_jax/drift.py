@@ -27,6 +27,7 @@ from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import relabel as relabel_lib
 from hardlabel_jax import run_data
+from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import pipeline
 
 CSV_COLUMNS = ("crops_per_image", "kl", "kl_std", "crop_mismatch", "mean_label_mismatch",
@@ -122,36 +123,18 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   os.replace(tmp, path)
 
 
-def _image_log_probs(teacher, data, config, mesh, pool_ids: np.ndarray) -> np.ndarray:
-  """Teacher log-probabilities at T on the centre view of each pool image, in pool order."""
-  view = pipeline.PoolView(data.train, pool_ids)
-  predict = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature, "eval")
-  out = np.zeros((len(pool_ids), data.train.info.num_classes), np.float32)
-  start = 0
-  for local in pipeline.evaluation_batches(
-      view, size=config.image_size, crop_fraction=config.eval_crop_fraction,
-      normalizer=data.normalizer, global_batch=config.eval_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    result = jax.device_get(predict(teacher.variables, mesh_lib.global_batch(local, mesh)))
-    valid = result["log_probs"][result["mask"] > 0]
-    out[start:start + len(valid)] = valid
-    start += len(valid)
-  return out
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         devices: list[jax.Device] | None = None) -> list[dict]:
   """`task='drift'`: drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (avoids a cycle)
-
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   data = run_data.load_run_data(config)
   counts = sorted({int(m) for m in config.drift_crop_counts})
-  teacher = relabel_lib.load_teacher_for(
-      config, workdir, data, mesh, lambda c, w: trainer.train_and_evaluate(c, w, devices=devices))
-  image_log_probs = _image_log_probs(teacher, data, config, mesh, data.pool_ids)
+  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
+  whole_image = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature, "eval")
+  image_log_probs = relabel_lib.pool_center_outputs(whole_image, teacher.variables, data, config,
+                                                    mesh)["log_probs"]
   slots = counts[-1]
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
@@ -182,9 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                "teacher_pool_top1_whole_image": teacher_top1, "temperature": config.temperature,
                "crop_seed": config.crop_seed, "dataset": data.train.info.name,
                "config": json.loads(config.to_json_best_effort())}
-    with open(os.path.join(workdir, "drift.json.tmp"), "w") as f:
-      json.dump(summary, f, indent=1, sort_keys=True)
-    os.replace(os.path.join(workdir, "drift.json.tmp"), os.path.join(workdir, "drift.json"))
+    metrics_log.write_json_atomic(os.path.join(workdir, "drift.json"), summary)
     plot(rows, os.path.join(workdir, "drift.png"),
          f"local semantic drift: {data.train.info.name}, {len(data.pool_ids)} images, "
          f"teacher {teacher.describe()['model']}, T={config.temperature:g}")

@@ -42,6 +42,14 @@ class MetricsLog:
       self._tb.close()
 
 
+def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
+  """Writes readable JSON via a temp file and rename, so a reader never sees half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
 def format_seconds(seconds: float) -> str:
   """12345 -> '3h25m45s'."""
   seconds = int(max(seconds, 0))

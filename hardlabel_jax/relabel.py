@@ -90,10 +90,27 @@ def teacher_crop_outputs(example: pipeline.CropExample, *, slots: int, first_row
                                             jax.process_count()))
              .map(CropRows(example, slots, first_row, num_rows))
              .batch(local_batch, drop_remainder=True))
-  for local in pipeline._to_iterator(dataset, num_workers):  # pylint: disable=protected-access
+  for local in pipeline.to_iterator(dataset, num_workers):
     out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
     keep = out.pop("mask") > 0
     yield {k: np.asarray(v)[keep] for k, v in out.items()}
+
+
+def pool_center_outputs(predict: Callable, first_arg: Any, data: run_data.RunData,
+                        config: ml_collections.ConfigDict,
+                        mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """`predict(first_arg, batch)` on the centre view of every pool image: valid rows, pool order."""
+  parts = {}
+  for local in pipeline.evaluation_batches(
+      pipeline.PoolView(data.train, data.pool_ids), size=config.image_size,
+      crop_fraction=config.eval_crop_fraction, normalizer=data.normalizer,
+      global_batch=config.eval_batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=config.num_workers):
+    out = jax.device_get(predict(first_arg, mesh_lib.global_batch(local, mesh)))
+    keep = np.asarray(out.pop("mask")) > 0
+    for name, value in out.items():
+      parts.setdefault(name, []).append(np.asarray(value)[keep])
+  return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
@@ -207,12 +224,12 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
                          + progress.line(shard + 1, {}, progress.update(shard + 1)))
     if shard_hook is not None:
       shard_hook(shard)
-  if writer is not None:
-    table = writer.finalize()
+  table = writer.finalize() if writer is not None else None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("relabel finalized")
-  table = table_lib.SoftLabelTable.open(directory, expected=spec)
+  if table is None:  # the other processes read what process 0 wrote
+    table = table_lib.SoftLabelTable.open(directory, expected=spec)
   metrics_log.log_line(
       f"soft-label table {directory}: {table.num_rows} crops ({len(spec.ids)} images × "
       f"{spec.slots_per_image}), format {spec.label_format}, {table.bytes_per_row} bytes/crop, "
@@ -221,24 +238,13 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
   return table
 
 
-def load_teacher_for(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
-                     mesh: jax.sharding.Mesh, train_fn: Callable) -> teacher_lib.Teacher:
-  """The run's teacher, trained first from `teacher_config` when it is absent."""
-  path = teacher_lib.ensure_teacher(config, workdir, train_fn)
-  return teacher_lib.load_teacher(path, num_classes=data.train.info.num_classes,
-                                  input_shape=run_data.input_shape(config, data), mesh=mesh)
-
-
 def relabel(config: ml_collections.ConfigDict, workdir: str, *,
             devices: list[jax.Device] | None = None,
             shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
   """`task='relabel'`: builds the configured soft-label table (and its teacher if needed)."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
-
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   data = run_data.load_run_data(config)
-  teacher = load_teacher_for(config, workdir, data, mesh,
-                             lambda c, w: trainer.train_and_evaluate(c, w, devices=devices))
+  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
   return relabel_with(config, workdir, data, teacher, mesh, shard_hook=shard_hook)

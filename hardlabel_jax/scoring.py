@@ -26,11 +26,11 @@ from hardlabel_jax import difficulty
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
+from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import selection
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
-from hardlabel_jax.data import pipeline
 
 SCORES_FILE = "scores.npz"
 EPOCHS_DIR = "score_epochs"
@@ -69,18 +69,7 @@ class EpochRecorder:
 
   def statistics(self, state: train_state_lib.TrainState) -> dict[str, np.ndarray]:
     """The statistics of every pool example, in pool order."""
-    config, data = self._config, self._data
-    parts = {name: [] for name in STATISTICS}
-    for local in pipeline.evaluation_batches(
-        pipeline.PoolView(data.train, data.pool_ids), size=config.image_size,
-        crop_fraction=config.eval_crop_fraction, normalizer=data.normalizer,
-        global_batch=config.eval_batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_workers=config.num_workers):
-      out = jax.device_get(self._step(state, mesh_lib.global_batch(local, self._mesh)))
-      keep = out["mask"] > 0
-      for name in STATISTICS:
-        parts[name].append(np.asarray(out[name])[keep])
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    return relabel.pool_center_outputs(self._step, state, self._data, self._config, self._mesh)
 
   def __call__(self, epoch: int, state: train_state_lib.TrainState) -> None:
     stats = self.statistics(state)

@@ -20,6 +20,7 @@ import ml_collections
 from hardlabel_jax import checkpointing
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
+from hardlabel_jax import run_data
 
 
 @dataclasses.dataclass
@@ -72,6 +73,18 @@ def ensure_teacher(config: ml_collections.ConfigDict, workdir: str,
         "(or any HL config) and point teacher_workdir at its workdir")
   train_fn(config.teacher_config, path)
   return path
+
+
+def teacher_for_run(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
+                    mesh: jax.sharding.Mesh,
+                    devices: list[jax.Device] | None = None) -> Teacher:
+  """A run's teacher, loaded for its data; trained first from `teacher_config` if absent."""
+  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
+
+  path = ensure_teacher(config, workdir,
+                        lambda c, w: trainer.train_and_evaluate(c, w, devices=devices))
+  return load_teacher(path, num_classes=data.train.info.num_classes,
+                      input_shape=run_data.input_shape(config, data), mesh=mesh)
 
 
 def _shapes(tree: Any) -> Any:

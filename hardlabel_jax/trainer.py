@@ -105,13 +105,6 @@ def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict:
           "teacher_model": teacher.results.get("config", {}).get("model")}
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                          budget: Budget, teacher: teacher_lib.Teacher, common: dict) -> Callable:
   """KD (any registry loss) or SL+KD (KL at T against the teacher on the same crop)."""
@@ -232,8 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   input_shape = run_data.input_shape(config, data)
   teacher, table = None, None
   if config.regime != "hl":
-    teacher = relabel.load_teacher_for(config, workdir, data, mesh,
-                                       lambda c, w: train_and_evaluate(c, w, devices=devices))
+    teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
   if config.regime in config_schema.TABLE_REGIMES:
     # Builds the table on first use; a stored table of another data set, subset, teacher or
     # crop config, or a corrupted one, fails here, before anything is written to the workdir.
@@ -325,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "config": json.loads(config.to_json_best_effort()),
   }
   if is_writer:
-    _write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    metrics_log.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
   metrics_log.log_line(f"test top-1 {results['test_top1']:.4f}, test loss "
                        f"{results['test_loss']:.4f}; results in "
                        f"{os.path.join(workdir, RESULTS_FILE)}")

@@ -146,7 +146,8 @@ def check_batch_split(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
-def _to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+def to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+  """A checkpointable iterator over `dataset`, prefetched by `num_workers` processes."""
   iter_dataset = dataset.to_iter_dataset()
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():
@@ -165,7 +166,7 @@ def position_stream(example_at: Callable[[int], dict[str, np.ndarray]], *, globa
              .map(ProcessPositions(global_batch, process_index, process_count))
              .map(example_at)
              .batch(local_batch, drop_remainder=True))
-  return _to_iterator(dataset, num_workers)
+  return to_iterator(dataset, num_workers)
 
 
 def training_stream(example: CropExample, *, global_batch: int, num_steps: int, seed: int,
@@ -223,4 +224,4 @@ def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
              .map(ProcessPositions(global_batch, process_index, process_count))
              .map(EvalExample(source, size, crop_fraction, normalizer))
              .batch(local_batch, drop_remainder=True))
-  return _to_iterator(dataset, num_workers)
+  return to_iterator(dataset, num_workers)
