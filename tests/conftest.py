@@ -7,6 +7,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Many tests compile the same tiny steps; a persistent cache makes the second compile free.
 jax.config.update("jax_compilation_cache_dir",
@@ -20,3 +21,14 @@ def pytest_configure(config):
   # Slow end-to-end tests still run in CI (the README command runs everything); `-m "not slow"`
   # skips them for a quick local loop.
   config.addinivalue_line("markers", "slow: end-to-end runs of tens of seconds on 2 CPU cores")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+  """A tiny finished HL run on 10 images per class (seconds), shared as the teacher of the
+  soft-label, KD-style and distillation tests; only its checkpoint format matters."""
+  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top
+  from test_trainer import tiny_config  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("teacher"))
+  trainer.train_and_evaluate(tiny_config(budget_examples=16 * 12), path)
+  return path

@@ -40,13 +40,6 @@ def test_select_crops_keeps_each_images_best_crop_and_the_lowest_per_class():
     distill.select_crops(labels, ce, images_per_class=4, factor=1)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("teacher"))
-  trainer.train_and_evaluate(tiny_config(budget_examples=16 * 8), path)
-  return path
-
-
 def distill_config(tmp_path, teacher_dir, **overrides):
   fields = dict(selection="rded", images_per_class=2, rded_candidates_per_class=10,
                 teacher_workdir=teacher_dir, cache_dir=str(tmp_path / "cache"),

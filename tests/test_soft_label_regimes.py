@@ -14,15 +14,7 @@ from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import replay
 from hardlabel_jax.soft_labels import table as table_lib
 
-from test_trainer import tiny_config
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  """A tiny HL teacher on 10 images per class (seconds); only its checkpoint format matters."""
-  path = str(tmp_path_factory.mktemp("teacher"))
-  trainer.train_and_evaluate(tiny_config(budget_examples=16 * 12), path)
-  return path
+from test_trainer import Killed, tiny_config
 
 
 def soft_config(tmp_path, teacher_dir, **overrides):
@@ -136,10 +128,6 @@ def test_bad_tables_fail_before_training_and_overwrite_nothing(tmp_path, teacher
                      label_table_dir=other_table.directory, subset_seed=1)
   with pytest.raises(table_lib.TableError, match="temperature"):
     trainer.train_and_evaluate(warm, str(tmp_path / "run_warm"))
-
-
-class Killed(Exception):
-  pass
 
 
 def test_interrupted_relabel_resumes_to_the_same_table(tmp_path, teacher_dir):
