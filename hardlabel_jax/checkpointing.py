@@ -72,9 +72,10 @@ def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
           if k not in config_schema.RESUMABLE_FIELDS}
 
 
-def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose checkpoints came from a different config."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
+def check_same_run(workdir: str, config: ml_collections.ConfigDict,
+                   filename: str = RUN_CONFIG_FILE) -> None:
+  """Refuses to resume a workdir whose checkpoints (or `filename`) came from another config."""
+  path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -88,6 +89,7 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
                      "Use a new --workdir, or restore the original config to resume.")
 
 
-def write_run_identity(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_run_identity(workdir: str, config: ml_collections.ConfigDict,
+                       filename: str = RUN_CONFIG_FILE) -> None:
   """Records the run's identity next to its checkpoints (atomically)."""
-  metrics_log.write_json_atomic(os.path.join(workdir, RUN_CONFIG_FILE), run_identity(config))
+  metrics_log.write_json_atomic(os.path.join(workdir, filename), run_identity(config))

@@ -13,7 +13,7 @@ import ml_collections
 
 from hardlabel_jax import hald
 
-TASKS = ("train", "relabel", "drift", "score", "distill")
+TASKS = ("train", "relabel", "drift", "score", "distill", "study")
 SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
 SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
@@ -141,6 +141,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.step_milestones = (0.5, 0.75)  # fractions of training, for schedule='step'
   c.step_gamma = 0.1
   c.hald_eta = 1.0  # HALD: lr · 0.5 (1 + cos(π e / (E η)))
+
+  # Label-regime studies (task='study', DESIGN.md §3): every cell of the grid regimes × methods ×
+  # images per class × seeds is this config as a task='train' run with `budget_examples`, and
+  # shares one teacher, one scoring run per score config and one table per subset (cache_dir).
+  c.study_regimes = ("hl", "sl", "sl_kd", "hald")
+  c.study_methods = ("random",)  # selection methods, and 'full' (the whole train split)
+  c.study_images_per_class = (10,)
+  c.study_seeds = (0,)
+  c.study_score_epochs = 10  # K of the EL2N/AUM scoring run; CAD-Prune's K comes from the budget
+  c.study_regime_overrides = ml_collections.ConfigDict()  # regime -> {field: value}
 
   # Run control.
   c.log_every_steps = 50

@@ -1,8 +1,9 @@
 """Command line: `python -m hardlabel_jax.main --config configs/X.py --workdir DIR`.
 
 Only parses flags and hands the config to the tested library (Flax-examples style):
-`config.task` is `train` (any regime), `relabel` (build a soft-label table), `drift` or
-`score` (per-example difficulty statistics for subset selection). Override any
+`config.task` is `train` (any regime), `relabel` (build a soft-label table), `drift`,
+`score` (per-example difficulty statistics for subset selection), `distill` (RDED/CA2D sets) or
+`study` (a grid of label regimes × selection methods × sizes × seeds, with a report). Override any
 field with `--config.field=value`; pass a config argument as `--config configs/X.py:runlocal`.
 """
 
@@ -16,6 +17,7 @@ from hardlabel_jax import distill
 from hardlabel_jax import drift
 from hardlabel_jax import relabel
 from hardlabel_jax import scoring
+from hardlabel_jax import study
 from hardlabel_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -38,7 +40,7 @@ def main(argv):
     jax.distributed.initialize()
   config = _CONFIG.value
   tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run,
-           "score": scoring.run, "distill": distill.run}
+           "score": scoring.run, "distill": distill.run, "study": study.run}
   if config.task not in tasks:
     raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
   tasks[config.task](config, _WORKDIR.value)

@@ -1,0 +1,312 @@
+"""Label-regime studies (`task='study'`, DESIGN.md §3): does subset quality matter under a regime?
+
+A grid of label regimes × selection methods × images per class × seeds; every cell is the same
+config run as `task='train'` for the same compute budget (`budget_examples`). The cells share the
+expensive parts through `cache_dir`: one teacher, one scoring run per score config (EL2N/AUM once,
+CAD-Prune once per subset size since its K follows the budget) and one soft-label table per
+subset. Each cell keeps its own workdir under `<workdir>/cells/`; a finished cell is skipped and an
+interrupted one resumes from its checkpoint, so a killed study, started again, ends with the same
+`results.csv` as an uninterrupted one. `study_report` turns the CSV into tables and plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import checkpointing
+from hardlabel_jax import config_schema
+from hardlabel_jax import distill
+from hardlabel_jax import metrics_log
+from hardlabel_jax import selection
+from hardlabel_jax import study_report
+from hardlabel_jax import trainer
+from hardlabel_jax.data import sources
+
+FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
+METHODS = config_schema.SELECTIONS + (FULL,)
+CAD_METHODS = ("cad_prune", "ca2d")
+CELLS_DIR = "cells"
+RESULTS_CSV = "results.csv"
+CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, before resolution
+CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen",
+              "steps", "epochs", "pool_size", "label_source", "label_bytes", "wall_seconds")
+# Where each regime's training targets come from (the bytes plot separates the three).
+LABEL_SOURCES = {"hl": "hard", "sl": "table", "hald": "table", "sl_kd": "teacher",
+                 "kd": "teacher"}
+_STUDY_FIELDS = tuple(k for k in config_schema.default_config() if k.startswith("study_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One training run of the grid."""
+
+  regime: str
+  method: str
+  ipc: int  # 0 for the full train split
+  seed: int
+
+  @property
+  def name(self) -> str:
+    size = "all" if self.method == FULL else f"ipc{self.ipc}"
+    return f"{self.regime}-{self.method}-{size}-s{self.seed}"
+
+
+def grid(config: ml_collections.ConfigDict) -> list[Cell]:
+  """Every cell, in CSV order: regime, method, images per class, seed."""
+  cells = []
+  for regime in config.study_regimes:
+    for method in config.study_methods:
+      sizes = (0,) if method == FULL else config.study_images_per_class
+      cells += [Cell(regime, method, int(ipc), int(seed))
+                for ipc in sizes for seed in config.study_seeds]
+  return cells
+
+
+def _fail(field: str, message: str) -> None:
+  raise ValueError(f"config.{field}: {message}")
+
+
+def _train_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The study config as a plain train config: study fields back at their defaults.
+
+  Resetting them keeps a cell's identity (and the hashes of the teacher, score and table caches)
+  independent of the grid, so extending a study reuses everything already computed.
+  """
+  base = config.copy_and_resolve_references()
+  defaults = config_schema.default_config()
+  for field in _STUDY_FIELDS:
+    base[field] = defaults[field]
+  base.task = "train"
+  return base
+
+
+def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
+                 class_counts: np.ndarray) -> ml_collections.ConfigDict:
+  """The scoring run a scored method ranks by: HL on the whole split, seeded by the study."""
+  score = _train_base(config)
+  score.task = "score"
+  score.regime = "hl"
+  score.selection = "random"
+  score.images_per_class = 0
+  score.subset_ids_file = ""
+  score.scores_file = ""
+  score.score_config = None
+  score.teacher_config = None
+  score.teacher_workdir = ""
+  score.budget_examples = 0
+  score.score_epochs = config.study_score_epochs
+  if method in CAD_METHODS:
+    score.score_epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()),
+                                            len(class_counts))
+  return score
+
+
+def cad_scoring_epochs(config: ml_collections.ConfigDict, ipc: int, num_examples: int,
+                       num_classes: int) -> int:
+  """CAD-Prune's K: the scoring run on all N examples costs the cell's budget, K·N = E_down·n.
+
+  Set as `score_epochs` (not via the cad_* fields) so every size with the same K, and the EL2N
+  run when its length is K too, share one scoring run.
+  """
+  subset = ipc * num_classes
+  return selection.cad_prune_epochs(num_examples, subset, config.budget_examples / subset)
+
+
+def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.ndarray,
+                cache_dir: str) -> ml_collections.ConfigDict:
+  """The task='train' config of one cell (regime overrides applied last)."""
+  cell_cfg = _train_base(config)
+  cell_cfg.regime = cell.regime
+  cell_cfg.seed = cell.seed
+  cell_cfg.subset_seed = cell.seed  # a random subset is redrawn per seed
+  cell_cfg.cache_dir = cache_dir
+  if cell.method == FULL:
+    cell_cfg.selection, cell_cfg.images_per_class = "random", 0
+  else:
+    cell_cfg.selection, cell_cfg.images_per_class = cell.method, cell.ipc
+  if cell.method in config_schema.SCORED_SELECTIONS:
+    cell_cfg.score_config = score_config(config, cell.method, cell.ipc, class_counts)
+  overrides = config.study_regime_overrides.get(cell.regime)
+  for field, value in (overrides.items() if overrides else ()):
+    cell_cfg[field] = value
+  return cell_cfg
+
+
+def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
+  """The grid's own fields: known names, no repeats, positive sizes, a positive budget."""
+  for field, known in (("study_regimes", config_schema.REGIMES), ("study_methods", METHODS)):
+    values = tuple(config[field])
+    if not values:
+      _fail(field, "is empty")
+    for value in values:
+      if value not in known:
+        _fail(field, f"{value!r} is not one of {', '.join(known)}")
+    if len(set(values)) != len(values):
+      _fail(field, f"{values} repeats an entry")
+  if not config.study_seeds or any(int(s) < 0 for s in config.study_seeds):
+    _fail("study_seeds", "must be a non-empty list of seeds >= 0")
+  if len(set(config.study_seeds)) != len(config.study_seeds):
+    _fail("study_seeds", f"{tuple(config.study_seeds)} repeats a seed")
+  if set(config.study_methods) - {FULL}:
+    if not config.study_images_per_class or any(int(i) < 1 for i in
+                                                config.study_images_per_class):
+      _fail("study_images_per_class", "must be a non-empty list of sizes >= 1")
+  if config.budget_examples <= 0:
+    _fail("budget_examples", "every cell of a study trains for the same budget; set a positive "
+          "number of training examples")
+  if config.budget_examples < config.global_batch_size:
+    _fail("budget_examples", f"{config.budget_examples} examples is less than one global batch "
+          f"({config.global_batch_size})")
+  if set(config.study_methods) & {"el2n_easy", "el2n_hard", "ccs"} and \
+      config.study_score_epochs < 1:
+    _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
+  defaults = config_schema.default_config()
+  for regime, overrides in config.study_regime_overrides.items():
+    if regime not in config.study_regimes:
+      _fail(f"study_regime_overrides.{regime}", f"is not a regime of this study "
+            f"({', '.join(config.study_regimes)})")
+    for field in overrides:
+      if field not in defaults or field.startswith("study_") or field in ("task", "regime"):
+        _fail(f"study_regime_overrides.{regime}.{field}", "is not a cell config field")
+
+
+def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) -> None:
+  """Subset sizes the data can hold, and CAD scoring runs long enough for their windows."""
+  smallest = int(class_counts.min())
+  distilled = set(config.study_methods) & set(distill.METHODS)
+  for ipc in (int(i) for i in config.study_images_per_class):
+    if ipc > smallest:
+      _fail("study_images_per_class", f"{ipc} images per class is more than class "
+            f"{int(class_counts.argmin())} has ({smallest})")
+    needed = ipc * config.rded_factor**2
+    candidates = config.rded_candidates_per_class or min(300, smallest)
+    if distilled and needed > min(candidates, smallest):
+      _fail("study_images_per_class", f"{', '.join(sorted(distilled))} at {ipc} images per "
+            f"class stitch {needed} crops of as many real images per class; only "
+            f"{min(candidates, smallest)} candidates (rded_candidates_per_class)")
+    if set(config.study_methods) & set(CAD_METHODS):
+      epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
+      if epochs < config.cad_window + config.cad_num_windows:
+        _fail("cad_window", f"CAD-Prune at {ipc} images per class scores for K={epochs} epochs "
+              f"(K·N = E_down·n), fewer than cad_window + cad_num_windows = "
+              f"{config.cad_window + config.cad_num_windows}; lower them or raise the budget")
+
+
+def _check_teacher(config: ml_collections.ConfigDict) -> None:
+  needs = [r for r in config.study_regimes if r != "hl"]
+  needs += [m for m in config.study_methods if m in distill.METHODS]
+  if needs and config.teacher_config is None and not config.teacher_workdir:
+    _fail("teacher_config", f"{', '.join(needs)} need a teacher; set teacher_config (trained on "
+          "first use) or teacher_workdir")
+
+
+def train_class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Training images per class of the study's train split."""
+  train = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
+  return np.bincount(np.asarray(train.labels()), minlength=train.info.num_classes)
+
+
+def validate_study(config: ml_collections.ConfigDict, counts: np.ndarray,
+                   cache_dir: str) -> dict[Cell, ml_collections.ConfigDict]:
+  """Every cell's config, or a ValueError naming the field, before anything is trained."""
+  config_schema.validate(config)
+  if config.task != "study":
+    _fail("task", f"{config.task!r}: a study config has task='study'")
+  _check_grid_fields(config)
+  _check_sizes(config, counts)
+  _check_teacher(config)
+  configs = {cell: cell_config(config, cell, counts, cache_dir) for cell in grid(config)}
+  for cell, cell_cfg in configs.items():
+    try:
+      config_schema.validate(cell_cfg)
+    except ValueError as e:
+      raise ValueError(f"study cell {cell.name}: {e}") from e
+  return configs
+
+
+def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
+  """The CSV row of a finished cell."""
+  return {"regime": cell.regime, "method": cell.method, "ipc": cell.ipc, "seed": cell.seed,
+          "test_top1": results["test_top1"], "test_loss": results["test_loss"],
+          "examples_seen": results["examples_seen"], "steps": results["steps"],
+          "epochs": round(results["epochs"], 4), "pool_size": results["pool_size"],
+          "label_source": LABEL_SOURCES[cell.regime], "label_bytes": results["label_bytes"],
+          "wall_seconds": round(results["wall_seconds"], 1)}
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+  """`rows` as CSV with the fixed columns, atomically."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+
+
+def _finished_rows(workdir: str, cells: list[Cell]) -> list[dict[str, Any]]:
+  rows = []
+  for cell in cells:
+    path = os.path.join(workdir, CELLS_DIR, cell.name, trainer.RESULTS_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        rows.append(cell_row(cell, json.load(f)))
+  return rows
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        devices: list[jax.Device] | None = None,
+        step_hook: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+  """Trains every missing cell, then writes results.csv and the report; returns the rows."""
+  cache_dir = os.path.abspath(config.cache_dir or os.path.join(workdir, "cache"))
+  configs = validate_study(config, train_class_counts(config), cache_dir)
+  if not jax.config.jax_compilation_cache_dir:
+    # Cells differ in data, not in shapes: their steps compile to the same programs, so a
+    # persistent cache turns every compile after the first into a lookup (~3 s → ~0 per cell).
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir, "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  cells = list(configs)
+  for cell, cell_cfg in configs.items():
+    # A cell finished or begun under another config would mix two studies in one table. (The
+    # cell's own run_config.json holds its resolved config: score file and distilled set paths.)
+    checkpointing.check_same_run(os.path.join(workdir, CELLS_DIR, cell.name), cell_cfg,
+                                 CELL_CONFIG_FILE)
+  is_writer = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  csv_path = os.path.join(workdir, RESULTS_CSV)
+  todo = [c for c in cells if not os.path.exists(
+      os.path.join(workdir, CELLS_DIR, c.name, trainer.RESULTS_FILE))]
+  metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
+                       f"{len(config.study_methods)} methods × sizes × "
+                       f"{len(config.study_seeds)} seeds), {len(cells) - len(todo)} already "
+                       f"finished; budget {config.budget_examples} examples per cell; "
+                       f"shared teacher, scores and tables in {cache_dir}")
+  started = time.perf_counter()
+  for done, cell in enumerate(todo):
+    elapsed = time.perf_counter() - started
+    eta = f", ETA {metrics_log.format_seconds(elapsed / done * (len(todo) - done))}" if done else ""
+    metrics_log.log_line(f"study: cell {cells.index(cell) + 1}/{len(cells)} {cell.name} "
+                         f"({done}/{len(todo)} of this session done{eta})")
+    cell_dir = os.path.join(workdir, CELLS_DIR, cell.name)
+    if is_writer:
+      os.makedirs(cell_dir, exist_ok=True)
+      checkpointing.write_run_identity(cell_dir, configs[cell], CELL_CONFIG_FILE)
+    trainer.train_and_evaluate(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
+    if is_writer:
+      write_csv(_finished_rows(workdir, cells), csv_path)
+  rows = _finished_rows(workdir, cells)
+  if is_writer:
+    write_csv(rows, csv_path)
+    report = study_report.write_report(rows, workdir)
+    metrics_log.log_line(report.markdown)
+    metrics_log.log_line("results: " + ", ".join([csv_path, *report.paths]))
+  return rows
