@@ -25,6 +25,7 @@ import numpy as np
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import distill
+from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
@@ -269,6 +270,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains every missing cell, then writes results.csv and the report; returns the rows."""
   cache_dir = os.path.abspath(config.cache_dir or os.path.join(workdir, "cache"))
   configs = validate_study(config, train_class_counts(config), cache_dir)
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.global_batch_size, mesh)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   if not jax.config.jax_compilation_cache_dir:
     # Cells differ in data, not in shapes: their steps compile to the same programs, so a
     # persistent cache turns every compile after the first into a lookup (~3 s → ~0 per cell).

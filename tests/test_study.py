@@ -220,3 +220,32 @@ def test_changing_the_recipe_under_finished_cells_is_refused(finished_study, tea
   for cell in study.grid(extended):  # a new seed adds cells; the finished ones still match
     checkpointing.check_same_run(os.path.join(workdir, study.CELLS_DIR, cell.name),
                                  configs[cell], study.CELL_CONFIG_FILE)
+
+
+@pytest.mark.parametrize("name, counts, cells, cad_epochs", [
+    ("cifar100_study.py", np.full(100, 500), 4 * 3 * (6 * 2 + 1), 30),
+    ("imagenet_study.py", np.r_[np.full(999, 1300), 732], 4 * 3 * (6 * 3 + 1), 12),
+])
+def test_paper_study_grids_validate_at_full_scale(name, counts, cells, cad_epochs):
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, name))
+  configs = study.validate_study(config, counts, "/cache")
+  assert len(configs) == cells
+  cad = next(c for c in configs if c.method == "cad_prune")
+  assert configs[cad].score_config.score_epochs == cad_epochs
+  assert {c.budget_examples for c in configs.values()} == {config.budget_examples}
+
+
+@pytest.mark.slow
+def test_cifar100_study_runs_end_to_end_on_mock_data(tmp_path):
+  """configs/cifar100_study.py:runlocal through the TFDS pipeline, on TFDS mock CIFAR-100."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "cifar100_study.py"),
+                                          "runlocal")
+  config.data_dir = str(tmp_path / "tfds")
+  with tfds.testing.mock_data(num_examples=1000):
+    rows = study.run(config, str(tmp_path / "study"))
+  assert [(r["regime"], r["method"], r["ipc"]) for r in rows] == [
+      ("hl", "random", 1), ("hl", "full", 0), ("sl", "random", 1), ("sl", "full", 0)]
+  assert [r["pool_size"] for r in rows] == [100, 1000, 100, 1000]
+  assert rows[2]["label_bytes"] == 100 * (9 + 2 * 100)  # one fp16 crop row per image
+  assert all(0 <= r["test_top1"] <= 1 for r in rows)
