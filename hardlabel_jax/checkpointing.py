@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -52,8 +53,15 @@ class Checkpointer:
     step = self._manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self._manager.directory}")
+    # The stored shardings name the devices of the run that saved it (a pod, 2 processes, 8
+    # devices); restoring onto this process's first device works on any topology.
+    path = os.path.join(os.fspath(self._manager.directory), str(step), "state")
+    stored = ocp.StandardCheckpointer().metadata(path).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          stored, is_leaf=lambda x: hasattr(x, "shape"))
     state = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+        state=ocp.args.StandardRestore(target)))["state"]
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
       variables["batch_stats"] = state["batch_stats"]

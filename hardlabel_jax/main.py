@@ -26,6 +26,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (TPU pods, GPU clusters); "
     "on a single host leave it off.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, where the environment (TPU, SLURM) "
+    "does not say; with --distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job, where the "
+                                      "environment does not say; with --distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, where the "
+                                   "environment does not say; with --distributed.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,8 +43,14 @@ def main(argv):
     # Orbax and TFDS log every save at INFO; progress lines go to stdout instead.
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
-    # Reads the coordinator from the TPU/SLURM environment; every process runs this same main.
-    jax.distributed.initialize()
+    # On TPU pods and SLURM the coordinator comes from the environment; elsewhere (several
+    # processes on one machine, a plain cluster) the three flags give it. Every process runs
+    # this same main over the same config.
+    explicit = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+                "process_id": _PROCESS_ID.value}
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+  elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+    raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   config = _CONFIG.value
   tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run,
            "score": scoring.run, "distill": distill.run, "study": study.run}

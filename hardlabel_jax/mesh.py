@@ -34,6 +34,28 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def replicate_host_arrays(tree: Any, mesh: Mesh) -> Any:
+  """Host arrays every process holds in full → global arrays replicated over the mesh.
+
+  (`jax.device_put` onto a multi-process mesh would need cross-host transfers, which CPU and
+  some GPU backends lack; every process already has the data, so each fills its own devices.)
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process reaches `name` (files one process wrote are then visible)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
   """Assembles each process's local rows into global arrays sharded over the mesh."""
   sharding = batch_sharded(mesh)

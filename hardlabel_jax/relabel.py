@@ -225,9 +225,7 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
     if shard_hook is not None:
       shard_hook(shard)
   table = writer.finalize() if writer is not None else None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("relabel finalized")
+  mesh_lib.sync_processes("relabel finalized")
   if table is None:  # the other processes read what process 0 wrote
     table = table_lib.SoftLabelTable.open(directory, expected=spec)
   metrics_log.log_line(

@@ -78,6 +78,7 @@ class EpochRecorder:
       tmp = self.path(epoch) + ".tmp.npz"
       np.savez(tmp, **stats)
       os.replace(tmp, self.path(epoch))
+    mesh_lib.sync_processes(f"scored epoch {epoch}")  # every process reads them at the end
     metrics_log.log_line(f"scored epoch {epoch + 1}: mean true-class probability "
                          f"{stats['true_prob'].mean():.4f}, accuracy {stats['correct'].mean():.4f}")
 
@@ -150,6 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
             "scoring_test_top1": results["test_top1"]}
   if jax.process_index() == 0:
     selection.save_scores(os.path.join(workdir, SCORES_FILE), scores, data.pool_ids, header)
+  mesh_lib.sync_processes("scores written")
   metrics_log.log_line(f"scores {', '.join(sorted(scores))} for {len(data.pool_ids)} examples "
                        f"in {os.path.join(workdir, SCORES_FILE)}")
   return scores

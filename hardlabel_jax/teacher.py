@@ -117,5 +117,5 @@ def load_teacher(path: str, *, num_classes: int, input_shape: tuple[int, ...],
     raise ValueError(f"the checkpoint in {path} does not fit {run_config['model']} with "
                      f"{num_classes} classes on inputs {input_shape[1:]}; was the teacher "
                      "trained on another data set?")
-  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+  variables = mesh_lib.replicate_host_arrays(variables, mesh)
   return Teacher(model, variables, path, results, fingerprint)

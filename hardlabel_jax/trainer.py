@@ -248,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       process_count=jax.process_count(), num_workers=config.num_workers)
 
   os.makedirs(workdir, exist_ok=True)
-  checkpointing.write_run_identity(workdir, config)
+  if is_writer:  # every process renaming the same temp file would race
+    checkpointing.write_run_identity(workdir, config)
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint_every_steps)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state, iterator)
@@ -318,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   }
   if is_writer:
     metrics_log.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+  mesh_lib.sync_processes("results written")  # a teacher's results.json marks it finished
   metrics_log.log_line(f"test top-1 {results['test_top1']:.4f}, test loss "
                        f"{results['test_loss']:.4f}; results in "
                        f"{os.path.join(workdir, RESULTS_FILE)}")

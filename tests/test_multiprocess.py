@@ -1,0 +1,118 @@
+"""Two processes × 4 CPU devices end like one process × 8: HL and SL training and the relabel.
+
+The processes are real (`python -m hardlabel_jax.main --distributed`, coordinator on 127.0.0.1,
+CPU collectives over gloo); each reads only its own slice of every global batch.
+"""
+
+import filecmp
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from hardlabel_jax import checkpointing
+from hardlabel_jax import trainer
+
+from test_trainer import tiny_config
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS_DIR)
+CONFIG = f'''
+import sys
+sys.path.insert(0, {TESTS_DIR!r})
+from test_trainer import tiny_config
+
+
+def get_config(arg):
+  return tiny_config(regime=arg, budget_examples=16 * 6, checkpoint_every_steps=3,
+                     crops_per_image=2)
+'''
+
+
+def _config(regime, **overrides):
+  return tiny_config(regime=regime, budget_examples=16 * 6, checkpoint_every_steps=3,
+                     crops_per_image=2, **overrides)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(config_file, regime, workdir, *overrides):
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  commands = [[sys.executable, "-m", "hardlabel_jax.main", f"--config={config_file}:{regime}",
+               f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+               "--num_processes=2", f"--process_id={i}", *overrides] for i in range(2)]
+  processes = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for c in commands]
+  outputs = []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=400)[0])
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+  for i, (process, output) in enumerate(zip(processes, outputs)):
+    assert process.returncode == 0, f"process {i} failed:\n{output[-4000:]}"
+  return outputs
+
+
+def _variables(workdir):
+  checkpointer = checkpointing.Checkpointer(workdir, save_every_steps=1)
+  try:
+    return checkpointer.restore_variables()
+  finally:
+    checkpointer.close()
+
+
+def _assert_same_parameters(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(_variables(a)), jax.tree.leaves(_variables(b))
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    # The 8-way gradient all-reduce runs over gloo instead of in one process: the sum order may
+    # differ in the last bit, nothing more.
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def _files(directory):
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_relabel_like_one_process_with_eight_devices(tmp_path):
+  assert jax.device_count() == 8
+  config_file = tmp_path / "two_process_config.py"
+  config_file.write_text(CONFIG)
+  single, multi = tmp_path / "one_process", tmp_path / "two_processes"
+
+  hl = trainer.train_and_evaluate(_config("hl"), str(single / "hl"))
+  outputs = _run_two_processes(config_file, "hl", multi / "hl")
+  assert "on 8 devices" in outputs[0] and "on 8 devices" in outputs[1]
+  _assert_same_parameters(single / "hl", multi / "hl")
+  with open(multi / "hl" / "results.json") as f:
+    multi_hl = json.load(f)
+  assert multi_hl["process_count"] == 2 and multi_hl["device_count"] == 8
+  assert multi_hl["test_top1"] == pytest.approx(hl["test_top1"], abs=1e-3)
+
+  # SL on the single-process teacher: the table is labelled by both processes' devices (process 0
+  # writes it), then replayed.
+  teacher = str(single / "hl")
+  trainer.train_and_evaluate(_config("sl", teacher_workdir=teacher), str(single / "sl"))
+  _run_two_processes(config_file, "sl", multi / "sl", f"--config.teacher_workdir={teacher}")
+  tables = [d / "tables" for d in (single / "sl", multi / "sl")]
+  assert _files(tables[0]) == _files(tables[1]) and _files(tables[0])
+  match, mismatch, errors = filecmp.cmpfiles(tables[0], tables[1], _files(tables[0]),
+                                             shallow=False)
+  assert not mismatch and not errors, mismatch
+  _assert_same_parameters(single / "sl", multi / "sl")
