@@ -290,7 +290,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   todo = [c for c in cells if not os.path.exists(
       os.path.join(workdir, CELLS_DIR, c.name, trainer.RESULTS_FILE))]
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
-                       f"{len(config.study_methods)} methods × sizes × "
+                       f"{len(config.study_methods)} methods × "
+                       f"{len(config.study_images_per_class)} sizes × "
                        f"{len(config.study_seeds)} seeds), {len(cells) - len(todo)} already "
                        f"finished; budget {config.budget_examples} examples per cell; "
                        f"shared teacher, scores and tables in {cache_dir}")

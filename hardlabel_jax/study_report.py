@@ -170,7 +170,9 @@ def findings(summary: list[dict]) -> list[str]:
       if not here:
         continue
       winners = [g for g in here if g["beats_random"]]
-      single = " (1 seed: no error bar)" if any(g["seeds"] < 2 for g in here) else ""
+      best = max(here, key=lambda g: g["gain"])
+      single = (" (1 seed: no error bar)" if any(g["seeds"] < 2 for g in winners or [best])
+                else "")
       name = REGIME_NAMES.get(regime, regime)
       if winners:
         listed = ", ".join(f"{g['method']} ({g['gain']:+.1f} ± {g['stderr']:.1f})"
@@ -178,7 +180,6 @@ def findings(summary: list[dict]) -> list[str]:
         sentences.append(f"{name}, ipc {ipc}: beats random by more than 2 standard errors: "
                          f"{listed}{single}.")
       else:
-        best = max(here, key=lambda g: g["gain"])
         sentences.append(f"{name}, ipc {ipc}: no method beats random (best {best['method']} "
                          f"{best['gain']:+.1f} ± {best['stderr']:.1f}){single}.")
   return sentences
