@@ -33,5 +33,7 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
+        # PyTorch for the side-by-side train-step benchmark (hardlabel_jax.benchmarks.train_step).
+        "bench": ["torch==2.13.0"],
     },
 )

@@ -22,6 +22,8 @@ def fmt_number(value: Any) -> str:
     return "-"
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return str(value)
+  if isinstance(value, int):
+    return f"{value:,}"
   return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
@@ -83,7 +85,17 @@ def environment() -> dict[str, Any]:
       "devices": len(devices),
       "device_kind": devices[0].device_kind,
       "cpu_cores": cpu_cores(),
+      "load_average_1min": os.getloadavg()[0],
   }
+
+
+def warn_if_busy() -> None:
+  """Says so when other processes compete for the cores: every rate is then too low."""
+  load, cores = os.getloadavg()[0], cpu_cores()
+  if load > 0.5 * cores:
+    print(f"warning: load average {load:.1f} on {cores} cores; other processes are running and "
+          "the rates will be low and noisy (PyTorch's spinning OpenMP threads suffer most)",
+          flush=True)
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

@@ -7,12 +7,15 @@ when it is installed (`pip install -e .[bench]`).
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
 
 class ConvNet(nn.Module):
-  """depth × [conv3x3 → GroupNorm(width, width) → ReLU → avgpool 2] → linear (the DC ConvNet)."""
+  """depth × [conv3x3 → GroupNorm(width, width) → ReLU → avgpool 2] → linear (DC's ConvNet)."""
 
   def __init__(self, num_classes: int, width: int = 128, depth: int = 3, in_channels: int = 3,
                image_size: int = 32):
@@ -90,3 +93,53 @@ def create_model(name: str, num_classes: int, width: int, in_channels: int,
 def count_params(model: nn.Module) -> int:
   """Trainable scalars (BatchNorm running statistics are buffers, as `batch_stats` in JAX)."""
   return sum(p.numel() for p in model.parameters())
+
+
+def _tensor(array: Any) -> torch.Tensor:
+  return torch.from_numpy(np.array(array, np.float32))
+
+
+def _conv(module: nn.Conv2d, params: dict) -> None:
+  module.weight.copy_(_tensor(params["kernel"]).permute(3, 2, 0, 1))  # HWIO → OIHW
+  if module.bias is not None:
+    module.bias.copy_(_tensor(params["bias"]))
+
+
+def _norm(module: nn.Module, params: dict) -> None:
+  module.weight.copy_(_tensor(params["scale"]))
+  module.bias.copy_(_tensor(params["bias"]))
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, params: dict) -> None:
+  _conv(conv, params["conv"])
+  _norm(bn, params["bn"])
+
+
+@torch.no_grad()
+def copy_jax_params(model: nn.Module, params: dict) -> None:
+  """Loads the JAX model's `params` into its twin (a check that the two are the same network)."""
+  if isinstance(model, ConvNet):
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.GroupNorm)]
+    for i, (conv, norm) in enumerate(zip(convs, norms)):
+      _conv(conv, params[f"conv{i}"])
+      _norm(norm, params[f"norm{i}"])
+    # JAX flattens NHWC features as (h, w, c), PyTorch NCHW as (c, h, w): reorder the rows.
+    kernel = np.asarray(params["classifier"]["kernel"])
+    width = convs[-1].out_channels
+    size = int(round((kernel.shape[0] / width) ** 0.5))
+    kernel = kernel.reshape(size, size, width, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
+    model.classifier.weight.copy_(_tensor(kernel).T)
+    model.classifier.bias.copy_(_tensor(params["classifier"]["bias"]))
+  elif isinstance(model, ResNet18Cifar):
+    _conv_bn(model.stem[0], model.stem[1], params["stem"])
+    names = [f"layer{stage + 1}_{index}" for stage in range(4) for index in range(2)]
+    for block, name in zip(model.blocks, names):
+      _conv_bn(block.conv1, block.bn1, params[name]["conv_bn1"])
+      _conv_bn(block.conv2, block.bn2, params[name]["conv_bn2"])
+      if block.downsample is not None:
+        _conv_bn(block.downsample[0], block.downsample[1], params[name]["downsample"])
+    model.fc.weight.copy_(_tensor(params["fc"]["kernel"]).T)
+    model.fc.bias.copy_(_tensor(params["fc"]["bias"]))
+  else:
+    raise TypeError(f"no JAX twin for {type(model).__name__}")
