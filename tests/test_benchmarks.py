@@ -130,3 +130,17 @@ def test_table_is_aligned_and_shows_missing_values():
   lines = report.format_table(rows, columns).splitlines()
   assert len({len(line) for line in lines}) == 1
   assert lines[2].split() == ["hl", "1,234", "2.00×"] and lines[3].split() == ["sl_kd", "-", "-"]
+
+
+def test_step_profile_quick_times_every_part_in_both_frameworks(tmp_path):
+  pytest.importorskip("torch")
+  from hardlabel_jax.benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "step_profile.json"
+  saved = _saved(out, step_profile.main(["--quick", "--out", str(out)]))
+  assert [r["part"] for r in saved["rows"]] == [
+      "forward, norm=instance", "forward+backward, norm=instance", "forward, norm=none",
+      "forward+backward, norm=none", "one conv 16×16, forward",
+      "one conv 16×16, input+kernel grads"]
+  for row in saved["rows"]:
+    assert row["jax_ms"] > 0 and row["torch_ms"] > 0
+    assert row["jax_over_torch_time"] == pytest.approx(row["jax_ms"] / row["torch_ms"])
