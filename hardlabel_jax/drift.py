@@ -13,7 +13,6 @@ HALD's claim is that drift is worst with few crops; `drift_curve` measures it.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from typing import Sequence
@@ -86,12 +85,7 @@ def drift_curve(stats: dict[str, np.ndarray], crop_counts: Sequence[int]) -> lis
 
 def write_csv(rows: list[dict], path: str) -> None:
   """Writes the curve as CSV (atomically)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+  metrics_log.write_csv_atomic(path, rows, CSV_COLUMNS)
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 class MetricsLog:
@@ -47,6 +48,17 @@ def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]],
+                     columns: Sequence[str]) -> None:
+  """Writes `rows` as CSV with exactly `columns`, via a temp file and rename."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
   os.replace(tmp, path)
 
 

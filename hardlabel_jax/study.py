@@ -11,7 +11,6 @@ interrupted one resumes from its checkpoint, so a killed study, started again, e
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -246,12 +245,7 @@ def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
   """`rows` as CSV with the fixed columns, atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+  metrics_log.write_csv_atomic(path, rows, CSV_FIELDS)
 
 
 def _finished_rows(workdir: str, cells: list[Cell]) -> list[dict[str, Any]]:

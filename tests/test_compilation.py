@@ -2,8 +2,6 @@
 
 import functools
 
-import pytest
-
 from hardlabel_jax import trainer
 from hardlabel_jax import train_steps
 

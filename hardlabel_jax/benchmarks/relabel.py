@@ -126,18 +126,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """The teacher, then one subprocess per size; the JSON payload."""
-  per_class = (list(scaling.QUICK_IMAGES_PER_CLASS) if args.quick
-               else scaling.sizes(args.fractions))
   with tempfile.TemporaryDirectory(prefix="hardlabel_bench_relabel_") as tmp:
     args.teacher_workdir = train_teacher(args, os.path.join(tmp, "teacher"))
-    rows = []
-    for images_per_class in per_class:
-      workdir = os.path.join(tmp, f"relabel_{images_per_class}")
-      print(f"relabel: {images_per_class} images per class in a fresh process …", flush=True)
-      command = child_args(args, images_per_class, workdir)
-      if args.quick:
-        command += ["--compilation_cache_dir", scaling.quick_cache_dir(tmp)]
-      rows.append(scaling.run_child(MODULE, command, args.timeout))
+    rows = scaling.run_sizes("relabel", MODULE, args, tmp, child_args)
   return {"benchmark": "relabel", "environment": report.environment(),
           "settings": {"dataset": DATASET, "crops_per_image": args.crops_per_image,
                        "label_format": args.label_format,
@@ -152,18 +143,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark (or, with --child, one size), prints the table, writes `--out`."""
   args = parse_args(argv)
-  if args.child:
-    result = child(args)
-    scaling.emit(result)
-    return result
-  report.warn_if_busy()
-  payload = run(args)
-  scaling.print_summary(
-      f"task='relabel' on {DATASET}: {args.crops_per_image} crop(s) per image, "
-      f"{args.positions_per_shard} images per shard (items = crops)",
-      payload["rows"], payload["summary"])
-  report.write_json(args.out, payload)
-  return payload
+  return scaling.main(args, child, run,
+                      f"task='relabel' on {DATASET}: {args.crops_per_image} crop(s) per image, "
+                      f"{args.positions_per_shard} images per shard (items = crops)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import resource
 import subprocess
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hardlabel_jax.benchmarks import report
 
@@ -86,6 +86,34 @@ def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, Any
     raise RuntimeError(f"benchmark child failed (exit {done.returncode}): {' '.join(command)}\n"
                        f"{tail}")
   return json.loads(lines[-1][len(_RESULT_PREFIX):])
+
+
+def run_sizes(name: str, module: str, args: Any, tmp: str,
+              child_args: Callable[[Any, int, str], list[str]]) -> list[dict[str, Any]]:
+  """The task at every size (`--fractions`, or the quick sizes), each in a fresh child process."""
+  per_class = list(QUICK_IMAGES_PER_CLASS) if args.quick else sizes(args.fractions)
+  rows = []
+  for images_per_class in per_class:
+    print(f"{name}: {images_per_class} images per class in a fresh process …", flush=True)
+    command = child_args(args, images_per_class, os.path.join(tmp, f"{name}_{images_per_class}"))
+    if args.quick:
+      command += ["--compilation_cache_dir", quick_cache_dir(tmp)]
+    rows.append(run_child(module, command, args.timeout))
+  return rows
+
+
+def main(args: Any, child: Callable[[Any], dict[str, Any]],
+         run: Callable[[Any], dict[str, Any]], title: str) -> dict[str, Any]:
+  """A scaling benchmark's entry point: one size (`--child`), or all sizes, a table and `--out`."""
+  if args.child:
+    result = child(args)
+    emit(result)
+    return result
+  report.warn_if_busy()
+  payload = run(args)
+  print_summary(title, payload["rows"], payload["summary"])
+  report.write_json(args.out, payload)
+  return payload
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -127,17 +127,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """One subprocess per size; the JSON payload."""
-  per_class = (list(scaling.QUICK_IMAGES_PER_CLASS) if args.quick
-               else scaling.sizes(args.fractions))
-  rows = []
   with tempfile.TemporaryDirectory(prefix="hardlabel_bench_score_") as tmp:
-    for images_per_class in per_class:
-      workdir = os.path.join(tmp, f"score_{images_per_class}")
-      print(f"score: {images_per_class} images per class in a fresh process …", flush=True)
-      command = child_args(args, images_per_class, workdir)
-      if args.quick:
-        command += ["--compilation_cache_dir", scaling.quick_cache_dir(tmp)]
-      rows.append(scaling.run_child(MODULE, command, args.timeout))
+    rows = scaling.run_sizes("score", MODULE, args, tmp, child_args)
   return {"benchmark": "score", "environment": report.environment(),
           "settings": {"dataset": DATASET, "score_epochs": args.score_epochs,
                        "model": f"convnet_d3 width {args.width}", "batch": args.batch,
@@ -151,17 +142,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark (or, with --child, one size), prints the table, writes `--out`."""
   args = parse_args(argv)
-  if args.child:
-    result = child(args)
-    scaling.emit(result)
-    return result
-  report.warn_if_busy()
-  payload = run(args)
-  scaling.print_summary(
-      f"task='score' on {DATASET}: {args.score_epochs} epoch(s) of ConvNet-D3 "
-      f"(items = image-epochs)", payload["rows"], payload["summary"])
-  report.write_json(args.out, payload)
-  return payload
+  return scaling.main(args, child, run,
+                      f"task='score' on {DATASET}: {args.score_epochs} epoch(s) of ConvNet-D3 "
+                      "(items = image-epochs)")
 
 
 if __name__ == "__main__":
