@@ -56,7 +56,8 @@ class Checkpointer:
     # The stored shardings name the devices of the run that saved it (a pod, 2 processes, 8
     # devices); restoring onto this process's first device works on any topology.
     path = os.path.join(os.fspath(self._manager.directory), str(step), "state")
-    stored = ocp.StandardCheckpointer().metadata(path).item_metadata
+    with ocp.StandardCheckpointer() as reader:
+      stored = reader.metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           stored, is_leaf=lambda x: hasattr(x, "shape"))
