@@ -127,26 +127,11 @@ def set_directory(config: ml_collections.ConfigDict, workdir: str, ident: dict) 
   return os.path.join(teacher_lib.cache_dir(config, workdir), "distilled", name)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, *,
-          devices: list[jax.Device] | None = None) -> str:
-  """`task='distill'`: writes (or reuses) the RDED/CA2D set this config asks for; its path."""
-  if config.selection not in METHODS:
-    raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
-                     f"({', '.join(METHODS)})")
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  source_config = config.copy_and_resolve_references()
-  source_config.selection, source_config.images_per_class = "random", 0
-  data = run_data.load_run_data(source_config)
-  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
-  ident = identity(config, data.train.info.fingerprint, teacher)
-  directory = set_directory(config, workdir, ident)
-  if os.path.exists(os.path.join(directory, PROVENANCE_FILE)):
-    return directory
-  labels = np.asarray(data.train.labels())
-  pool = candidate_pool(config, labels)
-  ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
-  positions, slots = select_crops(labels[pool], ce, config.images_per_class, config.rded_factor)
+def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
+               teacher: teacher_lib.Teacher, example: pipeline.CropExample, labels: np.ndarray,
+               pool: np.ndarray, positions: np.ndarray, slots: np.ndarray,
+               ce: np.ndarray) -> None:
+  """Stitches the chosen crops into `directory` (PNGs + provenance), atomically."""
   patch_size = config.image_size // config.rded_factor
   partial = directory + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
@@ -176,9 +161,33 @@ def build(config: ml_collections.ConfigDict, workdir: str, *,
     json.dump(provenance, f, indent=1)
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   os.replace(partial, directory)
-  metrics_log.log_line(f"{config.selection} set of {len(provenance['images'])} images "
-                       f"({config.images_per_class} per class, {config.rded_factor}×"
-                       f"{config.rded_factor} patches) in {directory}")
+
+
+def build(config: ml_collections.ConfigDict, workdir: str, *,
+          devices: list[jax.Device] | None = None) -> str:
+  """`task='distill'`: writes (or reuses) the RDED/CA2D set this config asks for; its path."""
+  if config.selection not in METHODS:
+    raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
+                     f"({', '.join(METHODS)})")
+  mesh = mesh_lib.data_mesh(devices)
+  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+  source_config = config.copy_and_resolve_references()
+  source_config.selection, source_config.images_per_class = "random", 0
+  data = run_data.load_run_data(source_config)
+  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
+  ident = identity(config, data.train.info.fingerprint, teacher)
+  directory = set_directory(config, workdir, ident)
+  if os.path.exists(os.path.join(directory, PROVENANCE_FILE)):
+    return directory
+  labels = np.asarray(data.train.labels())
+  pool = candidate_pool(config, labels)
+  ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
+  positions, slots = select_crops(labels[pool], ce, config.images_per_class, config.rded_factor)
+  if jax.process_index() == 0:  # every process scored the crops; one writes the set
+    _write_set(config, directory, ident, teacher, example, labels, pool, positions, slots, ce)
+  mesh_lib.sync_processes("distilled set written")
+  metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
+                       f"{config.rded_factor}×{config.rded_factor} patches) in {directory}")
   return directory
 
 
