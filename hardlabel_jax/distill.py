@@ -38,9 +38,14 @@ PROVENANCE_FILE = "provenance.json"
 _SPLIT = "train"
 
 
+def candidates_per_class(config: ml_collections.ConfigDict, smallest_class: int) -> int:
+  """mipc, the real images per class crops are drawn from: the config's, or min(300, smallest)."""
+  return config.rded_candidates_per_class or min(300, smallest_class)
+
+
 def candidate_pool(config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
   """The real images crops are drawn from: random (RDED) or top-mipc by CAD (CA2D), per class."""
-  mipc = config.rded_candidates_per_class or int(min(300, np.bincount(labels).min()))
+  mipc = candidates_per_class(config, int(np.bincount(labels).min()))
   if config.selection == "rded":
     return selection.class_balanced_random(labels, mipc, config.subset_seed)
   scored = selection.load_scores(config.scores_file)

@@ -40,8 +40,9 @@ CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, b
 CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen",
               "steps", "epochs", "pool_size", "label_source", "label_bytes", "wall_seconds")
 # Where each regime's training targets come from (the bytes plot separates the three).
-LABEL_SOURCES = {"hl": "hard", "sl": "table", "hald": "table", "sl_kd": "teacher",
-                 "kd": "teacher"}
+LABEL_SOURCES = {regime: "table" if regime in config_schema.TABLE_REGIMES else
+                 "teacher" if regime in config_schema.ONLINE_TEACHER_REGIMES else "hard"
+                 for regime in config_schema.REGIMES}
 _STUDY_FIELDS = tuple(k for k in config_schema.default_config() if k.startswith("study_"))
 
 
@@ -188,11 +189,11 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
       _fail("study_images_per_class", f"{ipc} images per class is more than class "
             f"{int(class_counts.argmin())} has ({smallest})")
     needed = ipc * config.rded_factor**2
-    candidates = config.rded_candidates_per_class or min(300, smallest)
-    if distilled and needed > min(candidates, smallest):
+    candidates = min(distill.candidates_per_class(config, smallest), smallest)
+    if distilled and needed > candidates:
       _fail("study_images_per_class", f"{', '.join(sorted(distilled))} at {ipc} images per "
             f"class stitch {needed} crops of as many real images per class; only "
-            f"{min(candidates, smallest)} candidates (rded_candidates_per_class)")
+            f"{candidates} candidates (rded_candidates_per_class)")
     if set(config.study_methods) & set(CAD_METHODS):
       epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
       if epochs < config.cad_window + config.cad_num_windows:

@@ -98,8 +98,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog=f"python -m {MODULE}",
       description="Images/s and peak memory of task='relabel' at three data-set sizes.")
-  parser.add_argument("--fractions", nargs="+", type=float, default=list(scaling.DEFAULT_FRACTIONS),
-                      help="fractions of the embedded train split (400 images per class)")
+  scaling.add_size_flags(parser, "seconds-long smoke run: 4, 8, 16 images per class, 1 crop",
+                         "./benchmark_relabel.json")
   parser.add_argument("--crops_per_image", type=int, default=4)
   parser.add_argument("--label_format", default="full", choices=config_schema.LABEL_FORMATS)
   parser.add_argument("--positions_per_shard", type=int, default=100,
@@ -107,15 +107,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=256, help="relabel batch (eval_batch_size)")
   parser.add_argument("--teacher_width", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=28)
-  parser.add_argument("--timeout", type=float, default=3600, help="seconds per size")
-  parser.add_argument("--quick", action="store_true",
-                      help="seconds-long smoke run: 4, 8, 16 images per class, 1 crop")
-  parser.add_argument("--out", default="./benchmark_relabel.json")
-  # The subprocess of one size.
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--images_per_class", type=int, default=0, help=argparse.SUPPRESS)
-  parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--compilation_cache_dir", default="", help=argparse.SUPPRESS)
   parser.add_argument("--teacher_workdir", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.quick and not args.child:

@@ -7,6 +7,7 @@ per size; the child runs the task, measures itself and prints one JSON line for 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -86,6 +87,20 @@ def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, Any
     raise RuntimeError(f"benchmark child failed (exit {done.returncode}): {' '.join(command)}\n"
                        f"{tail}")
   return json.loads(lines[-1][len(_RESULT_PREFIX):])
+
+
+def add_size_flags(parser: argparse.ArgumentParser, quick_help: str, out: str) -> None:
+  """The flags every scaling benchmark has: sizes, timeout, quick, out, and the child's own."""
+  parser.add_argument("--fractions", nargs="+", type=float, default=list(DEFAULT_FRACTIONS),
+                      help="fractions of the embedded train split (400 images per class)")
+  parser.add_argument("--timeout", type=float, default=3600, help="seconds per size")
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--out", default=out)
+  # The subprocess of one size.
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--images_per_class", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--compilation_cache_dir", default="", help=argparse.SUPPRESS)
 
 
 def run_sizes(name: str, module: str, args: Any, tmp: str,

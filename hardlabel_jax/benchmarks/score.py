@@ -100,8 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog=f"python -m {MODULE}",
       description="Images/s and peak memory of task='score' at three data-set sizes.")
-  parser.add_argument("--fractions", nargs="+", type=float, default=list(scaling.DEFAULT_FRACTIONS),
-                      help="fractions of the embedded train split (400 images per class)")
+  scaling.add_size_flags(parser, "seconds-long smoke run: 4, 8, 16 images per class, 1 epoch",
+                         "./benchmark_score.json")
   parser.add_argument("--score_epochs", type=int, default=2, help="K, epochs of the scoring run")
   parser.add_argument("--width", type=int, default=128, help="ConvNet-D3 width")
   parser.add_argument("--batch", type=int, default=64, help="global training batch")
@@ -109,15 +109,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="batch of the per-epoch statistics and the test evaluation")
   parser.add_argument("--image_size", type=int, default=28)
   parser.add_argument("--log_every_steps", type=int, default=10)
-  parser.add_argument("--timeout", type=float, default=3600, help="seconds per size")
-  parser.add_argument("--quick", action="store_true",
-                      help="seconds-long smoke run: 4, 8, 16 images per class, 1 epoch")
-  parser.add_argument("--out", default="./benchmark_score.json")
-  # The subprocess of one size.
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--images_per_class", type=int, default=0, help=argparse.SUPPRESS)
-  parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--compilation_cache_dir", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.quick and not args.child:
     args.score_epochs, args.width, args.batch, args.eval_batch = 1, 8, 16, 200
