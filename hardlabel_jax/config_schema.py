@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from hardlabel_jax import hald
+from hardlabel_jax import models
 
 TASKS = ("train", "relabel", "drift", "score", "distill", "study")
 SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
@@ -32,7 +33,8 @@ SCHEDULES = ("cosine", "step", "hald", "constant")
 
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
-    "log_every_steps", "checkpoint_every_steps", "num_workers", "eval_batch_size",
+    "log_every_steps", "checkpoint_every_steps", "num_workers", "read_threads", "read_buffer",
+    "eval_batch_size",
     "data_dir", "tensorboard", "cache_dir", "label_table_dir", "table_positions_per_shard",
 })
 
@@ -86,6 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Model.
   c.model = "convnet_d3"
   c.model_kwargs = ml_collections.ConfigDict()
+  # Activations and convolutions in this dtype; parameters, BN statistics, losses and the
+  # optimizer stay float32. 'auto': bfloat16 on TPU/GPU, float32 on CPU.
+  c.compute_dtype = "auto"
 
   # Hard-label loss.
   c.label_smoothing = 0.0
@@ -155,7 +160,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Run control.
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.num_workers = 0
+  c.num_workers = 0  # Grain worker processes
+  # Grain read threads and batches read ahead inside each process (grain.ReadOptions).
+  c.read_threads = 1
+  c.read_buffer = 4
   c.tensorboard = True
   return c
 
@@ -202,6 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                          and config.cad_downstream_epochs > 0),
              "score_epochs", "set it, or cad_subset_images_per_class and cad_downstream_epochs "
              "so that K·N = E_down·n gives it")
+  _require_choice(config, "compute_dtype", models.COMPUTE_DTYPES)
   _require(config.image_size > 0, "image_size", "must be positive")
   _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
   _require(config.eval_batch_size > 0, "eval_batch_size", "must be positive")
@@ -246,6 +255,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")
+  _require(config.read_threads >= 0, "read_threads", "must be >= 0")
+  _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
 
 

@@ -105,7 +105,7 @@ def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
   for out in relabel.teacher_crop_outputs(
       example, slots=slots, first_row=0, num_rows=len(pool) * slots, predict=predict,
       variables=teacher.variables, mesh=mesh, global_batch=config.eval_batch_size,
-      num_workers=config.num_workers):
+      loading=pipeline.LoaderOptions.from_config(config)):
     position, slot = np.divmod(out["row"], slots)
     ce[position, slot] = -out["log_probs"][np.arange(len(position)), out["label"]]
   return ce, example

@@ -144,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     for out in relabel_lib.teacher_crop_outputs(
         example, slots=slots, first_row=start * slots, num_rows=(stop - start) * slots,
         predict=predict, variables=teacher.variables, mesh=mesh,
-        global_batch=config.eval_batch_size, num_workers=config.num_workers):
+        global_batch=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
       position, slot = np.divmod(out["row"], slots)
       crop_log_probs[position - start, slot] = out["log_probs"]
     stats.append(image_drift_stats(crop_log_probs, image_log_probs[start:stop],

@@ -13,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from hardlabel_jax import cpu_backend
 from hardlabel_jax import distill
 from hardlabel_jax import drift
 from hardlabel_jax import relabel
@@ -34,6 +35,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, where the "
                                    "environment does not say; with --distributed.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Before any JAX computation: XLA reads its flags when the backend starts.
+cpu_backend.configure()
 
 
 def main(argv):

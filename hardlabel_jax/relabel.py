@@ -81,7 +81,8 @@ def teacher_log_probs_fn(teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh,
 def teacher_crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int,
                          num_rows: int, predict: Callable, variables: Any,
                          mesh: jax.sharding.Mesh, global_batch: int,
-                         num_workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                         loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+                         ) -> Iterator[dict[str, np.ndarray]]:
   """Teacher outputs for grid rows `[first_row, first_row + num_rows)`, valid rows only."""
   local_batch = pipeline.check_batch_split(global_batch, jax.process_count())
   num_batches = -(-num_rows // global_batch)
@@ -90,7 +91,7 @@ def teacher_crop_outputs(example: pipeline.CropExample, *, slots: int, first_row
                                             jax.process_count()))
              .map(CropRows(example, slots, first_row, num_rows))
              .batch(local_batch, drop_remainder=True))
-  for local in pipeline.to_iterator(dataset, num_workers):
+  for local in pipeline.to_iterator(dataset, loading):
     out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
     keep = out.pop("mask") > 0
     yield {k: np.asarray(v)[keep] for k, v in out.items()}
@@ -105,7 +106,7 @@ def pool_center_outputs(predict: Callable, first_arg: Any, data: run_data.RunDat
       pipeline.PoolView(data.train, data.pool_ids), size=config.image_size,
       crop_fraction=config.eval_crop_fraction, normalizer=data.normalizer,
       global_batch=config.eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_workers=config.num_workers):
+      process_count=jax.process_count(), loading=pipeline.LoaderOptions.from_config(config)):
     out = jax.device_get(predict(first_arg, mesh_lib.global_batch(local, mesh)))
     keep = np.asarray(out.pop("mask")) > 0
     for name, value in out.items():
@@ -216,7 +217,7 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
     for outputs in teacher_crop_outputs(
         example, slots=spec.slots_per_image, first_row=first_row, num_rows=num_rows,
         predict=predict, variables=teacher.variables, mesh=mesh,
-        global_batch=config.eval_batch_size, num_workers=config.num_workers):
+        global_batch=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
       _rows_of(outputs, spec, first_row, rows)
     if writer is not None:
       writer.write_shard(shard, rows)

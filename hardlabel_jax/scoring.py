@@ -58,8 +58,7 @@ class EpochRecorder:
                mesh: jax.sharding.Mesh, workdir: str):
     self._config, self._data, self._mesh = config, data, mesh
     self._directory = os.path.join(workdir, EPOCHS_DIR)
-    model = models.create_model(config.model, data.train.info.num_classes,
-                                **config.model_kwargs)
+    model = models.model_from_config(config, data.train.info.num_classes)
     self._step = jax.jit(functools.partial(_statistics_step, model=model),
                          in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
                          out_shardings=mesh_lib.replicated(mesh))

@@ -101,8 +101,7 @@ def load_teacher(path: str, *, num_classes: int, input_shape: tuple[int, ...],
   if run_config["image_size"] != input_shape[1]:
     raise ValueError(f"config.image_size: the teacher in {path} was trained at "
                      f"{run_config['image_size']} px, the student uses {input_shape[1]} px")
-  model = models.create_model(run_config["model"], num_classes,
-                              **run_config.get("model_kwargs", {}))
+  model = models.model_from_config(run_config, num_classes)
   checkpointer = checkpointing.Checkpointer(path, save_every_steps=1)
   try:
     step = checkpointer.latest_step()

@@ -81,7 +81,7 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
       data.test, size=config.image_size, crop_fraction=config.eval_crop_fraction,
       normalizer=data.normalizer, global_batch=config.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.num_workers)
+      loading=pipeline.LoaderOptions.from_config(config))
   totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
   for local in batches:
     sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     table = relabel.relabel_with(config, workdir, data, teacher, mesh)
 
   info = data.train.info
-  model = models.create_model(config.model, info.num_classes, **config.model_kwargs)
+  model = models.model_from_config(config, info.num_classes)
   schedule = optim.learning_rate_schedule(config, budget.steps, budget.steps_per_epoch)
   tx = optim.make_optimizer(config, schedule)
   root_rng = jax.random.key(config.seed)
@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   iterator = pipeline.position_stream(
       training_examples(config, data, table, phases), global_batch=config.global_batch_size,
       num_steps=budget.steps, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_workers=config.num_workers)
+      process_count=jax.process_count(), loading=pipeline.LoaderOptions.from_config(config))
 
   os.makedirs(workdir, exist_ok=True)
   if is_writer:  # every process renaming the same temp file would race

@@ -6,6 +6,11 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from hardlabel_jax import cpu_backend  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The tests run with the library's own XLA:CPU choice, as the entry point does.
+cpu_backend.configure()
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

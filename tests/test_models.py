@@ -244,3 +244,53 @@ def test_invalid_norm_and_stem_raise() -> None:
         _abstract_init(create_model("convnet_d3", 10, norm="layer"), (1, 32, 32, 3))
     with pytest.raises(ValueError, match="stem"):
         _abstract_init(create_model("resnet18", 10, stem="tiny"), (1, 32, 32, 3))
+
+
+# ---------------------------------------------------------------- direct instance norm
+
+
+def test_instance_norm_equals_groupnorm_per_channel() -> None:
+    """ConvNet's direct instance norm computes what GroupNorm(num_groups=C) computed (the DD
+    reference's `GroupNorm(C, C, affine=True)`): same outputs and gradients within float32
+    tolerance, same parameter names and shapes, so checkpoints of either load into the other."""
+    from hardlabel_jax.models.convnet import InstanceNorm
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((4, 8, 8, 16)) * 3.0 + 1.5).astype(np.float32)
+    direct, grouped = InstanceNorm(epsilon=1e-5), nn.GroupNorm(num_groups=16, epsilon=1e-5)
+    variables = grouped.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, direct.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+    variables = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2, 16), jnp.float32),
+                            "bias": jnp.asarray(rng.standard_normal(16), jnp.float32)}}
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    loss = lambda module: lambda v, x: jnp.sum(jnp.tanh(module.apply(v, x)) * weights)
+    np.testing.assert_allclose(direct.apply(variables, x), grouped.apply(variables, x), atol=1e-5, rtol=1e-5)
+    for got, want in zip(jax.grad(loss(direct), argnums=(0, 1))(variables, x),
+                         jax.grad(loss(grouped), argnums=(0, 1))(variables, x)):
+        chex.assert_trees_all_close(got, want, atol=1e-4, rtol=1e-4)
+    # Each sample's channel is normalised on its own: zero mean, unit variance over H, W.
+    normalised = np.asarray(direct.apply({"params": {"scale": jnp.ones(16), "bias": jnp.zeros(16)}}, x))
+    np.testing.assert_allclose(normalised.mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(normalised.var(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+def test_convnet_params_load_a_groupnorm_convnet_checkpoint() -> None:
+    """A ConvNet-D3 whose norms were nn.GroupNorm(C) (the previous implementation) gives the same
+    logits as today's with the same parameter tree."""
+
+    class GroupNormConvNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i in range(3):
+                x = nn.Conv(8, (3, 3), padding="SAME", name=f"conv{i}")(x)
+                x = nn.GroupNorm(num_groups=8, epsilon=1e-5, name=f"norm{i}")(x)
+                x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            return nn.Dense(5, name="classifier")(x.reshape((x.shape[0], -1)))
+
+    x = np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    old = GroupNormConvNet()
+    variables = old.init(jax.random.key(3), x)
+    variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), variables)
+    new = create_model("convnet_d3", 5, width=8)
+    assert jax.tree.structure(new.init(jax.random.key(0), x, train=False)) == jax.tree.structure(variables)
+    np.testing.assert_allclose(new.apply(variables, x, train=False), old.apply(variables, x), atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from hardlabel_jax import config_schema
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.array_source import ArraySource
@@ -52,16 +53,29 @@ def test_same_seed_same_stream_other_seed_other_order():
   assert not np.array_equal(a[0]["id"], c[0]["id"])
 
 
-def test_worker_processes_give_identical_batches():
+def test_worker_processes_and_read_threads_give_identical_batches():
+  """Batches do not depend on how they are read: worker processes, read threads, buffer size."""
   source, pool = _source(), np.arange(24)
   kwargs = dict(global_batch=6, num_steps=5, seed=3)
-  serial = _collect(pipeline.training_stream(_example(source, pool, cutmix=1.0), **kwargs))
-  parallel = _collect(pipeline.training_stream(_example(source, pool, cutmix=1.0),
-                                               num_workers=2, **kwargs))
-  assert len(serial) == len(parallel) == 5
-  for x, y in zip(serial, parallel):
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
+  serial = _collect(pipeline.training_stream(
+      _example(source, pool, cutmix=1.0), loading=pipeline.LoaderOptions(0, 0, 1), **kwargs))
+  for loading in (pipeline.LoaderOptions(num_workers=2), pipeline.LoaderOptions(0, 16, 500),
+                  pipeline.LoaderOptions()):
+    other = _collect(pipeline.training_stream(_example(source, pool, cutmix=1.0),
+                                              loading=loading, **kwargs))
+    assert len(serial) == len(other) == 5
+    for x, y in zip(serial, other):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_loader_options_come_from_the_config():
+  config = config_schema.default_config()
+  config.num_workers, config.read_threads, config.read_buffer = 2, 0, 8
+  assert pipeline.LoaderOptions.from_config(config) == pipeline.LoaderOptions(2, 0, 8)
+  config.read_buffer = 0
+  with pytest.raises(ValueError, match="config.read_buffer"):
+    config_schema.validate(config)
 
 
 def test_process_shards_concatenate_to_the_single_process_batch():

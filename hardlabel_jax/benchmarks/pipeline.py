@@ -84,12 +84,13 @@ def measure_stream(example_at: Callable[[int], dict], *, batch: int, num_workers
                    steps: int, repeats: int, warmup: int) -> dict[str, Any]:
   """Median crops/s over `repeats` runs of `steps` batches, after `warmup` batches.
 
-  Grain reads ahead (16 threads, 500 elements, also with 0 workers), so the first repeat may
-  start on a stock made during the warm-up; the median of several long repeats is not affected.
+  Grain reads ahead (the library's default read threads and buffer, also with 0 workers), so
+  the first repeat may start on a stock made during the warm-up; the median of several long
+  repeats is not affected.
   """
   iterator = pipeline.position_stream(example_at, global_batch=batch,
                                       num_steps=warmup + repeats * steps,
-                                      num_workers=num_workers)
+                                      loading=pipeline.LoaderOptions(num_workers=num_workers))
   try:
     start = time.perf_counter()
     for _ in range(warmup):  # worker start-up and the first prefetch are not throughput

@@ -86,6 +86,7 @@ def environment() -> dict[str, Any]:
       "device_kind": devices[0].device_kind,
       "cpu_cores": cpu_cores(),
       "load_average_1min": os.getloadavg()[0],
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

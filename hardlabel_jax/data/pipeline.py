@@ -146,37 +146,61 @@ def check_batch_split(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
-def to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
-  """A checkpointable iterator over `dataset`, prefetched by `num_workers` processes."""
-  iter_dataset = dataset.to_iter_dataset()
-  if num_workers > 0:
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+  """How batches are read: Grain worker processes, and read threads/buffer inside each process.
+
+  Grain's own defaults (16 threads reading 500 elements ahead) suit remote disks; here every
+  element is a whole batch made from in-memory images, so on a few CPU cores those threads only
+  compete with XLA for the cores. The train step is dispatched asynchronously, so even a reader
+  with no threads prepares the next batch while the device computes the current one.
+  """
+
+  num_workers: int = 0
+  read_threads: int = 1
+  read_buffer: int = 4  # batches read ahead per process
+
+  @classmethod
+  def from_config(cls, config: Any) -> "LoaderOptions":
+    """The `num_workers`, `read_threads` and `read_buffer` fields of a run config."""
+    return cls(config.num_workers, config.read_threads, config.read_buffer)
+
+
+def to_iterator(dataset: grain.MapDataset,
+                loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
+  """A checkpointable iterator over `dataset`, read and prefetched as `loading` says."""
+  read_options = grain.ReadOptions(num_threads=loading.read_threads,
+                                   prefetch_buffer_size=loading.read_buffer)
+  iter_dataset = dataset.to_iter_dataset(read_options)
+  if loading.num_workers > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's worker processes read absl flags; library callers (tests, notebooks) have none.
       flags.FLAGS.mark_as_parsed()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    iter_dataset = iter_dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=loading.num_workers))
   return iter(iter_dataset)
 
 
 def position_stream(example_at: Callable[[int], dict[str, np.ndarray]], *, global_batch: int,
                     num_steps: int, process_index: int = 0, process_count: int = 1,
-                    num_workers: int = 0) -> grain.DatasetIterator:
+                    loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """Local batches for `num_steps` steps of `example_at(global position)`."""
   local_batch = check_batch_split(global_batch, process_count)
   dataset = (grain.MapDataset.range(num_steps * local_batch)
              .map(ProcessPositions(global_batch, process_index, process_count))
              .map(example_at)
              .batch(local_batch, drop_remainder=True))
-  return to_iterator(dataset, num_workers)
+  return to_iterator(dataset, loading)
 
 
 def training_stream(example: CropExample, *, global_batch: int, num_steps: int, seed: int,
                     process_index: int = 0, process_count: int = 1,
-                    num_workers: int = 0) -> grain.DatasetIterator:
+                    loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """Local batches of fresh crops for `num_steps` steps; epochs reshuffled, slot = epoch."""
   return position_stream(FreshCrops(example, EpochShuffle(len(example.pool_ids), seed)),
                          global_batch=global_batch, num_steps=num_steps,
                          process_index=process_index, process_count=process_count,
-                         num_workers=num_workers)
+                         loading=loading)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +240,8 @@ class EvalExample:
 
 def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
                        normalizer: Normalizer, global_batch: int, process_index: int = 0,
-                       process_count: int = 1, num_workers: int = 0) -> Iterator[dict]:
+                       process_count: int = 1,
+                       loading: LoaderOptions = LoaderOptions()) -> Iterator[dict]:
   """One pass over a split in local batches, padded to whole global batches."""
   local_batch = check_batch_split(global_batch, process_count)
   num_batches = -(-len(source) // global_batch)
@@ -224,4 +249,4 @@ def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
              .map(ProcessPositions(global_batch, process_index, process_count))
              .map(EvalExample(source, size, crop_fraction, normalizer))
              .batch(local_batch, drop_remainder=True))
-  return to_iterator(dataset, num_workers)
+  return to_iterator(dataset, loading)

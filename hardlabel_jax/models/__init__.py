@@ -2,9 +2,10 @@
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from hardlabel_jax.models.convnet import ConvNet
@@ -20,6 +21,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+# The dtype of activations and convolutions; parameters, BN statistics, the logits, losses and the
+# optimizer stay float32 whatever it is. 'auto' is bfloat16 on TPU/GPU and float32 on CPU.
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -27,6 +31,24 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def resolve_compute_dtype(name: str, backend: str | None = None) -> Any:
+    """'auto' -> bfloat16 on TPU/GPU, float32 on CPU (bf16 is emulated there); else the named dtype."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute dtype {name!r}; expected one of {', '.join(COMPUTE_DTYPES)}")
+    if name == "auto":
+        name = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+    return jnp.dtype(name)
+
+
+def model_from_config(config: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """The model a run config names: `model`, its `model_kwargs` and `compute_dtype`.
+
+    Run configs written before `compute_dtype` existed trained in float32.
+    """
+    dtype = resolve_compute_dtype(config.get("compute_dtype", "float32"))
+    return create_model(config["model"], num_classes, dtype=dtype, **config.get("model_kwargs", {}))
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -53,6 +75,9 @@ __all__ = [
     "ResNet18",
     "ResNet50",
     "count_params",
+    "COMPUTE_DTYPES",
     "create_model",
     "has_batch_norm",
+    "model_from_config",
+    "resolve_compute_dtype",
 ]
