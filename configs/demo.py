@@ -1,4 +1,4 @@
-"""The README's first command: does subset quality matter under each label regime? (≤ 15 min, 2 CPUs)
+"""The README's first command: does subset quality matter under each label regime? (~10 min, 2 CPUs)
 
 A scaled-down Hard Truths study on the embedded MNIST: the paper's three label regimes HL, SL and
 SL+KD × random, CAD-Prune, RDED and the full train split × 10 and 50 images per class × 2 seeds

@@ -39,6 +39,21 @@ def test_each_epoch_is_a_fresh_permutation_of_the_pool():
   np.testing.assert_array_equal(slots, np.arange(60) // 20)  # slot = epoch for fresh crops
 
 
+def test_epoch_order_is_the_seeded_numpy_permutation():
+  """The order is pinned: epoch e of seed s is `default_rng(epoch_shuffle_seed(s, e))
+  .permutation(n)`, whatever instance or call order asks (cached arrays are read-only)."""
+  n, seed = 37, 5
+  order = pipeline.EpochShuffle(n, seed)
+  for epoch in (3, 0, 3, 1):
+    expected = np.random.default_rng(pipeline.epoch_shuffle_seed(seed, epoch)).permutation(n)
+    got = [pipeline.EpochShuffle(n, seed)(epoch * n + k) for k in range(n)]
+    assert got == [(int(p), epoch) for p in expected]
+    assert order(epoch * n + 7) == (int(expected[7]), epoch)
+  with pytest.raises(ValueError):
+    pipeline.epoch_permutation(n, seed, 0)[0] = 1
+  assert pipeline.EpochShuffle(1, seed)(4) == (0, 4)
+
+
 def test_same_seed_same_stream_other_seed_other_order():
   source, pool = _source(), np.arange(24)
   a = _collect(pipeline.training_stream(_example(source, pool), global_batch=8, num_steps=3,

@@ -103,10 +103,12 @@ class JaxModel:
 
   def __init__(self, model_name: str, width: int, mesh: jax.sharding.Mesh, *,
                image_size: int = IMAGE_SIZE, channels: int = CHANNELS,
-               num_classes: int = NUM_CLASSES, seed: int = 0):
+               num_classes: int = NUM_CLASSES, seed: int = 0, compute_dtype: str = "float32"):
     self.mesh, self.num_classes = mesh, num_classes
     self.image_shape = (image_size, image_size, channels)
-    self.model = models.create_model(model_name, num_classes, width=width)
+    self.model = models.model_from_config(
+        {"model": model_name, "model_kwargs": {"width": width}, "compute_dtype": compute_dtype},
+        num_classes)
     config = optimizer_config()
     self.schedule = optim.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10.0)
     self.tx = optim.make_optimizer(config, self.schedule)
@@ -342,6 +344,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is kept")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  parser.add_argument("--compute_dtype", default="float32", choices=models.COMPUTE_DTYPES,
+                      help="the JAX models' compute dtype (config.compute_dtype); the PyTorch "
+                      "twins run in float32")
   parser.add_argument("--no_torch", action="store_true", help="time the JAX steps only")
   parser.add_argument("--quick", action="store_true",
                       help="seconds-long smoke run: tiny widths, ConvNet only, batch 16, "
@@ -379,7 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           + (f", {model_info[name]['torch_params']:,} in PyTorch" if use_torch else ""),
           flush=True)
   for name in args.models:
-    jax_model = JaxModel(name, widths[name], mesh)
+    jax_model = JaxModel(name, widths[name], mesh, compute_dtype=args.compute_dtype)
     for regime in args.regimes:
       for batch_size in args.batch_sizes:
         step = jax_model.step(regime, batch_size)
@@ -409,7 +414,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "hald_label_smoothing": HALD_LABEL_SMOOTHING,
                           "hald_soft_weight": HALD_SOFT_WEIGHT, "learning_rate": LEARNING_RATE,
                           "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                          "mesh_devices": mesh.size, "quick": args.quick, **timing},
+                          "mesh_devices": mesh.size, "quick": args.quick,
+                          "compute_dtype": args.compute_dtype, **timing},
              "models": model_info, "rows": rows}
   return payload
 
