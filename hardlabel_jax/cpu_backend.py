@@ -5,10 +5,10 @@ convolutions that XLA rewrites into convolutions whose window is the whole featu
 runs those several times slower than Eigen (and than PyTorch's oneDNN). Keeping YNNPACK for dots
 only (`--xla_cpu_experimental_ynn_fusion_type=individual_dot`) measured the train step of
 ConvNet-D3 1.6–2.5× and of ResNet-18 3.6× faster on a 2-core CPU (README, "Results"), at
-PyTorch's speed. The flag is read when the backend starts,
-so `configure()` must run before the first JAX computation; the entry point, the benchmarks and
-the tests call it first. It only touches XLA:CPU compilations: on GPU/TPU it changes nothing but
-host-side CPU programs. This module imports neither jax nor jaxlib (it must run before them).
+PyTorch's speed. The flag is read when the backend starts, so `configure()` must run before the
+first JAX computation; the entry point, the benchmarks and the tests call it first. It only
+touches XLA:CPU compilations: on GPU/TPU it changes nothing but host-side CPU programs. This
+module imports neither jax nor jaxlib (it must run before them).
 """
 
 from __future__ import annotations
