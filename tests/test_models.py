@@ -20,6 +20,7 @@ from hardlabel_jax.models import (
     create_model,
     has_batch_norm,
 )
+from hardlabel_jax.models.convnet import InstanceNorm
 
 # XLA:CPU compile time dominates these tests; optimisation level 0 roughly halves it and
 # numerics are unaffected for the properties checked here.
@@ -253,8 +254,6 @@ def test_instance_norm_equals_groupnorm_per_channel() -> None:
     """ConvNet's direct instance norm computes what GroupNorm(num_groups=C) computed (the DD
     reference's `GroupNorm(C, C, affine=True)`): same outputs and gradients within float32
     tolerance, same parameter names and shapes, so checkpoints of either load into the other."""
-    from hardlabel_jax.models.convnet import InstanceNorm
-
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((4, 8, 8, 16)) * 3.0 + 1.5).astype(np.float32)
     direct, grouped = InstanceNorm(epsilon=1e-5), nn.GroupNorm(num_groups=16, epsilon=1e-5)

@@ -24,3 +24,9 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def torch_linear(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+    """A dense layer with torch.nn.Linear's default init (weight and bias U(±1/sqrt(fan_in)))."""
+    return nn.Dense(features, dtype=dtype, kernel_init=torch_default_kernel_init,
+                    bias_init=torch_default_bias_init(fan_in), name=name)

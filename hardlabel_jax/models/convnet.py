@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hardlabel_jax.models._init import torch_default_bias_init, torch_default_kernel_init
+from hardlabel_jax.models._init import torch_default_bias_init, torch_default_kernel_init, torch_linear
 
 NORMS = ("instance", "none", "batch")
 
@@ -70,7 +70,6 @@ class ConvNet(nn.Module):
       x = nn.relu(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_default_kernel_init,
-                 bias_init=torch_default_bias_init(x.shape[-1]), name="classifier")(x)
+    x = torch_linear(self.num_classes, x.shape[-1], self.dtype, "classifier")(x)
     # Losses/metrics are computed in float32 even when the body runs in bf16.
     return x.astype(jnp.float32)

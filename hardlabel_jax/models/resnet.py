@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hardlabel_jax.models._init import kaiming_normal_fan_out, torch_default_bias_init, torch_default_kernel_init
+from hardlabel_jax.models._init import kaiming_normal_fan_out, torch_linear
 
 STEMS = ("imagenet", "cifar")
 
@@ -125,13 +125,7 @@ class ResNet(nn.Module):
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         # torchvision leaves fc at nn.Linear's default init.
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=torch_default_kernel_init,
-            bias_init=torch_default_bias_init(x.shape[-1]),
-            name="fc",
-        )(x)
+        x = torch_linear(self.num_classes, x.shape[-1], self.dtype, "fc")(x)
         return x.astype(jnp.float32)
 
 
