@@ -30,7 +30,7 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "yapf==0.43.0", "ruff==0.17.6"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
         # PyTorch for the side-by-side train-step benchmark (hardlabel_jax.benchmarks.train_step).

@@ -84,6 +84,7 @@ def get_config(arg=None):
     config.global_batch_size = 16
     config.eval_batch_size = 200
     config.crops_per_image = 1
+    config_schema.unset(config, "rded_candidates_per_class")  # no RDED/CA2D cells here
     config.num_workers = 0
     config.log_every_steps = 1
     config.tensorboard = False

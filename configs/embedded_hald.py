@@ -6,11 +6,14 @@ budget (100 epochs × 100 images) in every regime. SL and HALD replay the same s
 `crops` stored crops per image (DD-style crops: scale 0.08–1, the regime where few crops drift).
 Teacher and table are built on first use and cached in `cache_dir`, shared by every run:
 
-  python -m hardlabel_jax.main --config configs/embedded_hald.py:crops=4,seed=0 \
-      --config.regime=hald --config.cache_dir=/tmp/hald/cache --workdir /tmp/hald/hald_c4_s0
-  python -m hardlabel_jax.main --config configs/embedded_hald.py:crops=4,seed=0 \
-      --config.regime=sl --config.cache_dir=/tmp/hald/cache --workdir /tmp/hald/sl_c4_s0
-  # regime=hl and regime=sl_kd ignore the table (fresh crops every epoch).
+  python -m hardlabel_jax.main --config configs/embedded_hald.py:crops=4,seed=0,regime=hald \
+      --config.cache_dir=/tmp/hald/cache --workdir /tmp/hald/hald_c4_s0
+  python -m hardlabel_jax.main --config configs/embedded_hald.py:crops=4,seed=0,regime=sl \
+      --config.cache_dir=/tmp/hald/cache --workdir /tmp/hald/sl_c4_s0
+  python -m hardlabel_jax.main --config configs/embedded_hald.py:crops=4,task=relabel \
+      --config.cache_dir=/tmp/hald/cache --workdir /tmp/hald/relabel   # the table alone
+  # regime=hl and regime=sl_kd ignore the table (fresh crops every epoch). The arguments (not
+  # --config.regime/--config.task) drop the fields that run never reads, which a run refuses.
   # --config.label_format=topk_q8 --config.topk=3: the same study at a fraction of the bytes.
 """
 
@@ -18,10 +21,12 @@ from hardlabel_jax import config_schema
 
 
 def get_config(arg=None):
-  """`crops=N` stored crops per image, `seed=N` run seed, `runlocal` for a smoke test."""
-  args = config_schema.parse_arg(arg, runlocal=False, crops=4, seed=0)
+  """`crops=N` stored crops, `seed=N`, `regime=R`, `task=train|relabel`, `runlocal` (smoke test)."""
+  args = config_schema.parse_arg(arg, runlocal=False, crops=4, seed=0, regime="hald",
+                                 task="train")
   config = config_schema.default_config()
-  config.regime = "hald"
+  config.task = args.task
+  config.regime = args.regime
   config.seed = args.seed
   config.dataset = "embedded_mnist"
   config.image_size = 28
@@ -41,7 +46,6 @@ def get_config(arg=None):
   # here: 54% vs 94% at 2 crops). T² keeps both phases on one gradient scale, as in Hinton's KD.
   config.soft_loss_weight = config.temperature**2
   config.label_format = "full"
-  config.topk = 3
   config.crops_per_image = args.crops
   config.crop_seed = 0
   config.hald_schedule = "S6"
@@ -61,4 +65,4 @@ def get_config(arg=None):
     config.num_epochs = 4
     config.global_batch_size = 16
     config.log_every_steps = 5
-  return config
+  return config_schema.reset_unread(config)

@@ -9,8 +9,8 @@ logits on the same crops, computed online in the jitted step, with the loss chos
   python -m hardlabel_jax.main --config configs/embedded_kd_rld.py:loss=rld,seed=0 \
       --config.teacher_workdir=/tmp/kd/teacher --workdir /tmp/kd/rld_s0
 
-The first run trains the teacher into teacher_workdir (default `<workdir>/teacher`); later runs
-reuse it. `loss=ce` trains the same student on hard labels only, the baseline KD must beat.
+The first run trains the teacher into teacher_workdir from teacher_config; later runs reuse it
+after checking that it is the teacher teacher_config describes. `loss=ce` trains the same student on hard labels only, the baseline KD must beat.
 """
 
 from hardlabel_jax import config_schema

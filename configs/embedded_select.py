@@ -8,6 +8,9 @@ with the DD evaluation crops (RandomResizedCrop scale 0.08–1).
 
   python -m hardlabel_jax.main --config configs/embedded_select.py:method=cad_prune,ipc=10,seed=0 \
       --config.cache_dir=/tmp/select/cache --workdir /tmp/select/cad_prune_ipc10_s0
+  # the distilled set alone (with its teacher and, for CA2D, its scoring run):
+  python -m hardlabel_jax.main --config configs/embedded_select.py:method=ca2d,ipc=10,task=distill \
+      --config.cache_dir=/tmp/select/cache --workdir /tmp/select/ca2d_set
 
 Scoring: EL2N and AUM (CCS) come from a 10-epoch run on the whole train split; CAD-Prune's run
 lasts K epochs with K·N = E_down·n (the downstream budget), i.e. 3 epochs at ipc=10 and 5 at
@@ -36,13 +39,15 @@ def score_config(cad: bool, ipc: int, runlocal: bool):
 
 
 def get_config(arg=None):
-  """`method=…`, `ipc=10|50`, `seed=N` (training and random-subset seed), `runlocal`."""
-  args = config_schema.parse_arg(arg, runlocal=False, method="random", ipc=10, seed=0)
+  """`method=…`, `ipc=10|50`, `seed=N` (training and subset seed), `task=train|distill`, `runlocal`."""
+  args = config_schema.parse_arg(arg, runlocal=False, method="random", ipc=10, seed=0,
+                                 task="train")
   if args.method not in METHODS:
     raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}")
   if args.ipc not in BUDGET:
     raise ValueError(f"ipc={args.ipc}: choose 10 or 50")
   config = config_schema.sibling_config(__file__, "embedded_hl.py")
+  config.task = args.task
   config.seed = args.seed
   config.subset_seed = args.seed
   config.selection = args.method
@@ -56,7 +61,6 @@ def get_config(arg=None):
   if args.method in ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d"):
     config.score_config = score_config(args.method in ("cad_prune", "ca2d"), args.ipc,
                                        args.runlocal)
-    config.cad_window, config.cad_num_windows = 2, 1
   if args.method in ("rded", "ca2d"):
     config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py",
                                                          args.runlocal and "runlocal")
@@ -66,5 +70,7 @@ def get_config(arg=None):
   config.ccs_strata = 50
   if args.runlocal:
     config.budget_examples = 640
-    config.rded_candidates_per_class = 4 * args.ipc
-  return config
+    if args.method in ("rded", "ca2d"):
+      config.rded_candidates_per_class = 4 * args.ipc
+  # task=distill trains nothing: drop the training fields it would refuse as unread.
+  return config_schema.reset_unread(config)

@@ -39,13 +39,13 @@ def get_config(arg=None):
     score.cad_downstream_epochs = float(downstream_epochs)
     score.cad_window, score.cad_num_windows = 2, 1
     config.score_config = score
-    config.cad_window, config.cad_num_windows = 2, 1
   if args.method in ("rded", "ca2d"):
     config.rded_factor = 2
     config.rded_crops_per_image = 5
     config.rded_candidates_per_class = 300
   if args.runlocal:
     config.num_epochs = 1
-    config.rded_candidates_per_class = 8
+    if args.method in ("rded", "ca2d"):
+      config.rded_candidates_per_class = 8
     config.images_per_class = 2
   return config

@@ -7,12 +7,11 @@ label smoothing 0.8. 15 stored crops per image in `full` fp16 is 10,000 × 15 ×
 ≈ 301 MB, the storage scale of HALD's 285 MB.
 
 Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any finished HL run):
-  python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py \
-      --config.data_dir=$DATA --config.teacher_workdir=$TEACHER --config.task=relabel \
-      --workdir $WORKDIR
+  python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py:task=relabel \
+      --config.data_dir=$DATA --config.teacher_workdir=$TEACHER --workdir $WORKDIR
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py \
       --config.data_dir=$DATA --config.teacher_workdir=$TEACHER --workdir $WORKDIR
-`--config.regime=sl` gives the SL baseline on the same table; `:runlocal` a CPU smoke test.
+`:regime=sl` gives the SL baseline on the same table; `:runlocal` a CPU smoke test.
 The soft loss keeps the DD convention (KL without T²). On the embedded data that made HALD's
 soft→hard switch collapse the network (see configs/embedded_hald.py); if the hard phase's loss
 sits at ln(1000) after the switch, add `--config.soft_loss_weight=400` (T²).
@@ -23,9 +22,11 @@ from hardlabel_jax import config_schema
 
 def get_config(arg=None):
   """The HALD IPC10 recipe; `ipc=50` switches to η = 1 as in the paper."""
-  args = config_schema.parse_arg(arg, runlocal=False, ipc=10, crops=15, seed=0)
+  args = config_schema.parse_arg(arg, runlocal=False, ipc=10, crops=15, seed=0, regime="hald",
+                                 task="train")
   config = config_schema.default_config()
-  config.regime = "hald"
+  config.task = args.task
+  config.regime = args.regime
   config.seed = args.seed
   config.dataset = "tfds:imagenet2012"
   config.test_split = "validation"
@@ -63,4 +64,4 @@ def get_config(arg=None):
     config.eval_batch_size = 16
     config.num_workers = 0
     config.log_every_steps = 1
-  return config
+  return config_schema.reset_unread(config)

@@ -2,12 +2,16 @@
 
 Experiment files under `configs/` start from `default_config()` and override what they need
 (configs as code, as in big_vision). `validate` runs before any data is read or state is written.
+The config is flat; `FIELD_GROUPS` groups its fields by concern, `fields_read` says which fields a
+config's task, regime and selection read, and `validate` refuses a field changed from its default
+that none of them reads (a setting that would silently do nothing).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -38,9 +42,50 @@ RESUMABLE_FIELDS = frozenset({
     "data_dir", "tensorboard", "cache_dir", "label_table_dir", "table_positions_per_shard",
 })
 
+# Every field of `default_config()` in exactly one group, by concern. The config stays flat (config
+# files and `--config.field=` overrides name fields directly); `fields_read` says which of these
+# fields a task, regime and selection read, and `validate` refuses a changed field none of them do.
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "task": ("task", "regime", "seed"),
+    "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset",
+             "normalization_mean", "normalization_std"),
+    "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
+    "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata",
+                  "cad_direction"),
+    "distilled_set": ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class"),
+    "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
+                "cad_window", "cad_num_windows"),
+    "crops": ("image_size", "crop_scale", "crop_ratio", "random_flip", "cutmix_alpha",
+              "eval_crop_fraction"),
+    "model": ("model", "model_kwargs", "compute_dtype"),
+    "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
+    "optimizer": ("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "adam_b1",
+                  "adam_b2", "schedule", "warmup_epochs", "step_milestones", "step_gamma",
+                  "hald_eta"),
+    "hard_labels": ("label_smoothing",),
+    "teacher": ("teacher_workdir", "teacher_config"),
+    "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization",
+           "kd_warmup_epochs"),
+    "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
+                    "crop_seed", "soft_loss_weight", "label_keep_fraction", "teacher_bn_mode",
+                    "table_positions_per_shard"),
+    "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
+    "drift": ("drift_crop_counts",),
+    "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
+              "study_score_epochs", "study_regime_overrides"),
+    "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
+                    "read_threads", "read_buffer", "tensorboard"),
+}
+# Tasks that train a network on the config itself (a scoring run is a training run that records
+# per-example statistics every epoch) and tasks that only run a teacher over the pool.
+TRAINING_TASKS = ("train", "score")
+TEACHER_TASKS = ("relabel", "drift", "distill")
+# Selections that build a distilled set from teacher-scored crops (hardlabel_jax.distill.METHODS).
+DISTILLED_SELECTIONS = ("rded", "ca2d")
+
 
 def default_config() -> ml_collections.ConfigDict:
-  """All fields the trainer reads, with the defaults of a small HL run."""
+  """Every field (grouped in `FIELD_GROUPS`) with the defaults of a small HL run."""
   c = ml_collections.ConfigDict()
   c.task = "train"
   c.regime = "hl"
@@ -60,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Subset selection by difficulty (DESIGN.md §7): a method and the score file of a
   # task='score' run (EL2N for el2n_*, AUM for ccs, CAD for cad_prune), class-balanced.
   c.selection = "random"
-  c.scores_file = ""  # '' with score_config set -> <cache_dir>/scores/<hash>/scores.npz
+  c.scores_file = ""  # '' with score_config set -> <cache_dir>/scores/<identity>/scores.npz
   c.score_config = None  # a full task='score' config, run first when the score file is absent
   c.ccs_beta = 0.1  # CCS: fraction of hardest (lowest-AUM) examples dropped per class
   c.ccs_strata = 50
@@ -102,7 +147,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
 
   # Online distillation (regime='kd'): a teacher HL run and a loss from hardlabel_jax.losses.
-  c.teacher_workdir = ""  # '' -> <cache_dir>/teacher
+  # '' -> <cache_dir>/teachers/<identity of teacher_config>; a given workdir is checked against
+  # teacher_config (when set) and the run's data set before anything is written.
+  c.teacher_workdir = ""
   c.teacher_config = None  # a full HL config: trains the teacher there first if it is absent
   c.distillation_loss = "kd"
   c.distillation_kwargs = ml_collections.ConfigDict()  # e.g. temperature, alpha, beta
@@ -110,8 +157,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.kd_warmup_epochs = 0.0  # DKD/RLD ramp-in, min(epoch / warmup, 1); 0 disables
 
   # Soft labels (DESIGN.md §3–§5). The table is keyed by (crop_seed, example id, slot).
-  c.cache_dir = ""  # teachers and tables shared between runs; '' -> the run's workdir
-  c.label_table_dir = ""  # '' -> <cache_dir>/tables/<format>-<identity hash>
+  c.label_table_dir = ""  # '' -> <cache_dir>/tables/<format>-c<crops>-<identity>
   c.temperature = 20.0  # soft labels softmax(z/T) and the KL of sl, sl_kd and hald
   c.label_format = "full"
   c.topk = 5  # classes kept per crop by the topk formats
@@ -124,11 +170,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.label_keep_fraction = 1.0  # LPLD label pruning: fraction of stored crops a run may use
   c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
   c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
+
+  # HALD (regime='hald', DESIGN.md §5): soft and hard phases over the epochs.
   c.hald_schedule = "S6"  # S1, S6, S7, S8, alt:n, hybrid:λ
   c.hald_hard_fraction = 0.5  # share of epochs in the hard phase
   c.hald_label_smoothing = 0.8  # hard phase: one-hot smoothed by 0.8 (true class 0.2 + 0.8/C)
   c.hald_cutmix_alpha = 1.0  # hard phase: CutMix on every batch
-  c.drift_crop_counts = (1, 2, 4, 8, 16, 32)  # task='drift': crops per image to measure
+
+  # Local semantic drift (task='drift').
+  c.drift_crop_counts = (1, 2, 4, 8, 16, 32)  # crops per image to measure
 
   # Optimizer and learning-rate schedule.
   c.optimizer = "sgd"
@@ -157,7 +207,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.study_score_epochs = 10  # K of the EL2N/AUM scoring run; CAD-Prune's K comes from the budget
   c.study_regime_overrides = ml_collections.ConfigDict()  # regime -> {field: value}
 
-  # Run control.
+  # Run control: where shared artefacts live, logging, checkpoints, input loading.
+  c.cache_dir = ""  # teachers, scores, distilled sets and tables shared between runs; '' -> workdir
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.num_workers = 0  # Grain worker processes
@@ -176,6 +227,213 @@ def _require(condition: bool, field: str, message: str) -> None:
 def _require_choice(config: ml_collections.ConfigDict, field: str, choices: tuple) -> None:
   value = config[field]
   _require(value in choices, field, f"{value!r} is not one of {', '.join(choices)}")
+
+
+# Fields every run reads whatever its task: what it trains or labels on, at what size, how it logs.
+_ALWAYS_READ = frozenset(
+    FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GROUPS["crops"] + FIELD_GROUPS["model"]
+    + FIELD_GROUPS["budget"] + FIELD_GROUPS["run_control"]
+    + ("images_per_class", "subset_seed", "selection"))
+# The fields whose values decide which other fields a run reads.
+_DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format",
+             "score_epochs")
+# Read by the trainer's step of each regime (trainer._make_steps, training_examples).
+_REGIME_READS = {
+    "hl": frozenset({"label_smoothing"}),
+    "kd": frozenset(FIELD_GROUPS["kd"]),
+    "sl_kd": frozenset({"logit_standardization", "temperature"}),
+    "sl": frozenset({"soft_loss_weight", "label_keep_fraction"}),
+    "hald": frozenset({"soft_loss_weight", "label_keep_fraction", *FIELD_GROUPS["hald"]}),
+}
+# What writing (or finding) a soft-label table reads (relabel.table_spec, table_directory).
+_TABLE_READS = frozenset({"label_table_dir", "temperature", "label_format", "crops_per_image",
+                          "crop_seed", "teacher_bn_mode", "table_positions_per_shard"})
+_DRIFT_READS = frozenset({"crop_seed", "temperature", "teacher_bn_mode", "drift_crop_counts"})
+# Fields a study sets in every cell (study.cell_config) or scoring run (study.score_config): the
+# study's own values of them are never read there.
+_CELL_SETS = frozenset({"task", "regime", "seed", "subset_seed", "selection", "images_per_class",
+                        "score_config"})
+_SCORE_SETS = frozenset({"task", "regime", "selection", "images_per_class", "subset_ids_file",
+                         "scores_file", "score_config", "teacher_config", "teacher_workdir",
+                         "budget_examples", "score_epochs"})
+# Nested configs validated as runs of their own: field -> (task, regime); both train under HL.
+_NESTED_RUNS = {"teacher_config": ("train", "hl"), "score_config": ("score", "hl")}
+
+
+def _optimizer_reads(run: Mapping[str, Any]) -> set[str]:
+  """optim.make_optimizer and optim.learning_rate_schedule."""
+  read = {"optimizer", "learning_rate", "weight_decay", "schedule", "warmup_epochs"}
+  read |= {"sgd": {"momentum", "nesterov"}, "adamw": {"adam_b1", "adam_b2"}}.get(
+      run["optimizer"], set())
+  read |= {"step": {"step_milestones", "step_gamma"}, "hald": {"hald_eta"}}.get(
+      run["schedule"], set())
+  return read
+
+
+def _run_reads(run: Mapping[str, Any]) -> set[str]:
+  """The fields one run of any task but 'study' reads, given its deciding fields."""
+  task, regime, selection = run["task"], run["regime"], run["selection"]
+  trains = task in TRAINING_TASKS
+  read = set(_ALWAYS_READ)
+  if selection == "random":
+    read.add("subset_ids_file")  # selection.training_pool
+  if selection in SCORED_SELECTIONS:
+    read |= {"scores_file", "score_config"}
+  if selection == "ccs":
+    read |= {"ccs_beta", "ccs_strata"}
+  if selection in ("cad_prune", "ca2d"):
+    read.add("cad_direction")
+  if selection in DISTILLED_SELECTIONS:  # distill: teacher CE of seeded crops, stitched
+    read |= {*FIELD_GROUPS["distilled_set"], *FIELD_GROUPS["teacher"], "crop_seed"}
+  if task in TEACHER_TASKS or (trains and regime != "hl"):
+    read |= set(FIELD_GROUPS["teacher"])
+  if trains:
+    read |= _optimizer_reads(run) | _REGIME_READS.get(regime, frozenset())
+  if task == "relabel" or (trains and regime in TABLE_REGIMES):
+    read |= _TABLE_READS
+    if run["label_format"] != "full":
+      read.add("topk")
+  if task == "drift":
+    read |= _DRIFT_READS
+  if task == "score":  # scoring.scoring_epochs, scores_from_statistics
+    read |= {"score_epochs", "cad_window", "cad_num_windows"}
+    if not run["score_epochs"]:
+      read |= {"cad_subset_images_per_class", "cad_downstream_epochs"}
+  return read
+
+
+def _plain(value: Any) -> Any:
+  """`value` with ConfigDicts as dicts and lists as tuples, to compare with a default."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def _regime_overrides(config: ml_collections.ConfigDict, regime: str) -> dict[str, Any]:
+  return _plain(config.study_regime_overrides.get(regime) or {})
+
+
+def _cell_run(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime: str,
+              method: str) -> dict[str, Any]:
+  """The deciding fields of a study cell (study.cell_config), its regime overrides applied."""
+  overrides = _regime_overrides(config, regime)
+  return {**run, **{k: v for k, v in overrides.items() if k in _DECIDERS}, "task": "train",
+          "regime": regime, "selection": "random" if method == "full" else method}
+
+
+def _cell_reads(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime: str,
+                method: str) -> set[str]:
+  """What a study cell reads of the study's fields: its run's fields, less those it sets."""
+  return (_run_reads(_cell_run(config, run, regime, method)) - _CELL_SETS
+          - set(_regime_overrides(config, regime)))
+
+
+def _reads(config: ml_collections.ConfigDict, run: Mapping[str, Any]) -> set[str]:
+  """`fields_read` of `config` with its deciding fields taken from `run`."""
+  if run["task"] != "study":
+    return _run_reads(run)
+  # A study reads what its cells read (the union over regimes and methods) and what its scoring
+  # runs (HL on the whole split) read, of the fields it passes on to them.
+  read = {"task", *FIELD_GROUPS["study"]}
+  for regime in config.study_regimes:
+    for method in config.study_methods:
+      read |= _cell_reads(config, run, regime, method)
+  if set(config.study_methods) & set(SCORED_SELECTIONS):
+    score = {**run, "task": "score", "regime": "hl", "selection": "random", "score_epochs": 1}
+    read |= _run_reads(score) - _SCORE_SETS
+  return read
+
+
+def fields_read(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """The top-level fields the config's task reads, given its regime, selection and optimizer."""
+  return frozenset(_reads(config, {k: config[k] for k in _DECIDERS}))
+
+
+def reset_unread(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every field its run never reads back at the default."""
+  out = config.copy_and_resolve_references()
+  read = fields_read(out)
+  defaults = default_config()
+  for field in defaults.keys():
+    if field not in read and _plain(out[field]) != _plain(defaults[field]):
+      out[field] = defaults[field]
+  return out
+
+
+def unset(config: ml_collections.ConfigDict, *fields: str) -> None:
+  """Puts `fields` back at their defaults: a config built on another removes what it never reads."""
+  defaults = default_config()
+  for field in fields:
+    config[field] = defaults[field]
+
+
+def _readers_hint(config: ml_collections.ConfigDict, field: str) -> str:
+  """Which single change of a deciding field would make `field` read, e.g. 'regime=kd'."""
+  choices = {"task": TASKS, "regime": REGIMES, "selection": SELECTIONS, "optimizer": OPTIMIZERS,
+             "schedule": SCHEDULES, "label_format": LABEL_FORMATS, "score_epochs": (0,)}
+  run = {k: config[k] for k in _DECIDERS}
+  hints = []
+  for decider, values in choices.items():
+    readers = [str(v) for v in values
+               if v != run[decider] and field in _reads(config, {**run, decider: v})]
+    if readers:
+      hints.append(f"{decider}={'|'.join(readers)}")
+  return " or ".join(hints)
+
+
+def _check_fields_read(config: ml_collections.ConfigDict) -> None:
+  """A field changed from its default must be read by the config's task, regime and selection."""
+  read = fields_read(config)
+  defaults = default_config()
+  if config.task == "study":
+    run = (f"task=study (study_regimes={tuple(config.study_regimes)}, "
+           f"study_methods={tuple(config.study_methods)})")
+  else:
+    run = f"task={config.task}, regime={config.regime} (selection={config.selection})"
+  for field in (f for group in FIELD_GROUPS.values() for f in group):
+    value, default = _plain(config[field]), _plain(defaults[field])
+    if field not in read and value != default:
+      hint = _readers_hint(config, field)
+      # A nested run (teacher_config, score_config) is named by its task, not printed whole.
+      shown = (f"a task={value['task']}, regime={value.get('regime')} config"
+               if isinstance(value, dict) and "task" in value else repr(value))
+      raise ValueError(f"config.{field}: set to {shown} but {run} never reads it; remove it "
+                       f"(default {default!r})"
+                       + (f" or choose a run that reads it: {hint}" if hint else ""))
+  if config.task == "study":
+    run_fields = {k: config[k] for k in _DECIDERS}
+    for regime in config.study_regimes:
+      regime_reads = set().union(*(_run_reads(_cell_run(config, run_fields, regime, m))
+                                   for m in config.study_methods))
+      for field, value in _regime_overrides(config, regime).items():
+        # Unknown names and grid fields are study.validate_study's to report.
+        if field in defaults and not field.startswith("study_") and field not in (
+            "task", "regime"):
+          _require(field in regime_reads, f"study_regime_overrides.{regime}.{field}",
+                   f"set to {value!r} but the {regime} cells of this study never read it; "
+                   "remove it")
+  for field, (task, regime) in _NESTED_RUNS.items():
+    if config[field] is not None:
+      _validate_nested(config[field], field, task, regime)
+
+
+def _validate_nested(nested: ml_collections.ConfigDict, field: str, task: str,
+                     regime: str) -> None:
+  """`validate` of a config that is a run of its own, its errors prefixed with `field`."""
+  try:
+    _require(nested.task == task, "task", f"{nested.task!r}: {field} is a task={task!r} run")
+    _require(nested.regime == regime, "regime",
+             f"{nested.regime!r}: {field} is a regime={regime!r} run")
+    validate(nested)
+  except ValueError as e:
+    message = str(e)
+    prefixed = (message.replace("config.", f"config.{field}.", 1)
+                if message.startswith("config.") else f"config.{field}: {message}")
+    raise ValueError(prefixed) from e
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -206,6 +464,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.cad_window >= 2, "cad_window", "must be >= 2 (a standard deviation)")
   _require(config.cad_num_windows >= 1, "cad_num_windows", "must be >= 1")
   if config.task == "score":
+    # Per-example training dynamics of the HL run (DESIGN.md §7): no teacher, no table.
+    _require(config.regime == "hl", "regime", f"{config.regime!r}: a scoring run trains under "
+             "hard labels; set regime='hl'")
     _require(config.score_epochs > 0 or (config.cad_subset_images_per_class > 0
                                          and config.cad_downstream_epochs > 0),
              "score_epochs", "set it, or cad_subset_images_per_class and cad_downstream_epochs "
@@ -215,8 +476,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
   _require(config.eval_batch_size > 0, "eval_batch_size", "must be positive")
   _require(config.budget_examples >= 0, "budget_examples", "must be >= 0")
-  _require(config.budget_examples > 0 or config.num_epochs > 0, "num_epochs",
-           "must be positive when budget_examples is 0")
+  # A scoring run's length is K epochs (scoring.training_config), whatever the budget fields say.
+  _require(config.task == "score" or config.budget_examples > 0 or config.num_epochs > 0,
+           "num_epochs", "must be positive when budget_examples is 0")
   _require(config.learning_rate > 0, "learning_rate", "must be positive")
   _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
   _require(config.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
@@ -258,6 +520,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.read_threads >= 0, "read_threads", "must be >= 0")
   _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
+  if config.task == "study":  # the grid decides what the study reads
+    for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + ("full",))):
+      for value in config[field]:
+        _require(value in known, field, f"{value!r} is not one of {', '.join(known)}")
+  _check_fields_read(config)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

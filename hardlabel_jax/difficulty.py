@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hardlabel_jax import array_checks
+from hardlabel_jax import class_indexing
 
 __all__ = [
     "FINAL_LAYER_NAMES",
@@ -105,23 +106,10 @@ def _check_int(name: str, value: Any, lo: int) -> int:
 # Numerical building blocks (traced inside the kernels).
 
 
-def _one_hot_mask(labels: Array, num_classes: int) -> Array:
-  """Boolean `[..., C]`, True at each label (all False for an out-of-range label)."""
-  return labels[..., None] == jnp.arange(num_classes)
-
-
-def _gather(x: Array, labels: Array) -> Array:
-  """`x[..., labels]` along the class axis, NaN where a label is out of range."""
-  num_classes = x.shape[-1]
-  # A masked sum, not a gather: elementwise, so it stays local on example-sharded arrays.
-  picked = jnp.sum(jnp.where(_one_hot_mask(labels, num_classes), x, 0.0), axis=-1)
-  return jnp.where((labels >= 0) & (labels < num_classes), picked, jnp.nan)
-
-
 def _el2n(z: Array, y: Array) -> Array:
   """‖softmax(z) − onehot(y)‖₂ over the last axis."""
   p = jax.nn.softmax(z, axis=-1)
-  err = p - _one_hot_mask(y, z.shape[-1]).astype(p.dtype)
+  err = p - class_indexing.one_hot_mask(y, z.shape[-1]).astype(p.dtype)
   value = jnp.sqrt(jnp.sum(err * err, axis=-1))
   return jnp.where((y >= 0) & (y < z.shape[-1]), value, jnp.nan)
 
@@ -129,8 +117,8 @@ def _el2n(z: Array, y: Array) -> Array:
 def _margin(z: Array, y: Array) -> Array:
   """z_y − max_{i≠y} z_i over the last axis."""
   # The most negative finite value, not −inf: with C >= 2 some other class always wins the max.
-  others = jnp.where(_one_hot_mask(y, z.shape[-1]), jnp.finfo(z.dtype).min, z)
-  return _gather(z, y) - jnp.max(others, axis=-1)
+  others = jnp.where(class_indexing.one_hot_mask(y, z.shape[-1]), jnp.finfo(z.dtype).min, z)
+  return class_indexing.gather_class(z, y) - jnp.max(others, axis=-1)
 
 
 def _float32(x: Array) -> Array:
@@ -189,7 +177,7 @@ def _epoch_statistics_kernel(z: Array, y: Array) -> dict[str, Array]:
   z = _float32(z)
   log_p = jax.nn.log_softmax(z, axis=-1)
   return {
-      "true_prob": jnp.exp(_gather(log_p, y)),
+      "true_prob": jnp.exp(class_indexing.gather_class(log_p, y)),
       "el2n": _el2n(z, y),
       "margin": _margin(z, y),
       "correct": jnp.argmax(z, axis=-1) == y,
@@ -199,7 +187,7 @@ def _epoch_statistics_kernel(z: Array, y: Array) -> dict[str, Array]:
 @jax.jit
 def _teacher_ce_kernel(z: Array, y: Array) -> Array:
   """Compiled `teacher_ce`."""
-  return -_gather(jax.nn.log_softmax(_float32(z), axis=-1), y)
+  return -class_indexing.gather_class(jax.nn.log_softmax(_float32(z), axis=-1), y)
 
 
 @jax.jit
@@ -366,7 +354,7 @@ def _grand_kernel(model: nn.Module, variables: dict[str, Any], images: Array, la
   def example_loss(wrt: Any, x: Array, y: Array) -> Array:
     full = wrt if layer_path is None else _replace_subtree(params, layer_path, wrt)
     logits = model.apply({**variables, "params": full}, x[None], train=False)
-    return -_gather(jax.nn.log_softmax(_float32(logits), axis=-1), y[None])[0]
+    return -class_indexing.gather_class(jax.nn.log_softmax(_float32(logits), axis=-1), y[None])[0]
 
   wrt = params if layer_path is None else _subtree(params, layer_path)
 

@@ -11,21 +11,20 @@ of the PyTorch RDED code) with `provenance.json`, so the trainer reads it like a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from hardlabel_jax import config_schema
+from hardlabel_jax import cache
+from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
-from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import selection
 from hardlabel_jax import teacher as teacher_lib
@@ -100,36 +99,33 @@ def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
                         flip=False)
   example = pipeline.CropExample(data.train, pool, spec, config.crop_seed, data.normalizer)
   slots = config.rded_crops_per_image
-  predict = relabel.teacher_log_probs_fn(teacher, mesh, 1.0, "eval")
+  predict = inference.log_probs_fn(teacher.model, mesh, 1.0, "eval")
   ce = np.zeros((len(pool), slots), np.float32)
-  for out in relabel.teacher_crop_outputs(
+  for out in inference.crop_outputs(
       example, slots=slots, first_row=0, num_rows=len(pool) * slots, predict=predict,
-      variables=teacher.variables, mesh=mesh, global_batch=config.eval_batch_size,
+      variables=teacher.variables, mesh=mesh, batch_size=config.eval_batch_size,
       loading=pipeline.LoaderOptions.from_config(config)):
     position, slot = np.divmod(out["row"], slots)
     ce[position, slot] = -out["log_probs"][np.arange(len(position)), out["label"]]
   return ce, example
 
 
-def identity(config: ml_collections.ConfigDict, fingerprint: str,
-             teacher: teacher_lib.Teacher) -> dict[str, Any]:
-  """Everything that defines a distilled set's content."""
-  scores = ""
-  if config.selection == "ca2d":
-    with open(config.scores_file, "rb") as f:
-      scores = hashlib.sha256(f.read()).hexdigest()[:16]
-  return {"method": config.selection, "dataset": config.dataset, "fingerprint": fingerprint,
-          "teacher": teacher.fingerprint, "ipc": config.images_per_class,
-          "factor": config.rded_factor, "mipc": config.rded_candidates_per_class,
-          "crops": config.rded_crops_per_image, "crop_seed": config.crop_seed,
-          "subset_seed": config.subset_seed, "image_size": config.image_size, "scores": scores,
-          "cad_direction": config.cad_direction}
+def identity(config: ml_collections.ConfigDict, fingerprint: str, teacher_digest: str,
+             scores: str) -> dict[str, Any]:
+  """Everything that defines a distilled set's content (`scores`: the score file's identity)."""
+  return {"method": config.selection, "fingerprint": fingerprint, "teacher": teacher_digest,
+          "ipc": config.images_per_class, "factor": config.rded_factor,
+          "mipc": config.rded_candidates_per_class, "crops": config.rded_crops_per_image,
+          "crop_seed": config.crop_seed, "subset_seed": config.subset_seed,
+          "image_size": config.image_size, "scores": scores,
+          "cad_direction": config.cad_direction if config.selection == "ca2d" else "",
+          "normalization": [list(config.normalization_mean), list(config.normalization_std)]}
 
 
-def set_directory(config: ml_collections.ConfigDict, workdir: str, ident: dict) -> str:
-  digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-  name = f"{ident['method']}-ipc{ident['ipc']}-f{ident['factor']}-{digest}"
-  return os.path.join(teacher_lib.cache_dir(config, workdir), "distilled", name)
+def set_directory(cache_root: str, ident: Mapping[str, Any]) -> str:
+  """`<cache>/distilled/<method>-ipc<n>-f<factor>-<identity digest>`."""
+  name = f"{ident['method']}-ipc{ident['ipc']}-f{ident['factor']}-{cache.digest(ident)}"
+  return os.path.join(cache_root, "distilled", name)
 
 
 def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
@@ -162,38 +158,39 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
           "file": f"{_SPLIT}/class_{label:05d}/{name}", "label": label,
           "patches": [{"id": int(pool[positions[k]]), "slot": int(slots[k]),
                        "teacher_ce": float(ce[positions[k], slots[k]])} for k in members]})
+  cache.write_identity(partial, ident)
   with open(os.path.join(partial, PROVENANCE_FILE), "w") as f:
     json.dump(provenance, f, indent=1)
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   os.replace(partial, directory)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, *,
-          devices: list[jax.Device] | None = None) -> str:
-  """`task='distill'`: writes (or reuses) the RDED/CA2D set this config asks for; its path."""
-  if config.selection not in METHODS:
-    raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
-                     f"({', '.join(METHODS)})")
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  source_config = config.copy_and_resolve_references()
-  source_config.selection, source_config.images_per_class = "random", 0
-  data = run_data.load_run_data(source_config)
-  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
-  ident = identity(config, data.train.info.fingerprint, teacher)
-  directory = set_directory(config, workdir, ident)
-  if os.path.exists(os.path.join(directory, PROVENANCE_FILE)):
-    return directory
+def is_built(directory: str) -> bool:
+  """Whether `directory` holds a finished set (provenance.json is written last)."""
+  return os.path.exists(os.path.join(directory, PROVENANCE_FILE))
+
+
+def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str, Any],
+          data: run_data.RunData, teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh) -> str:
+  """Writes the RDED/CA2D set `ident` describes into `directory` (whole train split as `data`)."""
   labels = np.asarray(data.train.labels())
   pool = candidate_pool(config, labels)
   ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
   positions, slots = select_crops(labels[pool], ce, config.images_per_class, config.rded_factor)
   if jax.process_index() == 0:  # every process scored the crops; one writes the set
-    _write_set(config, directory, ident, teacher, example, labels, pool, positions, slots, ce)
+    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots,
+               ce)
   mesh_lib.sync_processes("distilled set written")
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
                        f"{config.rded_factor}×{config.rded_factor} patches) in {directory}")
   return directory
+
+
+def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config whose data is the whole train split the set's candidates are drawn from."""
+  out = config.copy_and_resolve_references()
+  out.selection, out.images_per_class = "random", 0
+  return out
 
 
 def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_collections.ConfigDict:
@@ -207,10 +204,3 @@ def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_col
   out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
   out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)
   return out
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        devices: list[jax.Device] | None = None) -> str:
-  """CLI entry for `task='distill'`."""
-  config_schema.validate(config)
-  return build(config, workdir, devices=devices)

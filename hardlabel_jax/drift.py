@@ -21,10 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from hardlabel_jax import config_schema
-from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import inference
 from hardlabel_jax import metrics_log
-from hardlabel_jax import relabel as relabel_lib
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import pipeline
@@ -117,23 +115,18 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   os.replace(tmp, path)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        devices: list[jax.Device] | None = None) -> list[dict]:
-  """`task='drift'`: drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG."""
-  config_schema.validate(config)
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  data = run_data.load_run_data(config)
+def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
+            teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh) -> list[dict]:
+  """Drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG to `workdir`."""
   counts = sorted({int(m) for m in config.drift_crop_counts})
-  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
-  whole_image = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature, "eval")
-  image_log_probs = relabel_lib.pool_center_outputs(whole_image, teacher.variables, data, config,
-                                                    mesh)["log_probs"]
+  whole_image = inference.log_probs_fn(teacher.model, mesh, config.temperature, "eval")
+  image_log_probs = inference.pool_center_outputs(whole_image, teacher.variables, data, config,
+                                                  mesh)["log_probs"]
   slots = counts[-1]
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = relabel_lib.teacher_log_probs_fn(teacher, mesh, config.temperature,
-                                             config.teacher_bn_mode)
+  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
+                                   config.teacher_bn_mode)
   labels = np.asarray(data.train.labels())[data.pool_ids]
   # One block of whole images at a time: per-image statistics only, memory independent of n.
   block = max(1, config.eval_batch_size // slots)
@@ -141,10 +134,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for start in range(0, len(data.pool_ids), block):
     stop = min(start + block, len(data.pool_ids))
     crop_log_probs = np.zeros((stop - start, slots, data.train.info.num_classes), np.float32)
-    for out in relabel_lib.teacher_crop_outputs(
+    for out in inference.crop_outputs(
         example, slots=slots, first_row=start * slots, num_rows=(stop - start) * slots,
         predict=predict, variables=teacher.variables, mesh=mesh,
-        global_batch=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
+        batch_size=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
       position, slot = np.divmod(out["row"], slots)
       crop_log_probs[position - start, slot] = out["log_probs"]
     stats.append(image_drift_stats(crop_log_probs, image_log_probs[start:stop],

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hardlabel_jax import array_checks
+from hardlabel_jax import class_indexing
 
 __all__ = [
     "DD_SOFT_LABEL_TEMPERATURE",
@@ -161,20 +162,6 @@ def _check_distillation_inputs(student_logits: ArrayLike, teacher_logits: ArrayL
 # Numerical building blocks (traced inside the kernels; inputs float32 [B, C] and int [B]).
 
 
-def _one_hot_mask(labels: Array, num_classes: int) -> Array:
-  """Boolean `[B, C]`, True at each row's label (all False for an out-of-range label)."""
-  return labels[:, None] == jnp.arange(num_classes)[None, :]
-
-
-def _gather(x: Array, labels: Array) -> Array:
-  """`x[b, labels[b]]`, NaN where a label is out of range (traced labels cannot be checked)."""
-  num_classes = x.shape[-1]
-  # A masked sum rather than a gather: elementwise on batch-sharded arrays, and its gradient is
-  # a select instead of a scatter.
-  picked = jnp.sum(jnp.where(_one_hot_mask(labels, num_classes), x, 0.0), axis=-1)
-  return jnp.where((labels >= 0) & (labels < num_classes), picked, jnp.nan)
-
-
 def _masked_log_softmax(u: Array, mask: Array) -> Array:
   """log_softmax over the entries where `mask` is False; masked entries get ≈ −1e9, not −inf."""
   return jax.nn.log_softmax(jnp.where(mask, _MASK_VALUE, u), axis=-1)
@@ -195,16 +182,16 @@ def _kl_at_temperature(s: Array, t: Array, temperature: Array) -> Array:
 def _binary_log_probs(u: Array, index: Array) -> Array:
   """`[B, 2]` log of `[p_i, 1 − p_i]` for p = softmax(u), i = index, computed without log(1 − p)."""
   log_norm = jax.nn.logsumexp(u, axis=-1)
-  log_in = _gather(u, index) - log_norm
+  log_in = class_indexing.gather_class(u, index) - log_norm
   # log(1 − p_i) = logsumexp over the other classes − log Z: exact even when p_i rounds to 1.
-  rest = jnp.where(_one_hot_mask(index, u.shape[-1]), _MASK_VALUE, u)
+  rest = jnp.where(class_indexing.one_hot_mask(index, u.shape[-1]), _MASK_VALUE, u)
   log_out = jax.nn.logsumexp(rest, axis=-1) - log_norm
   return jnp.stack([log_in, log_out], axis=-1)
 
 
 def _ce(logits: Array, labels: Array) -> Array:
   """Batch-mean integer-label cross-entropy."""
-  return -jnp.mean(_gather(jax.nn.log_softmax(logits, axis=-1), labels))
+  return -jnp.mean(class_indexing.gather_class(jax.nn.log_softmax(logits, axis=-1), labels))
 
 
 def _standardize(z: Array) -> Array:
@@ -231,7 +218,7 @@ def _dkd_terms(s: Array, t: Array, labels: Array, temperature: Array) -> tuple[A
   """Per-example DKD (TCKD, NCKD) without the T² factor."""
   us, ut = s / temperature, t / temperature
   tckd = _kl_from_log_probs(_binary_log_probs(ut, labels), _binary_log_probs(us, labels))
-  gt = _one_hot_mask(labels, s.shape[-1])
+  gt = class_indexing.one_hot_mask(labels, s.shape[-1])
   nckd = _kl_from_log_probs(_masked_log_softmax(ut, gt), _masked_log_softmax(us, gt))
   return tckd, nckd
 
@@ -245,7 +232,7 @@ def _rld_terms(s: Array, t: Array, labels: Array, temperature: Array,
       _binary_log_probs(s / alpha_temperature, labels),
   )
   # Classes the teacher ranks at or above the true class (the true class included) are dropped.
-  mask = t >= _gather(t, labels)[:, None]
+  mask = t >= class_indexing.gather_class(t, labels)[:, None]
   mcd = _kl_from_log_probs(
       _masked_log_softmax(t / temperature, mask), _masked_log_softmax(s / temperature, mask)
   )
@@ -347,10 +334,10 @@ def _nkd_kernel(s: Array, t: Array, y: Array, temperature: Array, gamma: Array,
   """Compiled `nkd_loss`."""
   _, s, t = _prepare(s, t, logit_standardization)
   # Target term at T = 1 whatever `temperature` is (DESIGN §6, as in the NKD reference).
-  pt_y = jnp.exp(_gather(jax.nn.log_softmax(t, axis=-1), y))
-  loss_target = -jnp.mean(pt_y * _gather(jax.nn.log_softmax(s, axis=-1), y))
+  pt_y = jnp.exp(class_indexing.gather_class(jax.nn.log_softmax(t, axis=-1), y))
+  loss_target = -jnp.mean(pt_y * class_indexing.gather_class(jax.nn.log_softmax(s, axis=-1), y))
   # Softmax over the non-target classes only: the target entry is masked out of both.
-  gt = _one_hot_mask(y, s.shape[-1])
+  gt = class_indexing.one_hot_mask(y, s.shape[-1])
   log_pt = _masked_log_softmax(t / temperature, gt)
   log_ps = _masked_log_softmax(s / temperature, gt)
   cross = jnp.mean(jnp.sum(jnp.exp(log_pt) * log_ps, axis=-1))
@@ -481,7 +468,7 @@ def standardize_logits(logits: ArrayLike) -> Array:
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _smoothing_kernel(labels: Array, num_classes: int, smoothing: Array) -> Array:
   """Compiled `label_smoothing_targets`."""
-  one_hot = _one_hot_mask(labels, num_classes).astype(jnp.float32)
+  one_hot = class_indexing.one_hot_mask(labels, num_classes).astype(jnp.float32)
   return one_hot * (1.0 - smoothing) + smoothing / num_classes
 
 

@@ -14,12 +14,8 @@ import jax
 from ml_collections import config_flags
 
 from hardlabel_jax import cpu_backend
-from hardlabel_jax import distill
-from hardlabel_jax import drift
-from hardlabel_jax import relabel
-from hardlabel_jax import scoring
+from hardlabel_jax import plan
 from hardlabel_jax import study
-from hardlabel_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -55,8 +51,8 @@ def main(argv):
   elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   config = _CONFIG.value
-  tasks = {"train": trainer.train_and_evaluate, "relabel": relabel.relabel, "drift": drift.run,
-           "score": scoring.run, "distill": distill.run, "study": study.run}
+  tasks = {"train": plan.train, "relabel": plan.relabel_table, "drift": plan.measure_drift,
+           "score": plan.score, "distill": plan.distill_set, "study": study.run}
   if config.task not in tasks:
     raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
   tasks[config.task](config, _WORKDIR.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -17,11 +18,16 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def check_divisible(global_batch: int, mesh: Mesh, what: str = "global batch size") -> None:
-  """Batch axes are split evenly over devices; say so clearly when they cannot be."""
+def check_divisible(global_batch: int, mesh: Mesh, field: str = "global_batch_size") -> None:
+  """Training batches are split evenly over devices; a config that cannot be is refused."""
   if global_batch % mesh.size:
-    raise ValueError(f"{what} {global_batch} is not divisible by the {mesh.size} devices of the "
-                     f"mesh; choose a multiple of {mesh.size}")
+    raise ValueError(f"config.{field}: {global_batch} is not divisible by the {mesh.size} devices "
+                     f"of the mesh; choose a multiple of {mesh.size}")
+
+
+def padded_batch(batch: int, mesh: Mesh) -> int:
+  """`batch` rounded up to a multiple of the device count (evaluation masks the padding)."""
+  return -(-batch // mesh.size) * mesh.size
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -52,7 +58,6 @@ def replicate_host_arrays(tree: Any, mesh: Mesh) -> Any:
 def sync_processes(name: str) -> None:
   """Waits until every process reaches `name` (files one process wrote are then visible)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 

@@ -9,19 +9,16 @@ the first unwritten shard.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Mapping
 
-import grain
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from hardlabel_jax import config_schema
+from hardlabel_jax import cache
+from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import run_data
@@ -31,87 +28,6 @@ from hardlabel_jax.soft_labels import formats
 from hardlabel_jax.soft_labels import table as table_lib
 
 _TARGET_SHARD_BYTES = 64 << 20
-# Fields that travel with each crop through the jitted step, so every process can write any row.
-_METADATA_FIELDS = ("box", "flip", "partner_id", "mix_lambda", "cut_box")
-
-
-@dataclasses.dataclass(frozen=True)
-class CropRows:
-  """Row offset within `[first_row, first_row + num_rows)` of the (position, slot) grid → crop.
-
-  Offsets past the end (padding of the last batch) repeat real rows with `mask` 0, so batch
-  statistics in BSSL mode still come from real crops.
-  """
-
-  example: pipeline.CropExample
-  slots: int
-  first_row: int
-  num_rows: int
-
-  def __call__(self, offset: int) -> dict[str, np.ndarray]:
-    valid = offset < self.num_rows
-    row = self.first_row + (offset if valid else offset % self.num_rows)
-    position, slot = divmod(row, self.slots)
-    pixels, fields, metadata = self.example.raw_crop(position, slot)
-    return {"image": self.example.normalizer(pixels), "label": fields["label"],
-            "mix_lambda": fields["mix_lambda"], "row": np.int32(row),
-            "mask": np.float32(valid), **{k: metadata[k] for k in _METADATA_FIELDS if
-                                          k in metadata}}
-
-
-def teacher_log_probs_fn(teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh,
-                         temperature: float, bn_mode: str) -> Callable:
-  """Jitted `(variables, batch) -> batch + log softmax(z/T)`, every output replicated."""
-
-  def fn(variables, batch):
-    images = batch["image"]
-    if bn_mode == "batch_stats" and "batch_stats" in variables:
-      # HALD's BSSL: normalise with the statistics of the relabel batch, discard the update.
-      logits, _ = teacher.model.apply(variables, images, train=True, mutable=["batch_stats"])
-    else:
-      logits = teacher.model.apply(variables, images, train=False)
-    out = {k: v for k, v in batch.items() if k != "image"}
-    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
-    return out
-
-  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
-
-
-def teacher_crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int,
-                         num_rows: int, predict: Callable, variables: Any,
-                         mesh: jax.sharding.Mesh, global_batch: int,
-                         loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
-                         ) -> Iterator[dict[str, np.ndarray]]:
-  """Teacher outputs for grid rows `[first_row, first_row + num_rows)`, valid rows only."""
-  local_batch = pipeline.check_batch_split(global_batch, jax.process_count())
-  num_batches = -(-num_rows // global_batch)
-  dataset = (grain.MapDataset.range(num_batches * local_batch)
-             .map(pipeline.ProcessPositions(global_batch, jax.process_index(),
-                                            jax.process_count()))
-             .map(CropRows(example, slots, first_row, num_rows))
-             .batch(local_batch, drop_remainder=True))
-  for local in pipeline.to_iterator(dataset, loading):
-    out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
-    keep = out.pop("mask") > 0
-    yield {k: np.asarray(v)[keep] for k, v in out.items()}
-
-
-def pool_center_outputs(predict: Callable, first_arg: Any, data: run_data.RunData,
-                        config: ml_collections.ConfigDict,
-                        mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
-  """`predict(first_arg, batch)` on the centre view of every pool image: valid rows, pool order."""
-  parts = {}
-  for local in pipeline.evaluation_batches(
-      pipeline.PoolView(data.train, data.pool_ids), size=config.image_size,
-      crop_fraction=config.eval_crop_fraction, normalizer=data.normalizer,
-      global_batch=config.eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), loading=pipeline.LoaderOptions.from_config(config)):
-    out = jax.device_get(predict(first_arg, mesh_lib.global_batch(local, mesh)))
-    keep = np.asarray(out.pop("mask")) > 0
-    for name, value in out.items():
-      parts.setdefault(name, []).append(np.asarray(value)[keep])
-  return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
@@ -137,22 +53,27 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
   )
 
 
-def _identity_hash(spec: table_lib.TableSpec) -> str:
-  ids_hash = hashlib.sha256(np.ascontiguousarray(spec.ids, np.int64).tobytes()).hexdigest()
-  fields = [spec.dataset_fingerprint, ids_hash, spec.teacher_fingerprint, spec.crop_seed,
-            spec.crop_spec, spec.temperature, spec.label_format, spec.topk,
-            spec.slots_per_image, spec.teacher_bn_mode]
-  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str, Any],
+                   teacher_digest: str) -> dict[str, Any]:
+  """What a table's rows depend on: its data and pool, its teacher, its crops and format."""
+  fields = ("temperature", "label_format", "crops_per_image", "crop_seed", "teacher_bn_mode",
+            "image_size", "crop_scale", "crop_ratio", "random_flip", "cutmix_alpha")
+  recipe = {k: config[k] for k in fields}
+  recipe["topk"] = config.topk if config.label_format != "full" else 0
+  if config.teacher_bn_mode == "batch_stats":
+    recipe["eval_batch_size"] = config.eval_batch_size  # BSSL statistics are per relabel batch
+  return cache.canonical({"recipe": recipe, "data": data_identity, "teacher": teacher_digest})
 
 
-def table_directory(config: ml_collections.ConfigDict, workdir: str,
-                    spec: table_lib.TableSpec) -> str:
-  """`config.label_table_dir`, or a cache path named by the table's identity."""
+def table_directory(config: ml_collections.ConfigDict, cache_root: str,
+                    identity: Mapping[str, Any]) -> str:
+  """`config.label_table_dir`, or `<cache>/tables/<format>-c<crops>-<identity digest>`."""
   if config.label_table_dir:
-    return config.label_table_dir
-  topk = f"-k{spec.topk}" if spec.topk else ""
-  name = f"{spec.label_format}{topk}-c{spec.slots_per_image}-{_identity_hash(spec)}"
-  return os.path.join(teacher_lib.cache_dir(config, workdir), "tables", name)
+    return os.path.abspath(config.label_table_dir)
+  recipe = identity["recipe"]
+  topk = f"-k{recipe['topk']}" if recipe["topk"] else ""
+  name = f"{recipe['label_format']}{topk}-c{recipe['crops_per_image']}-{cache.digest(identity)}"
+  return os.path.join(cache_root, "tables", name)
 
 
 def positions_per_shard(config: ml_collections.ConfigDict, spec: table_lib.TableSpec) -> int:
@@ -184,17 +105,15 @@ def _completed_everywhere(writer: table_lib.TableWriter | None, num_shards: int)
   if writer is not None:
     done[sorted(writer.completed_shards())] = 1
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     done = np.asarray(multihost_utils.broadcast_one_to_all(done))
   return done.astype(bool)
 
 
-def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
-                 teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh, *,
-                 shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
-  """Writes (or resumes, or reuses) the table this config asks for and opens it."""
+def write_table(config: ml_collections.ConfigDict, directory: str, data: run_data.RunData,
+                teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh, *,
+                shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
+  """Writes (or resumes, or reuses) the table this config asks for in `directory`; opens it."""
   spec = table_spec(config, data, teacher)
-  directory = table_directory(config, workdir, spec)
   if os.path.exists(os.path.join(directory, table_lib.HEADER_FILE)):
     return table_lib.SoftLabelTable.open(directory, expected=spec)
   per_shard = positions_per_shard(config, spec)
@@ -204,7 +123,8 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
   done = _completed_everywhere(writer, num_shards)
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = teacher_log_probs_fn(teacher, mesh, config.temperature, config.teacher_bn_mode)
+  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
+                                   config.teacher_bn_mode)
   row_dtype = table_lib.row_dtype(spec)
   progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image,
                                   int(done.sum()))
@@ -214,10 +134,10 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
     start, stop = shard * per_shard, min((shard + 1) * per_shard, len(spec.ids))
     first_row, num_rows = start * spec.slots_per_image, (stop - start) * spec.slots_per_image
     rows = np.zeros(num_rows, row_dtype)
-    for outputs in teacher_crop_outputs(
+    for outputs in inference.crop_outputs(
         example, slots=spec.slots_per_image, first_row=first_row, num_rows=num_rows,
         predict=predict, variables=teacher.variables, mesh=mesh,
-        global_batch=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
+        batch_size=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
       _rows_of(outputs, spec, first_row, rows)
     if writer is not None:
       writer.write_shard(shard, rows)
@@ -235,15 +155,3 @@ def relabel_with(config: ml_collections.ConfigDict, workdir: str, data: run_data
       f"labels {table.label_bytes / 1e6:.3f} MB ({table.label_bytes} bytes), on disk "
       f"{table.table_bytes / 1e6:.3f} MB")
   return table
-
-
-def relabel(config: ml_collections.ConfigDict, workdir: str, *,
-            devices: list[jax.Device] | None = None,
-            shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
-  """`task='relabel'`: builds the configured soft-label table (and its teacher if needed)."""
-  config_schema.validate(config)
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  data = run_data.load_run_data(config)
-  teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
-  return relabel_with(config, workdir, data, teacher, mesh, shard_hook=shard_hook)

@@ -11,8 +11,6 @@ CAD-Prune, K comes from the downstream budget: `K·N = E_down·n`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 from typing import Any
 
@@ -20,16 +18,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from hardlabel_jax import checkpointing
-from hardlabel_jax import config_schema
+from hardlabel_jax import cache
 from hardlabel_jax import difficulty
+from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
-from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import selection
-from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 
 SCORES_FILE = "scores.npz"
@@ -68,7 +64,8 @@ class EpochRecorder:
 
   def statistics(self, state: train_state_lib.TrainState) -> dict[str, np.ndarray]:
     """The statistics of every pool example, in pool order."""
-    return relabel.pool_center_outputs(self._step, state, self._data, self._config, self._mesh)
+    return inference.pool_center_outputs(self._step, state, self._data, self._config,
+                                         self._mesh)
 
   def __call__(self, epoch: int, state: train_state_lib.TrainState) -> None:
     stats = self.statistics(state)
@@ -100,43 +97,27 @@ def scores_from_statistics(per_epoch: dict[str, np.ndarray], window: int,
   return {k: np.asarray(v, np.float32) for k, v in scores.items()}
 
 
-def ensure_scores(config: ml_collections.ConfigDict, workdir: str, *,
-                  devices: list[jax.Device] | None = None) -> ml_collections.ConfigDict:
-  """`config` with `scores_file` set, running `config.score_config` into the cache if needed."""
-  if config.scores_file or config.score_config is None:
-    return config
-  score_config = config.score_config
-  identity = json.dumps(checkpointing.run_identity(score_config), sort_keys=True)
-  digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-  score_dir = os.path.join(teacher_lib.cache_dir(config, workdir), "scores", digest)
-  path = os.path.join(score_dir, SCORES_FILE)
-  if not os.path.exists(path):
-    run(score_config, score_dir, devices=devices)
-  resolved = config.copy_and_resolve_references()
-  resolved.scores_file = path
-  return resolved
+def identity(score_config: ml_collections.ConfigDict, dataset_fingerprint: str) -> dict[str, Any]:
+  """What a score file is: the fields its scoring run reads and its split's fingerprint."""
+  return {"run": cache.run_recipe(score_config), "dataset_fingerprint": dataset_fingerprint}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """`task='score'`: the scoring run, then `<workdir>/scores.npz`; returns the scores."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer is heavier)
-
-  config_schema.validate(config)
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  data = run_data.load_run_data(config)
-  epochs = scoring_epochs(config, len(data.pool_ids), data.train.info.num_classes)
+def training_config(config: ml_collections.ConfigDict,
+                    epochs: int) -> ml_collections.ConfigDict:
+  """The HL run a scoring run trains: `epochs` epochs over the pool, whatever the budget says."""
   train_config = config.copy_and_resolve_references()
   train_config.num_epochs = float(epochs)
   train_config.budget_examples = 0
-  metrics_log.log_line(f"scoring {len(data.pool_ids)} examples over {epochs} epochs")
-  recorder = EpochRecorder(config, data, mesh, workdir)
-  results = trainer.train_and_evaluate(train_config, workdir, devices=devices,
-                                       epoch_hook=recorder)
+  return train_config
+
+
+def write_scores(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
+                 recorder: EpochRecorder, epochs: int, final_state: train_state_lib.TrainState,
+                 scoring_test_top1: float) -> dict[str, np.ndarray]:
+  """Per-epoch statistics of a finished scoring run → `<workdir>/scores.npz`; the scores."""
   if not os.path.exists(recorder.path(epochs - 1)):
     # steps = ⌊K·N / batch⌋ can stop a few examples short of the last epoch boundary.
-    recorder(epochs - 1, results["state"])
+    recorder(epochs - 1, final_state)
   missing = [e for e in range(epochs) if not os.path.exists(recorder.path(e))]
   if missing:
     raise RuntimeError(f"scoring epochs {missing} were not recorded in {workdir}/{EPOCHS_DIR}")
@@ -147,7 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   header = {"dataset": data.train.info.name, "fingerprint": data.train.info.fingerprint,
             "model": config.model, "epochs": epochs, "seed": config.seed,
             "cad_window": config.cad_window, "cad_num_windows": config.cad_num_windows,
-            "scoring_test_top1": results["test_top1"]}
+            "scoring_test_top1": scoring_test_top1}
   if jax.process_index() == 0:
     selection.save_scores(os.path.join(workdir, SCORES_FILE), scores, data.pool_ids, header)
   mesh_lib.sync_processes("scores written")

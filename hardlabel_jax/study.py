@@ -26,9 +26,9 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import distill
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
+from hardlabel_jax import plan as plan_lib
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
-from hardlabel_jax import trainer
 from hardlabel_jax.data import sources
 
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
@@ -108,7 +108,10 @@ def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
   if method in CAD_METHODS:
     score.score_epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()),
                                             len(class_counts))
-  return score
+  # Fields only other runs read (soft labels, KD, an optimizer the study does not use) back at
+  # their defaults: the scoring run must validate, and its identity (its cache entry) must not
+  # depend on them.
+  return config_schema.reset_unread(score)
 
 
 def cad_scoring_epochs(config: ml_collections.ConfigDict, ipc: int, num_examples: int,
@@ -124,7 +127,7 @@ def cad_scoring_epochs(config: ml_collections.ConfigDict, ipc: int, num_examples
 
 def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.ndarray,
                 cache_dir: str) -> ml_collections.ConfigDict:
-  """The task='train' config of one cell (regime overrides applied last)."""
+  """The task='train' config of one cell (regime overrides applied last, unread fields reset)."""
   cell_cfg = _train_base(config)
   cell_cfg.regime = cell.regime
   cell_cfg.seed = cell.seed
@@ -139,7 +142,9 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
   overrides = config.study_regime_overrides.get(cell.regime)
   for field, value in (overrides.items() if overrides else ()):
     cell_cfg[field] = value
-  return cell_cfg
+  # The study's fields for other regimes and methods (a temperature, a teacher) back at their
+  # defaults: the cell must validate, and an HL cell's identity must not depend on them.
+  return config_schema.reset_unread(cell_cfg)
 
 
 def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
@@ -252,7 +257,7 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
 def _finished_rows(workdir: str, cells: list[Cell]) -> list[dict[str, Any]]:
   rows = []
   for cell in cells:
-    path = os.path.join(workdir, CELLS_DIR, cell.name, trainer.RESULTS_FILE)
+    path = os.path.join(workdir, CELLS_DIR, cell.name, plan_lib.RESULTS_FILE)
     if os.path.exists(path):
       with open(path) as f:
         rows.append(cell_row(cell, json.load(f)))
@@ -267,7 +272,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   configs = validate_study(config, train_class_counts(config), cache_dir)
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.global_batch_size, mesh)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
   if not jax.config.jax_compilation_cache_dir:
     # Cells differ in data, not in shapes: their steps compile to the same programs, so a
     # persistent cache turns every compile after the first into a lookup (~3 s → ~0 per cell).
@@ -277,13 +281,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for cell, cell_cfg in configs.items():
     # A cell finished or begun under another config would mix two studies in one table. (The
     # cell's own run_config.json holds its resolved config: score file and distilled set paths.)
-    checkpointing.check_same_run(os.path.join(workdir, CELLS_DIR, cell.name), cell_cfg,
-                                 CELL_CONFIG_FILE)
+    cell_dir = os.path.join(workdir, CELLS_DIR, cell.name)
+    checkpointing.check_same_run(cell_dir, cell_cfg, CELL_CONFIG_FILE)
+    # The shared teacher, scores, sets and tables each cell would reuse, checked up front too.
+    plan_lib.check(plan_lib.make_plan(cell_cfg, cell_dir, "train"))
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   csv_path = os.path.join(workdir, RESULTS_CSV)
   todo = [c for c in cells if not os.path.exists(
-      os.path.join(workdir, CELLS_DIR, c.name, trainer.RESULTS_FILE))]
+      os.path.join(workdir, CELLS_DIR, c.name, plan_lib.RESULTS_FILE))]
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
                        f"{len(config.study_methods)} methods × "
                        f"{len(config.study_images_per_class)} sizes × "
@@ -300,7 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     if is_writer:
       os.makedirs(cell_dir, exist_ok=True)
       checkpointing.write_run_identity(cell_dir, configs[cell], CELL_CONFIG_FILE)
-    trainer.train_and_evaluate(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
+    plan_lib.train(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
     if is_writer:
       write_csv(_finished_rows(workdir, cells), csv_path)
   rows = _finished_rows(workdir, cells)

@@ -1,7 +1,9 @@
-"""Teachers for online distillation: a finished HL run's workdir, loaded as a frozen model.
+"""Teachers: a finished HL run's workdir, loaded as a frozen model, and its identity.
 
-The teacher is identified by its workdir (checkpoints + run_config.json + results.json written by
-the HL trainer), so any teacher this library trained can be reused by any student run.
+A teacher is a workdir (checkpoints + run_config.json + results.json written by the HL trainer).
+Its identity is the recipe that made it (the fields its run reads) and its training split's
+fingerprint, so a cached teacher is found by that identity and an explicit one checked against it.
+Training a missing teacher is the plan's job (`hardlabel_jax.plan`); this module only loads.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
-from hardlabel_jax import run_data
 
 
 @dataclasses.dataclass
@@ -41,13 +43,8 @@ class Teacher:
 
 
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Where teachers and soft-label tables shared between runs live: `cache_dir` or the workdir."""
-  return config.cache_dir or workdir
-
-
-def teacher_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`config.teacher_workdir`, or `<cache_dir>/teacher` when it is empty."""
-  return config.teacher_workdir or os.path.join(cache_dir(config, workdir), "teacher")
+  """Where teachers, scores, distilled sets and tables shared between runs live."""
+  return os.path.abspath(config.cache_dir or workdir)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -60,31 +57,20 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def ensure_teacher(config: ml_collections.ConfigDict, workdir: str,
-                   train_fn: Callable[[ml_collections.ConfigDict, str], Any]) -> str:
-  """Returns the teacher's workdir, training it first from `config.teacher_config` if absent."""
-  path = teacher_workdir(config, workdir)
-  if is_finished(path):
-    return path
-  if config.teacher_config is None:
-    raise FileNotFoundError(
-        f"config.teacher_workdir: no finished teacher run in {path} (results.json missing) and "
-        "no config.teacher_config to train one; train a teacher with configs/embedded_hl.py "
-        "(or any HL config) and point teacher_workdir at its workdir")
-  train_fn(config.teacher_config, path)
-  return path
+def identity(run_config: ml_collections.ConfigDict | Mapping[str, Any],
+             dataset_fingerprint: str) -> dict[str, Any]:
+  """What a teacher is: the fields its HL run reads and the fingerprint of its training split."""
+  return {"run": cache.run_recipe(run_config), "dataset_fingerprint": dataset_fingerprint}
 
 
-def teacher_for_run(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
-                    mesh: jax.sharding.Mesh,
-                    devices: list[jax.Device] | None = None) -> Teacher:
-  """A run's teacher, loaded for its data; trained first from `teacher_config` if absent."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
-
-  path = ensure_teacher(config, workdir,
-                        lambda c, w: trainer.train_and_evaluate(c, w, devices=devices))
-  return load_teacher(path, num_classes=data.train.info.num_classes,
-                      input_shape=run_data.input_shape(config, data), mesh=mesh)
+def stored_identity(path: str) -> dict[str, Any]:
+  """The identity of the finished teacher run in `path`, from its run config and results."""
+  if not is_finished(path):
+    raise FileNotFoundError(f"config.teacher_workdir: {path} holds no finished run "
+                            "(results.json missing)")
+  run_config = _read_json(os.path.join(path, checkpointing.RUN_CONFIG_FILE))
+  results = _read_json(os.path.join(path, "results.json"))
+  return identity(run_config, results.get("dataset_fingerprint", ""))
 
 
 def _shapes(tree: Any) -> Any:

@@ -1,7 +1,8 @@
-"""The linear trainer: data → pool → budgeted steps → checkpoints → evaluation → results.json.
+"""The linear trainer: given data, a teacher and a table, budgeted steps → checkpoints → evaluation.
 
-Read top to bottom as one run (big_vision style). Everything that can be wrong with a config is
-checked before anything is written to the workdir.
+Read top to bottom as one run (big_vision style). The trainer builds nothing it trains on: the
+plan (`hardlabel_jax.plan`) resolves and checks the teacher, scores, distilled set and soft-label
+table first and passes them in; the trainer returns a `RunOutput` and the plan writes results.json.
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ import json
 import math
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import ml_collections
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import hald
+from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
-from hardlabel_jax import distill
-from hardlabel_jax import hald
-from hardlabel_jax import losses
 from hardlabel_jax import optim
-from hardlabel_jax import relabel
 from hardlabel_jax import run_data
-from hardlabel_jax import scoring
-from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
 from hardlabel_jax.soft_labels import table as table_lib
@@ -41,6 +39,22 @@ RESULTS_FILE = "results.json"
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a step produces a NaN/Inf loss; names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenModel:
+  """A teacher as the loop sees it: a module and its variables, replicated over the mesh."""
+
+  model: nn.Module
+  variables: Any
+
+
+@dataclasses.dataclass
+class RunOutput:
+  """What a training run returns: its results (results.json) and its final state."""
+
+  results: dict[str, Any]
+  state: train_state_lib.TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +90,10 @@ def budget_from_config(config: ml_collections.ConfigDict, pool_size: int) -> Bud
 
 def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_data.RunData,
              config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Top-1 accuracy and mean NLL over the whole test split (centre views)."""
+  """Top-1 accuracy and mean NLL over the whole test split (centre views, padding masked)."""
   batches = pipeline.evaluation_batches(
       data.test, size=config.image_size, crop_fraction=config.eval_crop_fraction,
-      normalizer=data.normalizer, global_batch=config.eval_batch_size,
+      normalizer=data.normalizer, global_batch=mesh_lib.padded_batch(config.eval_batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count(),
       loading=pipeline.LoaderOptions.from_config(config))
   totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
@@ -87,7 +101,7 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
     sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
   return {"test_top1": totals["correct"] / totals["count"],
-          "test_loss": totals["loss_sum"] / totals["count"]}
+          "test_loss": totals["loss_sum"] / totals["count"], "test_examples": int(totals["count"])}
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -97,16 +111,8 @@ def _check_finite(step: int, metrics: dict) -> None:
                              "or check the data)")
 
 
-def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict:
-  if teacher is None:
-    return {}
-  return {"teacher_workdir": teacher.workdir,
-          "teacher_test_top1": teacher.results.get("test_top1"),
-          "teacher_model": teacher.results.get("config", {}).get("model")}
-
-
 def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                         budget: Budget, teacher: teacher_lib.Teacher, common: dict) -> Callable:
+                         budget: Budget, teacher: FrozenModel, common: dict) -> Callable:
   """KD (any registry loss) or SL+KD (KL at T against the teacher on the same crop)."""
   if config.regime == "sl_kd":
     loss_fn = losses.get_distillation_loss("kl", config.logit_standardization,
@@ -126,7 +132,7 @@ def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
 
 def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng: jax.Array,
                 mesh: jax.sharding.Mesh, budget: Budget, num_classes: int,
-                teacher: teacher_lib.Teacher | None) -> dict[str, Callable]:
+                teacher: FrozenModel | None) -> dict[str, Callable]:
   """The compiled train step of each phase of the configured regime, as `step(state, batch)`."""
   common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
   if config.regime in config_schema.ONLINE_TEACHER_REGIMES:
@@ -198,39 +204,22 @@ def _label_summary(config: ml_collections.ConfigDict,
           "label_keep_fraction": config.label_keep_fraction}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       step_hook: Callable[[int], None] | None = None,
-                       devices: list[jax.Device] | None = None,
-                       epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None
-                       ) -> dict:
-  """Trains under the configured regime for the budget, evaluates, writes results.json.
+def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
+          mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
+          table: table_lib.SoftLabelTable | None = None,
+          step_hook: Callable[[int], None] | None = None,
+          epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None
+          ) -> RunOutput:
+  """Trains under the configured regime for the budget and evaluates on the test split.
 
-  `epoch_hook(epoch, state)` runs after the step that completes each (0-based) epoch, before
-  the next step (scoring runs record per-example statistics there).
+  The caller (the plan) has validated the config and checked the workdir. `epoch_hook(epoch,
+  state)` runs after the step that completes each (0-based) epoch, before the next step (scoring
+  runs record per-example statistics there).
   """
   run_start = time.perf_counter()
-  config_schema.validate(config)
-  mesh = mesh_lib.data_mesh(devices)
-  mesh_lib.check_divisible(config.global_batch_size, mesh)
-  mesh_lib.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-  # Selection by difficulty: run the scoring config first if its score file is absent.
-  config = scoring.ensure_scores(config, workdir, devices=devices)
-  if config.selection in distill.METHODS:
-    # RDED/CA2D: build (or reuse) the distilled set, then train on it like any data set.
-    config = distill.training_config(config, distill.build(config, workdir, devices=devices))
-  data = run_data.load_run_data(config)
   budget = budget_from_config(config, len(data.pool_ids))
-  checkpointing.check_same_run(workdir, config)
   is_writer = jax.process_index() == 0
   input_shape = run_data.input_shape(config, data)
-  teacher, table = None, None
-  if config.regime != "hl":
-    teacher = teacher_lib.teacher_for_run(config, workdir, data, mesh, devices=devices)
-  if config.regime in config_schema.TABLE_REGIMES:
-    # Builds the table on first use; a stored table of another data set, subset, teacher or
-    # crop config, or a corrupted one, fails here, before anything is written to the workdir.
-    table = relabel.relabel_with(config, workdir, data, teacher, mesh)
-
   info = data.train.info
   model = models.model_from_config(config, info.num_classes)
   schedule = optim.learning_rate_schedule(config, budget.steps, budget.steps_per_epoch)
@@ -306,7 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "train_seconds_this_process": train_seconds,
       "resumed_from_step": start_step,
       "regime": config.regime,
-      **_teacher_summary(teacher),
       **_label_summary(config, table),
       "phase_steps": phases.counts(),
       "pool_size": int(len(data.pool_ids)),
@@ -317,10 +305,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "process_count": jax.process_count(),
       "config": json.loads(config.to_json_best_effort()),
   }
-  if is_writer:
-    metrics_log.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
-  mesh_lib.sync_processes("results written")  # a teacher's results.json marks it finished
-  metrics_log.log_line(f"test top-1 {results['test_top1']:.4f}, test loss "
-                       f"{results['test_loss']:.4f}; results in "
-                       f"{os.path.join(workdir, RESULTS_FILE)}")
-  return {**results, "state": state}
+  return RunOutput(results, state)

@@ -14,6 +14,9 @@ cpu_backend.configure()
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from hardlabel_jax import plan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # Many tests compile the same tiny steps; a persistent cache makes the second compile free.
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("HARDLABEL_TEST_JAX_CACHE",
@@ -32,8 +35,6 @@ def pytest_configure(config):
 def teacher_dir(tmp_path_factory):
   """A tiny finished HL run on 10 images per class (seconds), shared as the teacher of the
   soft-label, KD-style and distillation tests; only its checkpoint format matters."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top
-  from test_trainer import tiny_config  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp("teacher"))
-  trainer.train_and_evaluate(tiny_config(budget_examples=16 * 12), path)
+  plan.train(tiny_config(budget_examples=16 * 12), path)
   return path

@@ -109,6 +109,18 @@ def test_pipeline_quick(tmp_path):
   assert saved["table"]["rows"] == 100 * 2 and saved["hl_step"]["examples_per_sec"] > 0
 
 
+def _steady_images(benchmark, settings, row):
+  """Images a row's steady rate covers at least; checks the row's overall rate on the way."""
+  if benchmark is relabel:
+    per_shard = settings["positions_per_shard"]
+    assert row["shards"] == -(-row["images"] // per_shard)
+    assert row["images_per_sec"] == pytest.approx(row["images"] / row["wall_seconds"])
+    return row["images"] - per_shard  # every shard after the first
+  batch = settings["batch"]
+  assert row["images_per_sec"] == pytest.approx(row["items"] / row["wall_seconds"])
+  return (row["items"] // batch - 1) * batch  # every step after the first
+
+
 @pytest.mark.parametrize("benchmark", [relabel, score], ids=["relabel", "score"])
 def test_scaling_benchmarks_quick(tmp_path, benchmark):
   out = tmp_path / "scaling.json"
@@ -119,7 +131,11 @@ def test_scaling_benchmarks_quick(tmp_path, benchmark):
   for row in rows:
     assert row["images_per_sec"] > 0 and row["wall_seconds"] > 0
     assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
-    assert row["steady_images_per_sec"] is None or row["steady_images_per_sec"] > 0
+    # The steady rate covers at least `steady_images` inside the run's wall time, so it can be no
+    # lower than steady_images / wall (and is measured at every quick size).
+    steady_images = _steady_images(benchmark, saved["settings"], row)
+    assert steady_images > 0 and row["steady_images_per_sec"] is not None
+    assert row["steady_images_per_sec"] * row["wall_seconds"] >= steady_images * (1 - 1e-9)
   assert saved["summary"]["images_ratio"] == 4.0 and saved["summary"]["peak_rss_ratio"] > 0
 
 

@@ -3,22 +3,164 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald
+from hardlabel_jax import study
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+# Every argument each config's docstring and get_config document, alone and with runlocal.
+_SELECT = [f"method={m},ipc={i}" for m in ("random", "el2n_easy", "el2n_hard", "ccs",
+                                             "cad_prune", "rded", "ca2d") for i in (10, 50)]
+_CA2D = [f"method={m},ipc={i}" for m in ("ca2d", "rded", "cad_prune", "random")
+         for i in (10, 50, 100)]
+DOCUMENTED_ARGS = {
+    "cifar100_study.py": [],
+    "demo.py": [],
+    "embedded_drift.py": ["crops=2,seed=1"],
+    "embedded_hald.py": ["crops=2,seed=1", "crops=16", "regime=hl", "regime=sl", "regime=sl_kd",
+                         "crops=4,task=relabel"],
+    "embedded_hl.py": [],
+    "embedded_kd_rld.py": [f"loss={loss},seed=1" for loss in ("kd", "rld", "dkd", "nkd", "ce")],
+    "embedded_select.py": _SELECT + ["method=ccs,ipc=10,seed=1", "method=ca2d,ipc=10,task=distill",
+                                     "method=rded,ipc=50,task=distill"],
+    "fashion_hl.py": [],
+    "imagenet_ca2d_ipc10.py": _CA2D + ["seed=1"],
+    "imagenet_hald_ipc10.py": ["ipc=50", "crops=5,seed=1", "task=relabel", "regime=sl"],
+    "imagenet_hl_resnet18.py": ["ipc=50"],
+    "imagenet_study.py": [],
+}
+CONFIG_ARGS = [(name, arg) for name in sorted(DOCUMENTED_ARGS)
+               for base in [None, *DOCUMENTED_ARGS[name]]
+               for arg in (base, ",".join(filter(None, [base, "runlocal"])))]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-@pytest.mark.parametrize("arg", [None, "runlocal"])
-def test_config_validates(path, arg):
-  config = config_schema.load_config_file(path, arg)
+def _batch_sizes(config, where="config"):
+  """`global_batch_size` of a config and of the runs it nests (teacher, scoring run)."""
+  sizes = {where: config.global_batch_size}
+  for field in ("teacher_config", "score_config"):
+    if config[field] is not None:
+      sizes.update(_batch_sizes(config[field], f"{where}.{field}"))
+  return sizes
+
+
+def test_every_config_file_has_its_arguments_listed():
+  assert sorted(DOCUMENTED_ARGS) == [os.path.basename(p) for p in CONFIGS]
+
+
+@pytest.mark.parametrize("name, arg", CONFIG_ARGS, ids=lambda v: str(v))
+def test_config_validates_and_its_batches_split_over_8_devices(name, arg):
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, name), arg)
+  config_schema.validate(config)  # teacher_config and score_config too, as runs of their own
+  assert {k: v for k, v in _batch_sizes(config).items() if v % 8} == {}
+
+
+def test_field_groups_partition_the_defaults():
+  grouped = [field for fields in config_schema.FIELD_GROUPS.values() for field in fields]
+  assert len(grouped) == len(set(grouped))
+  assert sorted(grouped) == sorted(config_schema.default_config().keys())
+
+
+def _config(**overrides):
+  config = config_schema.default_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.parametrize("overrides, field, read", [
+    ({}, "label_smoothing", True),
+    ({"regime": "sl", "teacher_workdir": "/t"}, "label_smoothing", False),
+    ({"task": "score", "score_epochs": 2}, "label_smoothing", True),
+    ({"regime": "kd"}, "distillation_kwargs", True),
+    ({"regime": "sl_kd"}, "kd_warmup_epochs", False),
+    ({"regime": "sl_kd"}, "logit_standardization", True),
+    ({"regime": "hald"}, "logit_standardization", False),
+    ({}, "temperature", False),
+    ({"task": "drift"}, "temperature", True),
+    ({"task": "drift"}, "label_format", False),
+    ({"task": "relabel"}, "crops_per_image", True),
+    ({"regime": "sl"}, "topk", False),
+    ({"regime": "sl", "label_format": "topk_q8"}, "topk", True),
+    ({"regime": "sl"}, "hald_schedule", False),
+    ({"schedule": "hald"}, "hald_eta", True),
+    ({"regime": "hald"}, "hald_eta", False),
+    ({"optimizer": "adamw"}, "momentum", False),
+    ({"optimizer": "adamw"}, "adam_b2", True),
+    ({"schedule": "step"}, "step_gamma", True),
+    ({}, "teacher_config", False),
+    ({"selection": "rded", "images_per_class": 1}, "teacher_workdir", True),
+    ({"selection": "ccs", "images_per_class": 1}, "ccs_strata", True),
+    ({"selection": "ccs", "images_per_class": 1}, "subset_ids_file", False),
+    ({"selection": "ca2d", "images_per_class": 1}, "cad_direction", True),
+    ({"selection": "cad_prune", "images_per_class": 1}, "cad_window", False),
+    ({"task": "score", "score_epochs": 2}, "cad_downstream_epochs", False),
+    ({"task": "score", "score_epochs": 0}, "cad_downstream_epochs", True),
+    ({"task": "relabel"}, "learning_rate", False),
+    ({"task": "relabel"}, "num_workers", True),
+    ({"task": "study", "study_regimes": ("hl",)}, "temperature", False),
+    ({"task": "study", "study_regimes": ("hl", "sl")}, "temperature", True),
+    ({"task": "study"}, "images_per_class", False),  # every cell sets its own
+    ({"task": "study", "study_methods": ("random",)}, "seed", False),
+    ({"task": "study", "study_methods": ("ccs",)}, "seed", True),  # the scoring run's seed
+])
+def test_fields_read_follows_task_regime_selection_and_optimizer(overrides, field, read):
+  assert (field in config_schema.fields_read(_config(**overrides))) == read
+
+
+def test_a_distillation_loss_under_sl_kd_is_refused_naming_the_field():
+  config = _config(regime="sl_kd", teacher_workdir="/t", distillation_loss="dkd")
+  with pytest.raises(ValueError, match=r"config\.distillation_loss: set to 'dkd' but "
+                     r"task=train, regime=sl_kd \(selection=random\) never reads it.*regime=kd"):
+    config_schema.validate(config)
+
+
+def test_a_temperature_under_hl_is_refused():
+  with pytest.raises(ValueError, match=r"config\.temperature: set to 4\.0 .* regime=hl"):
+    config_schema.validate(_config(temperature=4.0))
+  config_schema.validate(_config(temperature=4.0, regime="sl", teacher_workdir="/t"))
+
+
+def test_hald_eta_is_read_by_the_hald_schedule_whatever_the_regime():
+  config_schema.validate(_config(schedule="hald", hald_eta=2.0))
+  with pytest.raises(ValueError, match=r"config\.hald_eta:.*schedule=hald"):
+    config_schema.validate(_config(regime="hald", teacher_workdir="/t", hald_eta=2.0))
+
+
+def test_study_fields_under_train_are_refused():
+  with pytest.raises(ValueError, match=r"config\.study_regimes: .* never reads it.*task=study"):
+    config_schema.validate(_config(study_regimes=("hl", "sl")))
+
+
+def test_nested_runs_are_validated_with_their_field_as_prefix():
+  teacher = _config(temperature=4.0)
+  with pytest.raises(ValueError, match=r"config\.teacher_config\.temperature: set to 4\.0"):
+    config_schema.validate(_config(regime="kd", teacher_config=teacher))
+  with pytest.raises(ValueError, match=r"config\.teacher_config\.regime: 'sl'"):
+    config_schema.validate(_config(regime="kd", teacher_config=_config(regime="sl",
+                                                                        teacher_workdir="/t")))
+  with pytest.raises(ValueError, match=r"config\.score_config\.task: 'train'"):
+    config_schema.validate(_config(selection="el2n_hard", images_per_class=1,
+                                   score_config=_config()))
+
+
+def test_a_study_resets_what_each_cell_does_not_read():
+  config = _config(task="study", study_regimes=("hl", "sl"), study_methods=("random", "ccs"),
+                   temperature=4.0, teacher_workdir="/t", budget_examples=1000,
+                   study_score_epochs=1)
   config_schema.validate(config)
-  if config.teacher_config is not None:
-    config_schema.validate(config.teacher_config)
+  counts = np.full(10, 400)
+  hl = study.cell_config(config, study.Cell("hl", "random", 10, 0), counts, "/cache")
+  sl = study.cell_config(config, study.Cell("sl", "random", 10, 0), counts, "/cache")
+  ccs = study.cell_config(config, study.Cell("hl", "ccs", 10, 0), counts, "/cache")
+  assert (hl.temperature, hl.teacher_workdir) == (20.0, "")
+  assert (sl.temperature, sl.teacher_workdir) == (4.0, "/t")
+  assert (ccs.score_config.temperature, ccs.score_config.teacher_workdir) == (20.0, "")
+  for cell_cfg in (hl, sl, ccs):
+    config_schema.validate(cell_cfg)
 
 
 def test_imagenet_hald_recipe_is_the_papers():

@@ -8,13 +8,14 @@ import pytest
 from PIL import Image
 
 from hardlabel_jax import distill
+from hardlabel_jax import plan
 from hardlabel_jax import selection
 from hardlabel_jax import trainer
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
 
-from test_trainer import tiny_config
+from helpers import tiny_config
 
 
 def test_stitch_puts_patch_i_plus_k_ipc_in_row_major_order():
@@ -50,8 +51,8 @@ def distill_config(tmp_path, teacher_dir, **overrides):
 @pytest.mark.slow
 def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
   config = distill_config(tmp_path, teacher_dir)
-  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  assert results["pool_size"] == 20 and results["dataset"].startswith("imagefolder:")
+  results = plan.train(config, str(tmp_path / "run"))
+  assert results.results["pool_size"] == 20 and results.results["dataset"].startswith("imagefolder:")
   (name,) = os.listdir(tmp_path / "cache" / "distilled")
   directory = tmp_path / "cache" / "distilled" / name
   provenance = json.loads((directory / distill.PROVENANCE_FILE).read_text())
@@ -76,7 +77,7 @@ def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
   stored = np.asarray(Image.open(directory / entry["file"]))
   np.testing.assert_array_equal(stored, expected)
   # The run was tested on the original test split, normalised like it.
-  assert results["config"]["test_dataset"] == "embedded_mnist"
+  assert results.results["config"]["test_dataset"] == "embedded_mnist"
 
 
 def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
@@ -87,7 +88,7 @@ def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
   selection.save_scores(scores_file, {"cad": cad}, ids,
                         {"dataset": "embedded_mnist", "fingerprint": train.info.fingerprint})
   config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file)
-  directory = distill.build(config, str(tmp_path / "run"))
+  directory = plan.distill_set(config, str(tmp_path / "run"))
   provenance = json.loads(open(os.path.join(directory, distill.PROVENANCE_FILE)).read())
   labels = train.labels()
   top = {c: set(ids[labels == c][np.argsort(-cad[labels == c], kind="stable")[:10]].tolist())
@@ -95,14 +96,14 @@ def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
   used = [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
   assert len(used) == 80 and all(i in top[c] for i, c in used)
   # The same config reuses the set.
-  assert distill.build(config, str(tmp_path / "run")) == directory
+  assert plan.distill_set(config, str(tmp_path / "run")) == directory
 
 
 def test_distillation_needs_its_inputs(tmp_path, teacher_dir):
   with pytest.raises(ValueError, match="config.scores_file"):
-    trainer.train_and_evaluate(distill_config(tmp_path, teacher_dir, selection="ca2d"),
+    plan.train(distill_config(tmp_path, teacher_dir, selection="ca2d"),
                                str(tmp_path / "a"))
   with pytest.raises(ValueError, match="fewer than"):
-    trainer.train_and_evaluate(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5),
+    plan.train(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5),
                                str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

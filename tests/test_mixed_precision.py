@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import plan
 from hardlabel_jax import models
 from hardlabel_jax import trainer
 
@@ -61,11 +62,11 @@ def test_bf16_trains_embedded_hl_within_one_point_of_float32(tmp_path):
     config = config_schema.load_config_file(EMBEDDED_HL)
     config.num_epochs, config.model_kwargs.width = 2, 32
     config.compute_dtype, config.tensorboard = dtype, False
-    out = trainer.train_and_evaluate(config, str(tmp_path / dtype), devices=jax.devices()[:1])
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out["state"].params))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out["state"].opt_state)
+    out = plan.train(config, str(tmp_path / dtype), devices=jax.devices()[:1])
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out.state.params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out.state.opt_state)
                if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating))
-    results[dtype] = out["test_top1"]
+    results[dtype] = out.results["test_top1"]
   print(f"embedded_hl, 2 epochs, width 32: test top-1 {results}")
   assert results["float32"] > 0.9, results
   assert abs(results["bfloat16"] - results["float32"]) <= 0.01, results

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from hardlabel_jax import difficulty
+from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import trainer
 from hardlabel_jax.data import sources
 
-from test_trainer import tiny_config
+from helpers import tiny_config
 
 
 def score_config(**overrides):
@@ -26,7 +27,7 @@ def score_config(**overrides):
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("score"))
-  scores = scoring.run(score_config(), workdir)
+  scores = plan.score(score_config(), workdir)
   return workdir, scores
 
 
@@ -54,8 +55,8 @@ def test_scoring_run_records_every_epoch_and_writes_scores(scored):
 def test_statistics_on_eight_devices_equal_one(scored):
   config = score_config()
   data = run_data.load_run_data(config)
-  state = trainer.train_and_evaluate(tiny_config(images_per_class=20, budget_examples=32),
-                                     os.path.join(scored[0], "probe"))["state"]
+  state = plan.train(tiny_config(images_per_class=20, budget_examples=32),
+                                     os.path.join(scored[0], "probe")).state
   one = scoring.EpochRecorder(config, data, jax.sharding.Mesh(np.array(jax.devices()[:1]),
                                                               ("data",)), "/nonexistent")
   eight = scoring.EpochRecorder(config, data, jax.sharding.Mesh(np.array(jax.devices()),
@@ -95,7 +96,7 @@ def test_score_file_of_another_data_set_is_refused(scored, tmp_path):
                         {**loaded.header, "fingerprint": "someone-else"})
   config = tiny_config(selection="el2n_hard", images_per_class=5, scores_file=other)
   with pytest.raises(ValueError, match="someone-else"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    plan.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
@@ -109,10 +110,10 @@ def test_cad_prune_epochs_come_from_the_downstream_budget():
 def test_a_missing_score_file_is_made_from_score_config(tmp_path):
   config = tiny_config(selection="el2n_hard", images_per_class=5, cache_dir=str(tmp_path / "c"),
                        score_config=score_config(score_epochs=2))
-  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  results = plan.train(config, str(tmp_path / "run"))
   (digest,) = os.listdir(tmp_path / "c" / "scores")
   scores_file = tmp_path / "c" / "scores" / digest / scoring.SCORES_FILE
-  assert scores_file.exists() and results["pool_size"] == 50
-  again = trainer.train_and_evaluate(config, str(tmp_path / "run2"))  # reuses the scores
+  assert scores_file.exists() and results.results["pool_size"] == 50
+  again = plan.train(config, str(tmp_path / "run2"))  # reuses the scores
   assert os.listdir(tmp_path / "c" / "scores") == [digest]
-  assert again["test_top1"] == results["test_top1"]
+  assert again.results["test_top1"] == results.results["test_top1"]

@@ -6,7 +6,11 @@ import jax
 import numpy as np
 import pytest
 
+from hardlabel_jax import config_schema
+from hardlabel_jax import cache
 from hardlabel_jax import relabel
+from hardlabel_jax import inference
+from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import trainer
@@ -14,7 +18,8 @@ from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import replay
 from hardlabel_jax.soft_labels import table as table_lib
 
-from test_trainer import Killed, tiny_config
+from helpers import Killed
+from helpers import tiny_config
 
 
 def soft_config(tmp_path, teacher_dir, **overrides):
@@ -34,10 +39,10 @@ def _table_dir(tmp_path):
 def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teacher_dir,
                                                                    monkeypatch):
   seen = {}
-  original = relabel.teacher_log_probs_fn
+  original = inference.log_probs_fn
 
-  def recording(teacher, mesh, temperature, bn_mode):
-    predict = original(teacher, mesh, temperature, bn_mode)
+  def recording(model, mesh, temperature, bn_mode):
+    predict = original(model, mesh, temperature, bn_mode)
 
     def wrapped(variables, batch):
       images, rows = np.asarray(batch["image"]), np.asarray(batch["row"])
@@ -46,9 +51,9 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
       return predict(variables, batch)
     return wrapped
 
-  monkeypatch.setattr(relabel, "teacher_log_probs_fn", recording)
+  monkeypatch.setattr(inference, "log_probs_fn", recording)
   config = soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0)
-  table = relabel.relabel(config, str(tmp_path / "relabel"))
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
   assert table.num_rows == 100 * 3 and len(seen) == 300
   data = run_data.load_run_data(config)
   stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
@@ -69,25 +74,26 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
 
 @pytest.mark.slow
 def test_regimes_report_the_label_bytes_they_used(tmp_path, teacher_dir):
-  sl = trainer.train_and_evaluate(soft_config(tmp_path, teacher_dir), str(tmp_path / "sl"))
+  sl = plan.train(soft_config(tmp_path, teacher_dir), str(tmp_path / "sl"))
   table = table_lib.SoftLabelTable.open(_table_dir(tmp_path))
-  assert sl["regime"] == "sl" and sl["label_bytes"] == 300 * table.bytes_per_row
+  assert sl.results["regime"] == "sl" and sl.results["label_bytes"] == 300 * table.bytes_per_row
   assert table.bytes_per_row == 2 * 10 + 9  # full fp16 labels + box/flip metadata
-  assert sl["phase_steps"] == {"soft": 6}
+  assert sl.results["phase_steps"] == {"soft": 6}
   # LPLD: keep 1 of 3 crops per image → a third of the bytes, same table.
-  pruned = trainer.train_and_evaluate(
+  pruned = plan.train(
       soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3), str(tmp_path / "pruned"))
-  assert pruned["label_bytes"] == 100 * table.bytes_per_row
-  assert pruned["table_dir"] == sl["table_dir"]
-  hald_run = trainer.train_and_evaluate(
+  assert pruned.results["label_bytes"] == 100 * table.bytes_per_row
+  assert pruned.results["table_dir"] == sl.results["table_dir"]
+  hald_run = plan.train(
       soft_config(tmp_path, teacher_dir, regime="hald", hald_schedule="S6",
                   budget_examples=16 * 25), str(tmp_path / "hald"))
   # 25 steps × 16 = 400 examples = 4 epochs of 100: S6 → soft, hard, hard, soft.
-  assert set(hald_run["phase_steps"]) == {"soft", "hard"}
-  assert hald_run["label_bytes"] == sl["label_bytes"]
-  sl_kd = trainer.train_and_evaluate(soft_config(tmp_path, teacher_dir, regime="sl_kd"),
-                                     str(tmp_path / "sl_kd"))
-  assert sl_kd["label_bytes"] == 0 and np.isfinite(sl_kd["test_loss"])
+  assert set(hald_run.results["phase_steps"]) == {"soft", "hard"}
+  assert hald_run.results["label_bytes"] == sl.results["label_bytes"]
+  sl_kd_config = soft_config(tmp_path, teacher_dir, regime="sl_kd")
+  config_schema.unset(sl_kd_config, "crops_per_image")  # SL+KD labels every crop online
+  sl_kd = plan.train(sl_kd_config, str(tmp_path / "sl_kd"))
+  assert sl_kd.results["label_bytes"] == 0 and np.isfinite(sl_kd.results["test_loss"])
   assert len(os.listdir(tmp_path / "cache" / "tables")) == 1  # every run shared one table
 
 
@@ -99,35 +105,43 @@ def _flip_a_byte(path, offset=5):
 
 def test_bad_tables_fail_before_training_and_overwrite_nothing(tmp_path, teacher_dir):
   config = soft_config(tmp_path, teacher_dir, table_positions_per_shard=40)
-  relabel.relabel(config, str(tmp_path / "relabel"))
+  plan.relabel_table(config, str(tmp_path / "relabel"))
   directory = _table_dir(tmp_path)
   shard = os.path.join(directory, "shard-00001.bin")
   original = open(shard, "rb").read()
 
   _flip_a_byte(shard)
   with pytest.raises(table_lib.TableError, match="shard-00001"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run_corrupt"))
+    plan.train(config, str(tmp_path / "run_corrupt"))
   assert not os.path.exists(tmp_path / "run_corrupt")
   assert open(shard, "rb").read() != original  # the evidence is left for the user
 
   open(shard, "wb").write(original)
   os.remove(os.path.join(directory, "shard-00002.bin"))
   with pytest.raises(table_lib.TableError, match="shard-00002"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run_missing"))
+    plan.train(config, str(tmp_path / "run_missing"))
   assert not os.path.exists(tmp_path / "run_missing")
 
   # A table made for another subset, handed to a run explicitly.
   other = soft_config(tmp_path, teacher_dir, subset_seed=1, cache_dir=str(tmp_path / "other"))
-  other_table = relabel.relabel(other, str(tmp_path / "relabel_other"))
+  other_table = plan.relabel_table(other, str(tmp_path / "relabel_other"))
   explicit = soft_config(tmp_path, teacher_dir, label_table_dir=other_table.directory)
-  with pytest.raises(table_lib.TableError, match="ids"):
-    trainer.train_and_evaluate(explicit, str(tmp_path / "run_other"))
+  # Its recorded identity names the difference before anything is built ...
+  with pytest.raises(cache.IdentityMismatchError, match="subset_seed: saved 1 vs now 0"):
+    plan.train(explicit, str(tmp_path / "run_other"))
   assert not os.path.exists(tmp_path / "run_other")
   # ... and one made at another temperature.
   warm = soft_config(tmp_path, teacher_dir, temperature=8.0,
                      label_table_dir=other_table.directory, subset_seed=1)
+  with pytest.raises(cache.IdentityMismatchError, match="temperature: saved 4.0 vs now 8.0"):
+    plan.train(warm, str(tmp_path / "run_warm"))
+  # Without its identity record (a table written by hand), the header's content check catches it.
+  os.remove(os.path.join(other_table.directory, cache.IDENTITY_FILE))
+  with pytest.raises(table_lib.TableError, match="ids"):
+    plan.train(explicit, str(tmp_path / "run_other"))
   with pytest.raises(table_lib.TableError, match="temperature"):
-    trainer.train_and_evaluate(warm, str(tmp_path / "run_warm"))
+    plan.train(warm, str(tmp_path / "run_warm"))
+  assert not os.path.exists(tmp_path / "run_other") and not os.path.exists(tmp_path / "run_warm")
 
 
 def test_interrupted_relabel_resumes_to_the_same_table(tmp_path, teacher_dir):
@@ -138,16 +152,16 @@ def test_interrupted_relabel_resumes_to_the_same_table(tmp_path, teacher_dir):
       raise Killed("simulated preemption")
 
   with pytest.raises(Killed):
-    relabel.relabel(config, str(tmp_path / "relabel"), shard_hook=die_after_first)
+    plan.relabel_table(config, str(tmp_path / "relabel"), shard_hook=die_after_first)
   (name,) = [n for n in os.listdir(tmp_path / "cache" / "tables")]
   assert name.endswith(".partial")  # nothing readable under the table's own name
   with pytest.raises(table_lib.TableError, match="interrupted"):
     table_lib.SoftLabelTable.open(str(tmp_path / "cache" / "tables" / name[:-len(".partial")]))
 
   resumed_shards = []
-  table = relabel.relabel(config, str(tmp_path / "relabel"), shard_hook=resumed_shards.append)
+  table = plan.relabel_table(config, str(tmp_path / "relabel"), shard_hook=resumed_shards.append)
   assert resumed_shards == [2, 3]  # shards 0 and 1 were kept
-  fresh = relabel.relabel(soft_config(tmp_path, teacher_dir, table_positions_per_shard=30,
+  fresh = plan.relabel_table(soft_config(tmp_path, teacher_dir, table_positions_per_shard=30,
                                       cache_dir=str(tmp_path / "fresh")),
                           str(tmp_path / "relabel_fresh"))
   for shard in range(4):
@@ -160,7 +174,8 @@ def test_drift_task_writes_csv_json_and_png(tmp_path, teacher_dir):
   from hardlabel_jax import drift
   config = soft_config(tmp_path, teacher_dir, task="drift", drift_crop_counts=(1, 2, 4),
                        temperature=1.0)
-  rows = drift.run(config, str(tmp_path / "drift"))
+  config_schema.unset(config, "learning_rate", "crops_per_image")  # drift neither trains nor stores
+  rows = plan.measure_drift(config, str(tmp_path / "drift"))
   assert [r["crops_per_image"] for r in rows] == [1, 2, 4]
   assert all(np.isfinite(r["kl"]) and r["kl"] >= 0 for r in rows)
   for name in ("drift.csv", "drift.json", "drift.png"):
@@ -175,8 +190,8 @@ def test_bssl_relabel_uses_batch_statistics_and_eval_mode_the_running_ones():
   variables = model.init(jax.random.key(0), images[:1], train=False)
   teacher = teacher_lib.Teacher(model, variables, "mem", {}, "fp")
   batch = {"image": images, "mask": np.ones(16, np.float32)}
-  eval_out = relabel.teacher_log_probs_fn(teacher, mesh, 2.0, "eval")(variables, batch)
-  bssl_out = relabel.teacher_log_probs_fn(teacher, mesh, 2.0, "batch_stats")(variables, batch)
+  eval_out = inference.log_probs_fn(teacher.model, mesh, 2.0, "eval")(variables, batch)
+  bssl_out = inference.log_probs_fn(teacher.model, mesh, 2.0, "batch_stats")(variables, batch)
   expected_eval = jax.nn.log_softmax(model.apply(variables, images, train=False) / 2.0)
   expected_bssl = jax.nn.log_softmax(
       model.apply(variables, images, train=True, mutable=["batch_stats"])[0] / 2.0)
@@ -189,7 +204,7 @@ def test_bssl_relabel_uses_batch_statistics_and_eval_mode_the_running_ones():
 def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
   import pickle
   config = soft_config(tmp_path, teacher_dir)
-  table = relabel.relabel(config, str(tmp_path / "relabel"))
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
   data = run_data.load_run_data(config)
   stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                 data.normalizer)

@@ -12,8 +12,8 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import study
 from hardlabel_jax import study_report
 
-from test_trainer import Killed
-from test_trainer import tiny_config
+from helpers import Killed
+from helpers import tiny_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 EMBEDDED_COUNTS = np.full(10, 400)  # the embedded train split: 400 images of each digit
@@ -113,6 +113,9 @@ def test_killed_study_reruns_only_missing_cells_and_gives_the_same_csv(finished_
      "config.study_regime_overrides.sl.lerning_rate"),
     (dict(study_regime_overrides={"hald": {"learning_rate": 0.1}}),
      "config.study_regime_overrides.hald"),
+    (dict(study_regime_overrides={"hl": {"temperature": 4.0}}),
+     "config.study_regime_overrides.hl.temperature: set to 4.0 but the hl cells"),
+    (dict(study_regimes=("hl", "sl_kd")), "config.crops_per_image: set to 2 but task=study"),
     (dict(study_methods=("random", "cad_prune")), "config.cad_window: CAD-Prune at 5 images"),
     (dict(study_methods=("rded",), rded_candidates_per_class=10, study_images_per_class=(5,)),
      "config.study_images_per_class: rded at 5 images per class stitch 20 crops"),

@@ -4,14 +4,15 @@
   python -m hardlabel_jax.benchmarks.pipeline --image_size 64  # larger crops, same images
   python -m hardlabel_jax.benchmarks.pipeline --quick          # seconds
 
-Two training streams over the embedded MNIST train split, each read through
-`pipeline.position_stream` exactly as the trainer reads it, with 0, 1 and 2 Grain workers:
-`fresh` (`CropExample` + `FreshCrops`: decode, RandomResizedCrop, flip, normalise) and
-`sl_replay` (`replay.TableCrops`: rebuild the stored crop, check it against the table, attach its
-soft label) on a table written for the benchmark into a temporary directory by
-`relabel.relabel_with` with a tiny random-init teacher. The HL step's examples/s at the same batch
-(the library's jitted step, measured in the same run) is the consumption rate: a pipeline slower
-than it is the bottleneck of training.
+Two training streams over the embedded MNIST train split, each built by
+`trainer.training_examples` (for an HL and an SL run of the benchmark's config) and read through
+`pipeline.position_stream`, exactly as training reads them, with 0, 1 and 2 Grain workers:
+`fresh` (the HL run's fresh crops: decode, RandomResizedCrop, flip, normalise) and `sl_replay`
+(the SL run's replay: rebuild the stored crop, check it against the table, attach its soft label)
+on a table written for the benchmark into a temporary directory by `relabel.write_table` with a
+tiny random-init teacher. The HL step's examples/s at the same batch (the library's jitted step,
+measured in the same run) is the consumption rate: a pipeline slower than it is the bottleneck of
+training.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ from hardlabel_jax import models
 from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
+from hardlabel_jax import trainer
 from hardlabel_jax.benchmarks import report
 from hardlabel_jax.benchmarks import train_step
 from hardlabel_jax.data import pipeline
-from hardlabel_jax.data import replay
+from hardlabel_jax.soft_labels import table as table_lib
 
 DATASET = "embedded_mnist"
 KINDS = ("fresh", "sl_replay")
+# The regime of the training run whose examples each stream is.
+STREAM_REGIMES = {"fresh": "hl", "sl_replay": "sl"}
 TEACHER_WIDTH = 8  # the table's labels are not the point, only its reading cost
 
 
@@ -53,6 +57,9 @@ def benchmark_config(args: argparse.Namespace, table_dir: str, eval_batch: int
   config.label_table_dir = table_dir
   config.eval_batch_size = eval_batch
   config.num_workers = 0
+  config.global_batch_size = args.batch
+  # The run's budget is what one stream reads: the warm-up batches and every timed repeat.
+  config.budget_examples = (args.warmup + args.repeats * args.steps) * args.batch
   return config
 
 
@@ -69,15 +76,17 @@ def random_teacher(data: run_data.RunData, image_size: int, mesh: jax.sharding.M
 
 
 def streams(config: ml_collections.ConfigDict, data: run_data.RunData,
-            table_dir: str) -> dict[str, Callable[[int], dict]]:
-  """Global stream position → training example, for fresh crops and for SL replay."""
-  order = pipeline.EpochShuffle(len(data.pool_ids), config.seed)
-  fresh = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.seed,
-                               data.normalizer)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
-  return {"fresh": pipeline.FreshCrops(fresh, order),
-          "sl_replay": replay.TableCrops(stored, order, table_dir, config.seed)}
+            table: table_lib.SoftLabelTable) -> dict[str, Callable[[int], dict]]:
+  """Global stream position → training example, as the trainer builds it for each kind's run."""
+  examples = {}
+  for kind in KINDS:
+    run_config = config.copy_and_resolve_references()
+    run_config.regime = STREAM_REGIMES[kind]
+    budget = trainer.budget_from_config(run_config, len(data.pool_ids))
+    examples[kind] = trainer.training_examples(
+        run_config, data, table if run_config.regime == "sl" else None,
+        trainer.step_phases(run_config, budget))
+  return examples
 
 
 def measure_stream(example_at: Callable[[int], dict], *, batch: int, num_workers: int,
@@ -160,8 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = run_data.load_run_data(config)
     info = data.train.info
     start = time.perf_counter()
-    table = relabel.relabel_with(config, tmp, data,
-                                 random_teacher(data, args.image_size, mesh, tmp), mesh)
+    table = relabel.write_table(config, config.label_table_dir, data,
+                                random_teacher(data, args.image_size, mesh, tmp), mesh)
     relabel_seconds = time.perf_counter() - start
 
     jax_model = train_step.JaxModel(args.model, args.width, mesh, image_size=args.image_size,
@@ -173,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{report.fmt_number(step_rate)} ex/s", flush=True)
 
     rows = []
-    for kind, example_at in streams(config, data, table.directory).items():
+    for kind, example_at in streams(config, data, table).items():
       for workers in args.num_workers:
         result = measure_stream(example_at, batch=args.batch, num_workers=workers,
                                 steps=args.steps, repeats=args.repeats, warmup=args.warmup)

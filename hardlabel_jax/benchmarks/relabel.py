@@ -3,7 +3,7 @@
   python -m hardlabel_jax.benchmarks.relabel          # 1/4, 1/2, all of the embedded train split
   python -m hardlabel_jax.benchmarks.relabel --quick  # seconds: 40, 80 and 160 images
 
-Each size is a `task='relabel'` run (`relabel.relabel`, as `main.py` calls it) in its own
+Each size is a `task='relabel'` run (`plan.relabel_table`, as `main.py` calls it) in its own
 subprocess, writing a table of `crops_per_image` crops per image with a ConvNet-D3 teacher. The
 teacher is a one-step HL run trained once up front (its labels are not the point, its forward
 cost is). Tables are written shard by shard with a fixed number of images per shard, so peak
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import plan
 from hardlabel_jax.benchmarks import report
 from hardlabel_jax.benchmarks import scaling
 
@@ -43,8 +44,7 @@ def teacher_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 def train_teacher(args: argparse.Namespace, workdir: str) -> str:
   """Trains the teacher into `workdir` (seconds) and returns it."""
-  from hardlabel_jax import trainer  # pylint: disable=g-import-not-at-top  (only the parent)
-  trainer.train_and_evaluate(teacher_config(args), workdir)
+  plan.train(teacher_config(args), workdir)
   return workdir
 
 
@@ -62,15 +62,13 @@ def relabel_config(args: argparse.Namespace, workdir: str) -> ml_collections.Con
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
   """One size, in this (fresh) process: the relabel run and its own peak memory."""
-  from hardlabel_jax import relabel  # pylint: disable=g-import-not-at-top
-
   if args.compilation_cache_dir:
     scaling.share_compilations(args.compilation_cache_dir)
   config = relabel_config(args, args.workdir)
   baseline = scaling.baseline_rss_mb()
   shard_done = []
   start = time.perf_counter()
-  table = relabel.relabel(config, args.workdir,
+  table = plan.relabel_table(config, args.workdir,
                           shard_hook=lambda shard: shard_done.append(time.perf_counter()))
   wall = time.perf_counter() - start
   images = len(table.spec.ids)

@@ -3,7 +3,7 @@
   python -m hardlabel_jax.benchmarks.score          # 1/4, 1/2, all of the embedded train split
   python -m hardlabel_jax.benchmarks.score --quick  # seconds: 40, 80 and 160 images
 
-Each size is a `task='score'` run (`scoring.run`, as `main.py` calls it) in its own subprocess:
+Each size is a `task='score'` run (`plan.score`, as `main.py` calls it) in its own subprocess:
 HL training of ConvNet-D3 on the pool for `score_epochs` epochs, the per-example statistics of
 every pool image after each epoch, then `scores.npz`. Items are image-epochs (epochs × pool).
 `images/s` is items over the whole run (start-up, compilation and the test evaluation included);
@@ -16,7 +16,6 @@ largest / smallest.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import plan
 from hardlabel_jax.benchmarks import report
 from hardlabel_jax.benchmarks import scaling
 
@@ -67,16 +67,12 @@ def steady_rate(metrics_path: str, batch: int) -> float | None:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
   """One size, in this (fresh) process: the scoring run and its own peak memory."""
-  from hardlabel_jax import scoring  # pylint: disable=g-import-not-at-top
-
-  # scoring.run imports the trainer lazily; import it now so the baseline includes it.
-  importlib.import_module("hardlabel_jax.trainer")
   if args.compilation_cache_dir:
     scaling.share_compilations(args.compilation_cache_dir)
   config = score_config(args)
   baseline = scaling.baseline_rss_mb()
   start = time.perf_counter()
-  scores = scoring.run(config, args.workdir)
+  scores = plan.score(config, args.workdir)
   wall = time.perf_counter() - start
   images = len(next(iter(scores.values())))
   items = images * args.score_epochs

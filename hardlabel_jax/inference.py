@@ -1,0 +1,117 @@
+"""Forward passes over crops and centre views: the one place models run outside training.
+
+Relabelling, RDED/CA2D crop scoring, scoring runs and the drift measurement all run a frozen model,
+jitted and sharded over the mesh, over rows of a `(position, slot)` crop grid or over the centre
+views of a pool. Every batch is padded to a multiple of the device count and the padding masked,
+so any batch size runs on any device count and outputs hold exactly the real rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import run_data
+from hardlabel_jax.data import pipeline
+
+# Fields that travel with each crop through the jitted step, so every process can write any row.
+_METADATA_FIELDS = ("box", "flip", "partner_id", "mix_lambda", "cut_box")
+
+
+@dataclasses.dataclass(frozen=True)
+class CropRows:
+  """Row offset within `[first_row, first_row + num_rows)` of the (position, slot) grid → crop.
+
+  Offsets past the end (padding of the last batch) repeat real rows with `mask` 0, so batch
+  statistics in BSSL mode still come from real crops.
+  """
+
+  example: pipeline.CropExample
+  slots: int
+  first_row: int
+  num_rows: int
+
+  def __call__(self, offset: int) -> dict[str, np.ndarray]:
+    valid = offset < self.num_rows
+    row = self.first_row + (offset if valid else offset % self.num_rows)
+    position, slot = divmod(row, self.slots)
+    pixels, fields, metadata = self.example.raw_crop(position, slot)
+    return {"image": self.example.normalizer(pixels), "label": fields["label"],
+            "mix_lambda": fields["mix_lambda"], "row": np.int32(row),
+            "mask": np.float32(valid), **{k: metadata[k] for k in _METADATA_FIELDS if
+                                          k in metadata}}
+
+
+def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
+                 bn_mode: str) -> Callable:
+  """Jitted `(variables, batch) -> batch + log softmax(z/T)`, every output replicated."""
+
+  def fn(variables, batch):
+    images = batch["image"]
+    if bn_mode == "batch_stats" and "batch_stats" in variables:
+      # HALD's BSSL: normalise with the statistics of the relabel batch, discard the update.
+      logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    else:
+      logits = model.apply(variables, images, train=False)
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+    return out
+
+  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                 out_shardings=mesh_lib.replicated(mesh))
+
+
+def crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int, num_rows: int,
+                 predict: Callable, variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
+                 loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows only."""
+  global_batch = mesh_lib.padded_batch(batch_size, mesh)
+  local_batch = pipeline.check_batch_split(global_batch, jax.process_count())
+  num_batches = -(-num_rows // global_batch)
+  dataset = (grain.MapDataset.range(num_batches * local_batch)
+             .map(pipeline.ProcessPositions(global_batch, jax.process_index(),
+                                            jax.process_count()))
+             .map(CropRows(example, slots, first_row, num_rows))
+             .batch(local_batch, drop_remainder=True))
+  for local in pipeline.to_iterator(dataset, loading):
+    out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
+    keep = out.pop("mask") > 0
+    yield {k: np.asarray(v)[keep] for k, v in out.items()}
+
+
+def split_outputs(predict: Callable, first_arg: Any, source: Any, *, size: int,
+                  crop_fraction: float, normalizer: pipeline.Normalizer, batch_size: int,
+                  mesh: jax.sharding.Mesh,
+                  loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """`predict(first_arg, batch)` on the centre view of every example of `source`, valid rows."""
+  for local in pipeline.evaluation_batches(
+      source, size=size, crop_fraction=crop_fraction, normalizer=normalizer,
+      global_batch=mesh_lib.padded_batch(batch_size, mesh), process_index=jax.process_index(),
+      process_count=jax.process_count(), loading=loading):
+    out = jax.device_get(predict(first_arg, mesh_lib.global_batch(local, mesh)))
+    keep = np.asarray(out.pop("mask")) > 0
+    yield {name: np.asarray(value)[keep] for name, value in out.items()}
+
+
+def pool_center_outputs(predict: Callable, first_arg: Any, data: run_data.RunData,
+                        config: ml_collections.ConfigDict,
+                        mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """`predict(first_arg, batch)` on the centre view of every pool image, in pool order."""
+  parts = {}
+  for out in split_outputs(predict, first_arg, pipeline.PoolView(data.train, data.pool_ids),
+                           size=config.image_size, crop_fraction=config.eval_crop_fraction,
+                           normalizer=data.normalizer, batch_size=config.eval_batch_size,
+                           mesh=mesh, loading=pipeline.LoaderOptions.from_config(config)):
+    for name, value in out.items():
+      parts.setdefault(name, []).append(value)
+  return {name: np.concatenate(values) for name, values in parts.items()}

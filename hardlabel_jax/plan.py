@@ -1,0 +1,386 @@
+"""The plan: every artefact a task needs, resolved and checked before anything is written.
+
+A task's inputs form a chain, built in this order: teacher → score file → training pool →
+distilled set → soft-label table → the training loop. `make_plan` resolves each one's identity
+(the config fields it reads and its inputs' identities) and directory without writing anything;
+`check` compares every existing artefact and the workdir with what the run asks for; only then
+does `build` train, score, distil and relabel what is missing. A teacher or scoring run that needs
+training is planned, checked and run by this same module, so all recursion lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from hardlabel_jax import cache
+from hardlabel_jax import checkpointing
+from hardlabel_jax import config_schema
+from hardlabel_jax import distill
+from hardlabel_jax import drift
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import metrics_log
+from hardlabel_jax import relabel
+from hardlabel_jax import run_data
+from hardlabel_jax import scoring
+from hardlabel_jax import teacher as teacher_lib
+from hardlabel_jax import trainer
+from hardlabel_jax.data import image_folder
+from hardlabel_jax.data import sources
+from hardlabel_jax.soft_labels import table as table_lib
+
+RESULTS_FILE = trainer.RESULTS_FILE
+TRAINING_TASKS = ("train", "score")
+# Tasks that use a teacher whatever the regime.
+TEACHER_TASKS = ("relabel", "drift", "distill")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherPlan:
+  """Where the teacher lives, what it must be, and the config that trains it when missing."""
+
+  directory: str
+  identity: dict[str, Any] | None  # None: an explicit teacher_workdir with no teacher_config
+  train_config: ml_collections.ConfigDict | None
+  explicit: bool
+
+  @property
+  def digest(self) -> str:
+    return cache.digest(self.identity) if self.identity is not None else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorePlan:
+  """The score file a scored selection ranks by, and the scoring run that writes it."""
+
+  directory: str
+  identity: dict[str, Any]
+  config: ml_collections.ConfigDict  # task='score'
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.directory, scoring.SCORES_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetPlan:
+  """An RDED/CA2D distilled set: its identity, directory and the config that builds it."""
+
+  directory: str
+  identity: dict[str, Any]
+  config: ml_collections.ConfigDict  # selection rded/ca2d, scores_file resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class TablePlan:
+  """The soft-label table a table regime (or task='relabel') reads."""
+
+  directory: str
+  identity: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A task's config as it will run (paths resolved) and every artefact it needs."""
+
+  task: str
+  config: ml_collections.ConfigDict
+  workdir: str
+  teacher: TeacherPlan | None = None
+  scores: ScorePlan | None = None
+  distilled: SetPlan | None = None
+  table: TablePlan | None = None
+  score_epochs: int = 0  # task='score': K
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> str:
+  """The train split's fingerprint (opening a source reads, it never writes)."""
+  source = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
+  return source.info.fingerprint
+
+
+def _needs_teacher(task: str, config: ml_collections.ConfigDict) -> bool:
+  if task in TEACHER_TASKS or config.selection in distill.METHODS:
+    return True
+  return task == "train" and config.regime != "hl"
+
+
+def _teacher_plan(config: ml_collections.ConfigDict, cache_root: str) -> TeacherPlan:
+  teacher_config = config.teacher_config
+  identity = None
+  if teacher_config is not None:
+    identity = teacher_lib.identity(teacher_config, _fingerprint(teacher_config))
+  if config.teacher_workdir:
+    return TeacherPlan(os.path.abspath(config.teacher_workdir), identity, teacher_config, True)
+  if teacher_config is None:
+    raise ValueError("config.teacher_config: this run needs a teacher; set teacher_config (an HL "
+                     "config, trained on first use) or teacher_workdir (a finished HL run)")
+  directory = os.path.join(cache_root, "teachers", cache.digest(identity))
+  return TeacherPlan(directory, identity, teacher_config, False)
+
+
+def _score_plan(config: ml_collections.ConfigDict, cache_root: str) -> ScorePlan:
+  score_config = config.score_config
+  identity = scoring.identity(score_config, _fingerprint(score_config))
+  return ScorePlan(os.path.join(cache_root, "scores", cache.digest(identity)), identity,
+                   score_config)
+
+
+def _scores_identity(config: ml_collections.ConfigDict, scores: ScorePlan | None) -> str:
+  """The identity of the score file a run ranks by: its planned run, or the given file's bytes."""
+  if scores is not None:
+    return cache.digest(scores.identity)
+  if config.scores_file and os.path.exists(config.scores_file):
+    return cache.file_digest(config.scores_file)
+  return ""
+
+
+def _data_identity(config: ml_collections.ConfigDict, fingerprint: str, scores_identity: str,
+                   distilled: SetPlan | None) -> dict[str, Any]:
+  """What a run's training pool is: a distilled set, or a split and the rule choosing ids."""
+  if distilled is not None:
+    return {"distilled": cache.digest(distilled.identity)}
+  pool: dict[str, Any] = {"selection": config.selection,
+                          "images_per_class": config.images_per_class}
+  if config.selection == "random":
+    pool["subset_seed"] = config.subset_seed
+    pool["ids_file"] = (cache.file_digest(config.subset_ids_file) if config.subset_ids_file
+                        and os.path.exists(config.subset_ids_file) else "")
+  else:
+    pool.update(scores=scores_identity, subset_seed=config.subset_seed, ccs_beta=config.ccs_beta,
+                ccs_strata=config.ccs_strata, cad_direction=config.cad_direction)
+  return {"fingerprint": fingerprint, "pool": pool,
+          "normalization": [list(config.normalization_mean), list(config.normalization_std)]}
+
+
+def make_plan(config: ml_collections.ConfigDict, workdir: str,
+              task: str | None = None) -> Plan:
+  """Resolves what `task` (default `config.task`) needs; reads sources, writes nothing."""
+  task = task or config.task
+  workdir = os.path.abspath(workdir)
+  cache_root = teacher_lib.cache_dir(config, workdir)
+  resolved = config.copy_and_resolve_references()
+  teacher = _teacher_plan(config, cache_root) if _needs_teacher(task, config) else None
+  scores = None
+  if (config.selection in config_schema.SCORED_SELECTIONS and not config.scores_file
+      and config.score_config is not None):
+    scores = _score_plan(config, cache_root)
+    resolved.scores_file = scores.path
+  fingerprint = _fingerprint(config)
+  distilled = None
+  if config.selection in distill.METHODS:
+    ident = distill.identity(resolved, fingerprint, teacher.digest,
+                             _scores_identity(resolved, scores))
+    distilled = SetPlan(distill.set_directory(cache_root, ident), ident, resolved)
+    if task != "distill":  # the distill task's product is the set; every other task trains on it
+      resolved = distill.training_config(resolved, distilled.directory)
+  table = None
+  if task == "relabel" or (task == "train" and config.regime in config_schema.TABLE_REGIMES):
+    data_identity = _data_identity(config, fingerprint, _scores_identity(resolved, scores),
+                                   distilled)
+    identity = relabel.table_identity(resolved, data_identity, teacher.digest)
+    table = TablePlan(relabel.table_directory(resolved, cache_root, identity), identity)
+  score_epochs = 0
+  if task == "score":
+    data = run_data.load_run_data(config)
+    score_epochs = scoring.scoring_epochs(config, len(data.pool_ids),
+                                          data.train.info.num_classes)
+    resolved = scoring.training_config(resolved, score_epochs)
+  return Plan(task, resolved, workdir, teacher, scores, distilled, table, score_epochs)
+
+
+def _base_config(plan: Plan) -> ml_collections.ConfigDict:
+  """The run's config before a distilled set replaced its data set."""
+  return plan.distilled.config if plan.distilled is not None else plan.config
+
+
+def _check_teacher(plan: Plan) -> None:
+  teacher = plan.teacher
+  if teacher_lib.is_finished(teacher.directory):
+    stored = teacher_lib.stored_identity(teacher.directory)
+    if teacher.identity is not None:
+      diff = cache.differences(stored, teacher.identity)
+      if diff:
+        field = "teacher_workdir" if teacher.explicit else "cache_dir"
+        raise cache.IdentityMismatchError(
+            f"config.{field}: the teacher in {teacher.directory} does not match teacher_config "
+            f"({'; '.join(diff[:6])}); point teacher_workdir elsewhere or fix teacher_config")
+    elif not _base_config(plan).dataset.startswith(image_folder.PREFIX):
+      wanted = _fingerprint(_base_config(plan))
+      if stored["dataset_fingerprint"] != wanted:
+        raise cache.IdentityMismatchError(
+            f"config.teacher_workdir: the teacher in {teacher.directory} was trained on "
+            f"{stored['run'].get('dataset')!r} (fingerprint {stored['dataset_fingerprint'][:12]}),"
+            f" this run trains on {plan.config.dataset!r} (fingerprint {wanted[:12]})")
+    return
+  if teacher.train_config is None:
+    raise FileNotFoundError(
+        f"config.teacher_workdir: no finished teacher run in {teacher.directory} (results.json "
+        "missing) and no config.teacher_config to train one; train a teacher with "
+        "configs/embedded_hl.py (or any HL config) and point teacher_workdir at its workdir")
+  check(make_plan(teacher.train_config, teacher.directory, "train"))
+
+
+def check(plan: Plan) -> None:
+  """Every identity check of `plan` and of the runs it would start; raises before any write."""
+  if plan.teacher is not None:
+    _check_teacher(plan)
+  if plan.scores is not None:
+    if os.path.exists(plan.scores.path):
+      cache.check_identity(plan.scores.directory, plan.scores.identity, "the score file")
+    else:
+      check(make_plan(plan.scores.config, plan.scores.directory, "score"))
+  if plan.distilled is not None:
+    cache.check_identity(plan.distilled.directory, plan.distilled.identity, "the distilled set")
+  if plan.table is not None:
+    cache.check_identity(plan.table.directory, plan.table.identity, "the soft-label table")
+  if plan.task in TRAINING_TASKS:
+    checkpointing.check_same_run(plan.workdir, plan.config)
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _teacher(plan: Plan, data: run_data.RunData, mesh: jax.sharding.Mesh,
+             devices: list[jax.Device] | None) -> teacher_lib.Teacher:
+  teacher = plan.teacher
+  if not teacher_lib.is_finished(teacher.directory):
+    metrics_log.log_line(f"training the teacher in {teacher.directory}")
+    train(teacher.train_config, teacher.directory, devices=devices)
+    if _is_writer():
+      cache.write_identity(teacher.directory, teacher.identity)
+  return teacher_lib.load_teacher(teacher.directory, num_classes=data.train.info.num_classes,
+                                  input_shape=run_data.input_shape(plan.config, data), mesh=mesh)
+
+
+def _source_data(plan: Plan) -> run_data.RunData:
+  """The whole train split the run draws from (a distilled set's source): the teacher's data."""
+  return run_data.load_run_data(distill.source_config(_base_config(plan)))
+
+
+@dataclasses.dataclass
+class Artefacts:
+  """What `build` returns: the run's data, mesh, teacher and table."""
+
+  data: run_data.RunData
+  mesh: jax.sharding.Mesh
+  teacher: teacher_lib.Teacher | None
+  table: table_lib.SoftLabelTable | None
+
+
+def build(plan: Plan, *, devices: list[jax.Device] | None = None,
+          shard_hook: Callable[[int], None] | None = None) -> Artefacts:
+  """Builds (or reuses) every artefact of a checked plan, in order; opens what the task reads."""
+  mesh = mesh_lib.data_mesh(devices)
+  if plan.scores is not None and not os.path.exists(plan.scores.path):
+    metrics_log.log_line(f"scoring run for the selection in {plan.scores.directory}")
+    score(plan.scores.config, plan.scores.directory, devices=devices)
+    if _is_writer():
+      cache.write_identity(plan.scores.directory, plan.scores.identity)
+    mesh_lib.sync_processes("score identity written")
+  teacher = None
+  if plan.teacher is not None:
+    teacher = _teacher(plan, _source_data(plan), mesh, devices)
+  if plan.distilled is not None and not distill.is_built(plan.distilled.directory):
+    distill.build(plan.distilled.config, plan.distilled.directory, plan.distilled.identity,
+                  _source_data(plan), teacher, mesh)
+  data = (_source_data(plan) if plan.task == "distill" else run_data.load_run_data(plan.config))
+  table = None
+  if plan.table is not None:
+    table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
+                                shard_hook=shard_hook)
+    if _is_writer():
+      cache.write_identity(plan.table.directory, plan.table.identity)
+  return Artefacts(data, mesh, teacher, table)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, task: str, *,
+            devices: list[jax.Device] | None = None,
+            shard_hook: Callable[[int], None] | None = None) -> tuple[Plan, Artefacts]:
+  """Validates, plans and checks everything (writing nothing), then builds the artefacts."""
+  config_schema.validate(config)
+  mesh = mesh_lib.data_mesh(devices)
+  if task in TRAINING_TASKS:
+    mesh_lib.check_divisible(config.global_batch_size, mesh)
+  plan = make_plan(config, workdir, task)
+  check(plan)
+  return plan, build(plan, devices=devices, shard_hook=shard_hook)
+
+
+def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict[str, Any]:
+  if teacher is None:
+    return {}
+  return {"teacher_workdir": teacher.workdir,
+          "teacher_test_top1": teacher.results.get("test_top1"),
+          "teacher_model": teacher.results.get("config", {}).get("model")}
+
+
+def _run(plan: Plan, artefacts: Artefacts, *, step_hook: Callable[[int], None] | None = None,
+         epoch_hook: Callable | None = None) -> trainer.RunOutput:
+  """The training loop on built artefacts; writes results.json (its last file)."""
+  teacher = None
+  if artefacts.teacher is not None and plan.config.regime != "hl":
+    teacher = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
+  output = trainer.train(plan.config, plan.workdir, artefacts.data, artefacts.mesh,
+                         teacher=teacher, table=artefacts.table, step_hook=step_hook,
+                         epoch_hook=epoch_hook)
+  output.results.update(_teacher_summary(artefacts.teacher if teacher is not None else None))
+  path = os.path.join(plan.workdir, RESULTS_FILE)
+  if _is_writer():
+    metrics_log.write_json_atomic(path, output.results)
+  mesh_lib.sync_processes("results written")  # a teacher's results.json marks it finished
+  metrics_log.log_line(f"test top-1 {output.results['test_top1']:.4f}, test loss "
+                       f"{output.results['test_loss']:.4f}; results in {path}")
+  return output
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          devices: list[jax.Device] | None = None,
+          step_hook: Callable[[int], None] | None = None) -> trainer.RunOutput:
+  """`task='train'`: plans, checks and builds the inputs, trains, evaluates, writes results."""
+  plan, artefacts = prepare(config, workdir, "train", devices=devices)
+  return _run(plan, artefacts, step_hook=step_hook)
+
+
+def score(config: ml_collections.ConfigDict, workdir: str, *,
+          devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """`task='score'`: an HL run recording per-example statistics, then `<workdir>/scores.npz`."""
+  plan, artefacts = prepare(config, workdir, "score", devices=devices)
+  metrics_log.log_line(f"scoring {len(artefacts.data.pool_ids)} examples over "
+                       f"{plan.score_epochs} epochs")
+  recorder = scoring.EpochRecorder(config, artefacts.data, artefacts.mesh, plan.workdir)
+  output = _run(plan, artefacts, epoch_hook=recorder)
+  return scoring.write_scores(config, plan.workdir, artefacts.data, recorder, plan.score_epochs,
+                              output.state, output.results["test_top1"])
+
+
+def relabel_table(config: ml_collections.ConfigDict, workdir: str, *,
+                  devices: list[jax.Device] | None = None,
+                  shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
+  """`task='relabel'`: builds (or resumes, or reuses) the configured soft-label table."""
+  _, artefacts = prepare(config, workdir, "relabel", devices=devices, shard_hook=shard_hook)
+  return artefacts.table
+
+
+def measure_drift(config: ml_collections.ConfigDict, workdir: str, *,
+                  devices: list[jax.Device] | None = None) -> list[dict]:
+  """`task='drift'`: local semantic drift of the teacher's crop labels; CSV, JSON, PNG."""
+  plan, artefacts = prepare(config, workdir, "drift", devices=devices)
+  return drift.measure(plan.config, plan.workdir, artefacts.data, artefacts.teacher,
+                       artefacts.mesh)
+
+
+def distill_set(config: ml_collections.ConfigDict, workdir: str, *,
+                devices: list[jax.Device] | None = None) -> str:
+  """`task='distill'`: builds (or reuses) the RDED/CA2D set, with its teacher and scores."""
+  if config.selection not in distill.METHODS:
+    raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
+                     f"({', '.join(distill.METHODS)})")
+  plan, _ = prepare(config, workdir, "distill", devices=devices)
+  return plan.distilled.directory
