@@ -12,7 +12,6 @@ import dataclasses
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -75,13 +74,10 @@ def crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int, n
                  ) -> Iterator[dict[str, np.ndarray]]:
   """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows only."""
   global_batch = mesh_lib.padded_batch(batch_size, mesh)
-  local_batch = pipeline.check_batch_split(global_batch, jax.process_count())
-  num_batches = -(-num_rows // global_batch)
-  dataset = (grain.MapDataset.range(num_batches * local_batch)
-             .map(pipeline.ProcessPositions(global_batch, jax.process_index(),
-                                            jax.process_count()))
-             .map(CropRows(example, slots, first_row, num_rows))
-             .batch(local_batch, drop_remainder=True))
+  dataset = pipeline.process_batches(
+      CropRows(example, slots, first_row, num_rows), num_batches=-(-num_rows // global_batch),
+      global_batch=global_batch, process_index=jax.process_index(),
+      process_count=jax.process_count())
   for local in pipeline.to_iterator(dataset, loading):
     out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
     keep = out.pop("mask") > 0

@@ -51,7 +51,7 @@ def test_run_writes_results_and_metrics(tmp_path):
   assert saved["steps"] == 10 and saved["examples_seen"] == 160
   assert saved["pool_size"] == 100 and saved["regime"] == "hl" and saved["label_bytes"] == 0
   assert saved["config"]["images_per_class"] == 10
-  # The reported metrics are those of the returned model on all 1,000 test images (200 a class)...
+  # The reported metrics are those of the returned model on all 1,000 test images (100 a class)...
   correct, count, nll = _test_split_metrics(tiny_config(), results.state)
   assert count == 1000 and saved["test_top1"] == correct / count
   assert saved["test_loss"] == pytest.approx(nll, rel=1e-5)
@@ -159,6 +159,7 @@ def _training_batch(config, step):
 
 
 def _logged_steps(workdir):
+  """The training rows of a run's metrics.jsonl, by step."""
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r for r in rows if "loss" in r}
 

@@ -188,15 +188,22 @@ def to_iterator(dataset: grain.MapDataset,
   return iter(iter_dataset)
 
 
+def process_batches(example_at: Callable[[int], dict[str, np.ndarray]], *, num_batches: int,
+                    global_batch: int, process_index: int = 0,
+                    process_count: int = 1) -> grain.MapDataset:
+  """This process's rows of `num_batches` global batches of `example_at(global position)`."""
+  local_batch = check_batch_split(global_batch, process_count)
+  positions = grain.MapDataset.range(num_batches * local_batch)
+  positions = positions.map(ProcessPositions(global_batch, process_index, process_count))
+  return positions.map(example_at).batch(local_batch, drop_remainder=True)
+
+
 def position_stream(example_at: Callable[[int], dict[str, np.ndarray]], *, global_batch: int,
                     num_steps: int, process_index: int = 0, process_count: int = 1,
                     loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """Local batches for `num_steps` steps of `example_at(global position)`."""
-  local_batch = check_batch_split(global_batch, process_count)
-  dataset = (grain.MapDataset.range(num_steps * local_batch)
-             .map(ProcessPositions(global_batch, process_index, process_count))
-             .map(example_at)
-             .batch(local_batch, drop_remainder=True))
+  dataset = process_batches(example_at, num_batches=num_steps, global_batch=global_batch,
+                            process_index=process_index, process_count=process_count)
   return to_iterator(dataset, loading)
 
 
@@ -250,10 +257,7 @@ def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
                        process_count: int = 1,
                        loading: LoaderOptions = LoaderOptions()) -> Iterator[dict]:
   """One pass over a split in local batches, padded to whole global batches."""
-  local_batch = check_batch_split(global_batch, process_count)
-  num_batches = -(-len(source) // global_batch)
-  dataset = (grain.MapDataset.range(num_batches * local_batch)
-             .map(ProcessPositions(global_batch, process_index, process_count))
-             .map(EvalExample(source, size, crop_fraction, normalizer))
-             .batch(local_batch, drop_remainder=True))
+  dataset = process_batches(EvalExample(source, size, crop_fraction, normalizer),
+                            num_batches=-(-len(source) // global_batch), global_batch=global_batch,
+                            process_index=process_index, process_count=process_count)
   return to_iterator(dataset, loading)
