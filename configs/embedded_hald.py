@@ -22,8 +22,7 @@ from hardlabel_jax import config_schema
 
 def get_config(arg=None):
   """`crops=N` stored crops, `seed=N`, `regime=R`, `task=train|relabel`, `runlocal` (smoke test)."""
-  args = config_schema.parse_arg(arg, runlocal=False, crops=4, seed=0, regime="hald",
-                                 task="train")
+  args = config_schema.parse_arg(arg, runlocal=False, crops=4, seed=0, regime="hald", task="train")
   config = config_schema.default_config()
   config.task = args.task
   config.regime = args.regime
@@ -35,8 +34,8 @@ def get_config(arg=None):
   config.crop_scale = (0.08, 1.0)
   config.crop_ratio = (3 / 4, 4 / 3)
   config.random_flip = False
-  config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py",
-                                                       args.runlocal and "runlocal")
+  config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py", args.runlocal
+                                                       and "runlocal")
   config.model = "convnet_d3"
   config.model_kwargs.width = 64
   config.temperature = 20.0

@@ -10,11 +10,11 @@ logits on the same crops, computed online in the jitted step, with the loss chos
       --config.teacher_workdir=/tmp/kd/teacher --workdir /tmp/kd/rld_s0
 
 The first run trains the teacher into teacher_workdir from teacher_config; later runs reuse it
-after checking that it is the teacher teacher_config describes. `loss=ce` trains the same student on hard labels only, the baseline KD must beat.
+after checking that it is the teacher teacher_config describes. `loss=ce` trains the same student
+on hard labels only, the baseline KD must beat.
 """
 
 from hardlabel_jax import config_schema
-
 
 _LOSS_SETTINGS = {
     "kd": dict(temperature=4.0, kd_weight=0.9),

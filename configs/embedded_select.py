@@ -39,9 +39,8 @@ def score_config(cad: bool, ipc: int, runlocal: bool):
 
 
 def get_config(arg=None):
-  """`method=…`, `ipc=10|50`, `seed=N` (training and subset seed), `task=train|distill`, `runlocal`."""
-  args = config_schema.parse_arg(arg, runlocal=False, method="random", ipc=10, seed=0,
-                                 task="train")
+  """`method=…`, `ipc=10|50`, `seed=N` (training, subset), `task=train|distill`, `runlocal`."""
+  args = config_schema.parse_arg(arg, runlocal=False, method="random", ipc=10, seed=0, task="train")
   if args.method not in METHODS:
     raise ValueError(f"method={args.method!r}: choose one of {', '.join(METHODS)}")
   if args.ipc not in BUDGET:
@@ -62,8 +61,8 @@ def get_config(arg=None):
     config.score_config = score_config(args.method in ("cad_prune", "ca2d"), args.ipc,
                                        args.runlocal)
   if args.method in ("rded", "ca2d"):
-    config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py",
-                                                         args.runlocal and "runlocal")
+    config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py", args.runlocal
+                                                         and "runlocal")
     config.rded_factor = 2
     config.rded_crops_per_image = 5
     config.rded_candidates_per_class = 300

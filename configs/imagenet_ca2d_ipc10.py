@@ -19,8 +19,8 @@ from hardlabel_jax import config_schema
 def get_config(arg=None):
   """`method=ca2d|rded|cad_prune|random`, `ipc=10|50|100`, `runlocal` (a CPU smoke test)."""
   args = config_schema.parse_arg(arg, runlocal=False, method="ca2d", ipc=10, seed=0)
-  config = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py",
-                                        args.runlocal and "runlocal")
+  config = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py", args.runlocal
+                                        and "runlocal")
   config.seed = args.seed
   config.selection = args.method
   config.images_per_class = args.ipc
@@ -31,8 +31,8 @@ def get_config(arg=None):
   config.learning_rate = 0.1
   config.warmup_epochs = 0
   if args.method in ("cad_prune", "ca2d"):
-    score = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py",
-                                         args.runlocal and "runlocal")
+    score = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py", args.runlocal
+                                         and "runlocal")
     score.task = "score"
     score.score_epochs = 0
     score.cad_subset_images_per_class = args.ipc

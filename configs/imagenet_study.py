@@ -20,8 +20,8 @@ from hardlabel_jax import config_schema
 def get_config(arg=None):
   """The paper's grid; `runlocal` shrinks model, sizes and budget for a CPU smoke test."""
   args = config_schema.parse_arg(arg, runlocal=False)
-  config = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py",
-                                        args.runlocal and "runlocal")
+  config = config_schema.sibling_config(__file__, "imagenet_hl_resnet18.py", args.runlocal
+                                        and "runlocal")
   config.task = "study"
   config.study_regimes = ("hl", "sl", "sl_kd", "hald")
   config.study_methods = ("random", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d", "full")

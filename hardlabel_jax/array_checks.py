@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 from jax.typing import ArrayLike
+import numpy as np
 
 
 def is_concrete(x: Any) -> bool:

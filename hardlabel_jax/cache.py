@@ -43,8 +43,11 @@ def run_recipe(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[st
   if not isinstance(config, ml_collections.ConfigDict):
     # A run_config.json written before a field existed lacks it; it had its default then.
     config = ml_collections.ConfigDict({**config_schema.default_config().to_dict(), **config})
-  return canonical({k: config[k] for k in sorted(config_schema.fields_read(config))
-                    if k not in config_schema.RESUMABLE_FIELDS})
+  return canonical({
+      k: config[k]
+      for k in sorted(config_schema.fields_read(config))
+      if k not in config_schema.RESUMABLE_FIELDS
+  })
 
 
 def digest(identity: Any) -> str:
@@ -62,8 +65,7 @@ def file_digest(path: str) -> str:
   return sha.hexdigest()[:16]
 
 
-def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
-                prefix: str = "") -> list[str]:
+def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
   """`key: saved X vs now Y` for every (nested) key on which two identities disagree."""
   out = []
   for key in sorted(set(saved) | set(wanted)):
@@ -85,7 +87,7 @@ def read_identity(directory: str) -> dict[str, Any] | None:
 
 
 def check_identity(directory: str, identity: Mapping[str, Any], what: str) -> None:
-  """Raises IdentityMismatchError naming the differing fields if `directory` holds another recipe."""
+  """Raises IdentityMismatchError, naming the fields, if `directory` holds another recipe."""
   saved = read_identity(directory)
   if saved is None:
     return

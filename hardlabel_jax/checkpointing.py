@@ -26,8 +26,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, save_every_steps: int, max_to_keep: int = 2):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           save_interval_steps=save_every_steps,
-                                           create=True)
+                                           save_interval_steps=save_every_steps, create=True)
     self._manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                           options=options)
 
@@ -59,10 +58,10 @@ class Checkpointer:
     with ocp.StandardCheckpointer() as reader:
       stored = reader.metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          stored, is_leaf=lambda x: hasattr(x, "shape"))
-    state = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored,
+                          is_leaf=lambda x: hasattr(x, "shape"))
+    state = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
       variables["batch_stats"] = state["batch_stats"]
@@ -77,8 +76,11 @@ class Checkpointer:
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields that define a run's result (everything but logging/IO knobs)."""
-  return {k: v for k, v in json.loads(config.to_json_best_effort()).items()
-          if k not in config_schema.RESUMABLE_FIELDS}
+  return {
+      k: v
+      for k, v in json.loads(config.to_json_best_effort()).items()
+      if k not in config_schema.RESUMABLE_FIELDS
+  }
 
 
 def check_same_run(workdir: str, config: ml_collections.ConfigDict,
@@ -92,8 +94,8 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict,
   current = run_identity(config)
   differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   if differing:
-    details = "; ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}"
-                        for k in differing[:5])
+    details = "; ".join(
+        f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differing[:5])
     raise ValueError(f"workdir {workdir} holds a run with a different config ({details}). "
                      "Use a new --workdir, or restore the original config to resume.")
 

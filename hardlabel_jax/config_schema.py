@@ -37,9 +37,17 @@ SCHEDULES = ("cosine", "step", "hald", "constant")
 
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
-    "log_every_steps", "checkpoint_every_steps", "num_workers", "read_threads", "read_buffer",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "num_workers",
+    "read_threads",
+    "read_buffer",
     "eval_batch_size",
-    "data_dir", "tensorboard", "cache_dir", "label_table_dir", "table_positions_per_shard",
+    "data_dir",
+    "tensorboard",
+    "cache_dir",
+    "label_table_dir",
+    "table_positions_per_shard",
 })
 
 # Every field of `default_config()` in exactly one group, by concern. The config stays flat (config
@@ -50,8 +58,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset",
              "normalization_mean", "normalization_std"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
-    "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata",
-                  "cad_direction"),
+    "selection":
+        ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "cad_direction"),
     "distilled_set": ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class"),
     "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
                 "cad_window", "cad_num_windows"),
@@ -59,16 +67,15 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
               "eval_crop_fraction"),
     "model": ("model", "model_kwargs", "compute_dtype"),
     "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
-    "optimizer": ("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "adam_b1",
-                  "adam_b2", "schedule", "warmup_epochs", "step_milestones", "step_gamma",
-                  "hald_eta"),
+    "optimizer":
+        ("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "adam_b1", "adam_b2",
+         "schedule", "warmup_epochs", "step_milestones", "step_gamma", "hald_eta"),
     "hard_labels": ("label_smoothing",),
     "teacher": ("teacher_workdir", "teacher_config"),
-    "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization",
-           "kd_warmup_epochs"),
-    "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
-                    "crop_seed", "soft_loss_weight", "label_keep_fraction", "teacher_bn_mode",
-                    "table_positions_per_shard"),
+    "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
+    "soft_labels":
+        ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image", "crop_seed",
+         "soft_loss_weight", "label_keep_fraction", "teacher_bn_mode", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
     "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
@@ -230,13 +237,12 @@ def _require_choice(config: ml_collections.ConfigDict, field: str, choices: tupl
 
 
 # Fields every run reads whatever its task: what it trains or labels on, at what size, how it logs.
-_ALWAYS_READ = frozenset(
-    FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GROUPS["crops"] + FIELD_GROUPS["model"]
-    + FIELD_GROUPS["budget"] + FIELD_GROUPS["run_control"]
-    + ("images_per_class", "subset_seed", "selection"))
+_ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GROUPS["crops"]
+                         + FIELD_GROUPS["model"] + FIELD_GROUPS["budget"]
+                         + FIELD_GROUPS["run_control"]
+                         + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
-_DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format",
-             "score_epochs")
+_DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -246,16 +252,19 @@ _REGIME_READS = {
     "hald": frozenset({"soft_loss_weight", "label_keep_fraction", *FIELD_GROUPS["hald"]}),
 }
 # What writing (or finding) a soft-label table reads (relabel.table_spec, table_directory).
-_TABLE_READS = frozenset({"label_table_dir", "temperature", "label_format", "crops_per_image",
-                          "crop_seed", "teacher_bn_mode", "table_positions_per_shard"})
+_TABLE_READS = frozenset({
+    "label_table_dir", "temperature", "label_format", "crops_per_image", "crop_seed",
+    "teacher_bn_mode", "table_positions_per_shard"
+})
 _DRIFT_READS = frozenset({"crop_seed", "temperature", "teacher_bn_mode", "drift_crop_counts"})
 # Fields a study sets in every cell (study.cell_config) or scoring run (study.score_config): the
 # study's own values of them are never read there.
-_CELL_SETS = frozenset({"task", "regime", "seed", "subset_seed", "selection", "images_per_class",
-                        "score_config"})
-_SCORE_SETS = frozenset({"task", "regime", "selection", "images_per_class", "subset_ids_file",
-                         "scores_file", "score_config", "teacher_config", "teacher_workdir",
-                         "budget_examples", "score_epochs"})
+_CELL_SETS = frozenset(
+    {"task", "regime", "seed", "subset_seed", "selection", "images_per_class", "score_config"})
+_SCORE_SETS = frozenset({
+    "task", "regime", "selection", "images_per_class", "subset_ids_file", "scores_file",
+    "score_config", "teacher_config", "teacher_workdir", "budget_examples", "score_epochs"
+})
 # Nested configs validated as runs of their own: field -> (task, regime); both train under HL.
 _NESTED_RUNS = {"teacher_config": ("train", "hl"), "score_config": ("score", "hl")}
 
@@ -263,10 +272,14 @@ _NESTED_RUNS = {"teacher_config": ("train", "hl"), "score_config": ("score", "hl
 def _optimizer_reads(run: Mapping[str, Any]) -> set[str]:
   """optim.make_optimizer and optim.learning_rate_schedule."""
   read = {"optimizer", "learning_rate", "weight_decay", "schedule", "warmup_epochs"}
-  read |= {"sgd": {"momentum", "nesterov"}, "adamw": {"adam_b1", "adam_b2"}}.get(
-      run["optimizer"], set())
-  read |= {"step": {"step_milestones", "step_gamma"}, "hald": {"hald_eta"}}.get(
-      run["schedule"], set())
+  read |= {
+      "sgd": {"momentum", "nesterov"},
+      "adamw": {"adam_b1", "adam_b2"}
+  }.get(run["optimizer"], set())
+  read |= {
+      "step": {"step_milestones", "step_gamma"},
+      "hald": {"hald_eta"}
+  }.get(run["schedule"], set())
   return read
 
 
@@ -321,8 +334,14 @@ def _cell_run(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime:
               method: str) -> dict[str, Any]:
   """The deciding fields of a study cell (study.cell_config), its regime overrides applied."""
   overrides = _regime_overrides(config, regime)
-  return {**run, **{k: v for k, v in overrides.items() if k in _DECIDERS}, "task": "train",
-          "regime": regime, "selection": "random" if method == "full" else method}
+  return {
+      **run,
+      **{
+          k: v for k, v in overrides.items() if k in _DECIDERS
+      }, "task": "train",
+      "regime": regime,
+      "selection": "random" if method == "full" else method
+  }
 
 
 def _cell_reads(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime: str,
@@ -373,13 +392,25 @@ def unset(config: ml_collections.ConfigDict, *fields: str) -> None:
 
 def _readers_hint(config: ml_collections.ConfigDict, field: str) -> str:
   """Which single change of a deciding field would make `field` read, e.g. 'regime=kd'."""
-  choices = {"task": TASKS, "regime": REGIMES, "selection": SELECTIONS, "optimizer": OPTIMIZERS,
-             "schedule": SCHEDULES, "label_format": LABEL_FORMATS, "score_epochs": (0,)}
+  choices = {
+      "task": TASKS,
+      "regime": REGIMES,
+      "selection": SELECTIONS,
+      "optimizer": OPTIMIZERS,
+      "schedule": SCHEDULES,
+      "label_format": LABEL_FORMATS,
+      "score_epochs": (0,)
+  }
   run = {k: config[k] for k in _DECIDERS}
   hints = []
   for decider, values in choices.items():
-    readers = [str(v) for v in values
-               if v != run[decider] and field in _reads(config, {**run, decider: v})]
+    readers = [
+        str(v)
+        for v in values
+        if v != run[decider] and field in _reads(config, {
+            **run, decider: v
+        })
+    ]
     if readers:
       hints.append(f"{decider}={'|'.join(readers)}")
   return " or ".join(hints)
@@ -407,22 +438,21 @@ def _check_fields_read(config: ml_collections.ConfigDict) -> None:
   if config.task == "study":
     run_fields = {k: config[k] for k in _DECIDERS}
     for regime in config.study_regimes:
-      regime_reads = set().union(*(_run_reads(_cell_run(config, run_fields, regime, m))
-                                   for m in config.study_methods))
+      regime_reads = set().union(
+          *(_run_reads(_cell_run(config, run_fields, regime, m)) for m in config.study_methods))
       for field, value in _regime_overrides(config, regime).items():
         # Unknown names and grid fields are study.validate_study's to report.
-        if field in defaults and not field.startswith("study_") and field not in (
-            "task", "regime"):
-          _require(field in regime_reads, f"study_regime_overrides.{regime}.{field}",
-                   f"set to {value!r} but the {regime} cells of this study never read it; "
-                   "remove it")
+        if field in defaults and not field.startswith("study_") and field not in ("task", "regime"):
+          _require(
+              field in regime_reads, f"study_regime_overrides.{regime}.{field}",
+              f"set to {value!r} but the {regime} cells of this study never read it; "
+              "remove it")
   for field, (task, regime) in _NESTED_RUNS.items():
     if config[field] is not None:
       _validate_nested(config[field], field, task, regime)
 
 
-def _validate_nested(nested: ml_collections.ConfigDict, field: str, task: str,
-                     regime: str) -> None:
+def _validate_nested(nested: ml_collections.ConfigDict, field: str, task: str, regime: str) -> None:
   """`validate` of a config that is a run of its own, its errors prefixed with `field`."""
   try:
     _require(nested.task == task, "task", f"{nested.task!r}: {field} is a task={task!r} run")
@@ -448,10 +478,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
   _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
   _require_choice(config, "selection", SELECTIONS)
-  _require(config.selection not in SCORED_SELECTIONS or bool(config.scores_file)
-           or config.score_config is not None, "scores_file",
-           f"selection {config.selection!r} needs the score file of a task='score' run (or a "
-           "score_config to run one)")
+  _require(
+      config.selection not in SCORED_SELECTIONS or bool(config.scores_file)
+      or config.score_config is not None, "scores_file",
+      f"selection {config.selection!r} needs the score file of a task='score' run (or a "
+      "score_config to run one)")
   _require(config.selection == "random" or config.images_per_class > 0, "images_per_class",
            f"selection {config.selection!r} needs a positive number of images per class")
   _require(config.rded_factor >= 1, "rded_factor", "must be >= 1")
@@ -467,10 +498,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     # Per-example training dynamics of the HL run (DESIGN.md §7): no teacher, no table.
     _require(config.regime == "hl", "regime", f"{config.regime!r}: a scoring run trains under "
              "hard labels; set regime='hl'")
-    _require(config.score_epochs > 0 or (config.cad_subset_images_per_class > 0
-                                         and config.cad_downstream_epochs > 0),
-             "score_epochs", "set it, or cad_subset_images_per_class and cad_downstream_epochs "
-             "so that K·N = E_down·n gives it")
+    _require(
+        config.score_epochs > 0
+        or (config.cad_subset_images_per_class > 0 and config.cad_downstream_epochs > 0),
+        "score_epochs", "set it, or cad_subset_images_per_class and cad_downstream_epochs "
+        "so that K·N = E_down·n gives it")
   _require_choice(config, "compute_dtype", models.COMPUTE_DTYPES)
   _require(config.image_size > 0, "image_size", "must be positive")
   _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
@@ -492,9 +524,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "distillation_loss", DISTILLATION_LOSSES)
   _require(config.kd_warmup_epochs >= 0, "kd_warmup_epochs", "must be >= 0")
   if config.regime == "kd":
-    _require(not (config.cutmix_alpha > 0 and config.distillation_loss in LABEL_LOSSES),
-             "cutmix_alpha", f"CutMix makes the label of the {config.distillation_loss!r} loss "
-             "ambiguous; use distillation_loss='kl' or cutmix_alpha=0")
+    _require(
+        not (config.cutmix_alpha > 0 and config.distillation_loss in LABEL_LOSSES), "cutmix_alpha",
+        f"CutMix makes the label of the {config.distillation_loss!r} loss "
+        "ambiguous; use distillation_loss='kl' or cutmix_alpha=0")
     _require(config.kd_warmup_epochs == 0 or config.distillation_loss in ("dkd", "rld"),
              "kd_warmup_epochs", "only DKD and RLD have a warm-up")
   _require(config.temperature > 0, "temperature", "must be positive")
@@ -512,8 +545,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.hald_cutmix_alpha >= 0, "hald_cutmix_alpha", "must be >= 0")
   if config.regime == "hald":
     hald.parse_schedule(config.hald_schedule)
-  _require(len(config.drift_crop_counts) > 0 and all(int(m) >= 1 for m in config.drift_crop_counts),
-           "drift_crop_counts", "must be a non-empty list of positive crop counts")
+  _require(
+      len(config.drift_crop_counts) > 0 and all(int(m) >= 1 for m in config.drift_crop_counts),
+      "drift_crop_counts", "must be a non-empty list of positive crop counts")
   _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")

@@ -1,4 +1,4 @@
-"""Per-example difficulty scores: EL2N, GraNd, forgetting, AUM, dynamic uncertainty, CAD (DESIGN §7).
+"""Per-example difficulty: EL2N, GraNd, forgetting, AUM, dynamic uncertainty, CAD (DESIGN §7).
 
 Every score returns one float32 value per example, `[n]` (dynamic uncertainty: one row per
 window). Conventions follow losses.py: each public function validates shapes, dtypes and window
@@ -17,8 +17,8 @@ confidence are lower for harder examples.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
+import functools
 from typing import Any
 
 import flax
@@ -53,11 +53,8 @@ ArrayLike = jax.typing.ArrayLike
 # `head` covers the usual name elsewhere. Tried in this order before any structural guess.
 FINAL_LAYER_NAMES: tuple[str, ...] = ("classifier", "fc", "head")
 
-
 # ----------------------------------------------------------------------------------------------
 # Validation (Python, trace time).
-
-
 
 
 def _check_float(name: str, x: ArrayLike, axes: str) -> Any:

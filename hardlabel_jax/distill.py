@@ -87,8 +87,8 @@ def stitch(patches: np.ndarray, images_per_class: int, factor: int) -> np.ndarra
   for j in range(images_per_class):
     for r in range(factor * factor):
       row, col = divmod(r, factor)
-      out[j, row * size:(row + 1) * size, col * size:(col + 1) * size] = (
-          patches[j + r * images_per_class])
+      out[j, row * size:(row + 1) * size,
+          col * size:(col + 1) * size] = (patches[j + r * images_per_class])
   return out
 
 
@@ -101,10 +101,10 @@ def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
   slots = config.rded_crops_per_image
   predict = inference.log_probs_fn(teacher.model, mesh, 1.0, "eval")
   ce = np.zeros((len(pool), slots), np.float32)
-  for out in inference.crop_outputs(
-      example, slots=slots, first_row=0, num_rows=len(pool) * slots, predict=predict,
-      variables=teacher.variables, mesh=mesh, batch_size=config.eval_batch_size,
-      loading=pipeline.LoaderOptions.from_config(config)):
+  for out in inference.crop_outputs(example, slots=slots, first_row=0, num_rows=len(pool) * slots,
+                                    predict=predict, variables=teacher.variables, mesh=mesh,
+                                    batch_size=config.eval_batch_size,
+                                    loading=pipeline.LoaderOptions.from_config(config)):
     position, slot = np.divmod(out["row"], slots)
     ce[position, slot] = -out["log_probs"][np.arange(len(position)), out["label"]]
   return ce, example
@@ -113,13 +113,22 @@ def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
 def identity(config: ml_collections.ConfigDict, fingerprint: str, teacher_digest: str,
              scores: str) -> dict[str, Any]:
   """Everything that defines a distilled set's content (`scores`: the score file's identity)."""
-  return {"method": config.selection, "fingerprint": fingerprint, "teacher": teacher_digest,
-          "ipc": config.images_per_class, "factor": config.rded_factor,
-          "mipc": config.rded_candidates_per_class, "crops": config.rded_crops_per_image,
-          "crop_seed": config.crop_seed, "subset_seed": config.subset_seed,
-          "image_size": config.image_size, "scores": scores,
-          "cad_direction": config.cad_direction if config.selection == "ca2d" else "",
-          "normalization": [list(config.normalization_mean), list(config.normalization_std)]}
+  return {
+      "method": config.selection,
+      "fingerprint": fingerprint,
+      "teacher": teacher_digest,
+      "ipc": config.images_per_class,
+      "factor": config.rded_factor,
+      "mipc": config.rded_candidates_per_class,
+      "crops": config.rded_crops_per_image,
+      "crop_seed": config.crop_seed,
+      "subset_seed": config.subset_seed,
+      "image_size": config.image_size,
+      "scores": scores,
+      "cad_direction": config.cad_direction if config.selection == "ca2d" else "",
+      "normalization": [list(config.normalization_mean),
+                        list(config.normalization_std)]
+  }
 
 
 def set_directory(cache_root: str, ident: Mapping[str, Any]) -> str:
@@ -130,34 +139,39 @@ def set_directory(cache_root: str, ident: Mapping[str, Any]) -> str:
 
 def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
                teacher: teacher_lib.Teacher, example: pipeline.CropExample, labels: np.ndarray,
-               pool: np.ndarray, positions: np.ndarray, slots: np.ndarray,
-               ce: np.ndarray) -> None:
+               pool: np.ndarray, positions: np.ndarray, slots: np.ndarray, ce: np.ndarray) -> None:
   """Stitches the chosen crops into `directory` (PNGs + provenance), atomically."""
   patch_size = config.image_size // config.rded_factor
   partial = directory + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   provenance = {"identity": ident, "teacher": teacher.describe(), "images": []}
-  per_class = config.images_per_class * config.rded_factor ** 2
+  per_class = config.images_per_class * config.rded_factor**2
   for start in range(0, len(positions), per_class):
     chunk = range(start, start + per_class)
     patches = np.stack([
-        crops.resized_crop(example.raw_crop(int(positions[k]), int(slots[k]))[0], 0, 0,
-                           config.image_size, config.image_size, patch_size) for k in chunk])
+        crops.resized_crop(
+            example.raw_crop(int(positions[k]), int(slots[k]))[0], 0, 0, config.image_size,
+            config.image_size, patch_size) for k in chunk
+    ])
     label = int(labels[pool[positions[start]]])
     class_dir = os.path.join(partial, _SPLIT, f"class_{label:05d}")
     os.makedirs(class_dir, exist_ok=True)
     for j, image in enumerate(stitch(patches, config.images_per_class, config.rded_factor)):
       if image.shape[0] != config.image_size:  # size not divisible by factor
-        image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1],
-                                   config.image_size)
+        image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1], config.image_size)
       name = f"{j:05d}.png"
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
           os.path.join(class_dir, name))
-      members = [start + j + r * config.images_per_class for r in range(config.rded_factor ** 2)]
+      members = [start + j + r * config.images_per_class for r in range(config.rded_factor**2)]
       provenance["images"].append({
-          "file": f"{_SPLIT}/class_{label:05d}/{name}", "label": label,
-          "patches": [{"id": int(pool[positions[k]]), "slot": int(slots[k]),
-                       "teacher_ce": float(ce[positions[k], slots[k]])} for k in members]})
+          "file": f"{_SPLIT}/class_{label:05d}/{name}",
+          "label": label,
+          "patches": [{
+              "id": int(pool[positions[k]]),
+              "slot": int(slots[k]),
+              "teacher_ce": float(ce[positions[k], slots[k]])
+          } for k in members]
+      })
   cache.write_identity(partial, ident)
   with open(os.path.join(partial, PROVENANCE_FILE), "w") as f:
     json.dump(provenance, f, indent=1)
@@ -178,8 +192,7 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
   ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
   positions, slots = select_crops(labels[pool], ce, config.images_per_class, config.rded_factor)
   if jax.process_index() == 0:  # every process scored the crops; one writes the set
-    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots,
-               ce)
+    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots, ce)
   mesh_lib.sync_processes("distilled set written")
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
                        f"{config.rded_factor}×{config.rded_factor} patches) in {directory}")

@@ -27,8 +27,7 @@ from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import pipeline
 
-CSV_COLUMNS = ("crops_per_image", "kl", "kl_std", "crop_mismatch", "mean_label_mismatch",
-               "images")
+CSV_COLUMNS = ("crops_per_image", "kl", "kl_std", "crop_mismatch", "mean_label_mismatch", "images")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -36,8 +35,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
   return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def image_drift_stats(crop_log_probs: np.ndarray, image_log_probs: np.ndarray,
-                      labels: np.ndarray, crop_counts: Sequence[int]) -> dict[str, np.ndarray]:
+def image_drift_stats(crop_log_probs: np.ndarray, image_log_probs: np.ndarray, labels: np.ndarray,
+                      crop_counts: Sequence[int]) -> dict[str, np.ndarray]:
   """Per-image drift statistics, each `[images, len(crop_counts)]`.
 
   `crop_log_probs` is `[images, slots, classes]` (log-probabilities of the stored crops in slot
@@ -94,8 +93,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
   m = [r["crops_per_image"] for r in rows]
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-  left.errorbar(m, [r["kl"] for r in rows], yerr=[r["kl_std"] for r in rows], marker="o",
-                capsize=3)
+  left.errorbar(m, [r["kl"] for r in rows], yerr=[r["kl_std"] for r in rows], marker="o", capsize=3)
   left.set_ylabel("KL(whole image ‖ crop average)")
   right.plot(m, [r["crop_mismatch"] for r in rows], marker="o", label="crop argmax ≠ label")
   right.plot(m, [r["mean_label_mismatch"] for r in rows], marker="s",
@@ -125,8 +123,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
   slots = counts[-1]
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
-                                   config.teacher_bn_mode)
+  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, config.teacher_bn_mode)
   labels = np.asarray(data.train.labels())[data.pool_ids]
   # One block of whole images at a time: per-image statistics only, memory independent of n.
   block = max(1, config.eval_batch_size // slots)
@@ -134,28 +131,36 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
   for start in range(0, len(data.pool_ids), block):
     stop = min(start + block, len(data.pool_ids))
     crop_log_probs = np.zeros((stop - start, slots, data.train.info.num_classes), np.float32)
-    for out in inference.crop_outputs(
-        example, slots=slots, first_row=start * slots, num_rows=(stop - start) * slots,
-        predict=predict, variables=teacher.variables, mesh=mesh,
-        batch_size=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
+    for out in inference.crop_outputs(example, slots=slots, first_row=start * slots,
+                                      num_rows=(stop - start) * slots, predict=predict,
+                                      variables=teacher.variables, mesh=mesh,
+                                      batch_size=config.eval_batch_size,
+                                      loading=pipeline.LoaderOptions.from_config(config)):
       position, slot = np.divmod(out["row"], slots)
       crop_log_probs[position - start, slot] = out["log_probs"]
-    stats.append(image_drift_stats(crop_log_probs, image_log_probs[start:stop],
-                                   labels[start:stop], counts))
+    stats.append(
+        image_drift_stats(crop_log_probs, image_log_probs[start:stop], labels[start:stop], counts))
   merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
   rows = drift_curve(merged, counts)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     write_csv(rows, os.path.join(workdir, "drift.csv"))
     teacher_top1 = float(np.mean(image_log_probs.argmax(-1) == labels))
-    summary = {"rows": rows, "teacher": teacher.describe(), "pool_size": len(data.pool_ids),
-               "teacher_pool_top1_whole_image": teacher_top1, "temperature": config.temperature,
-               "crop_seed": config.crop_seed, "dataset": data.train.info.name,
-               "config": json.loads(config.to_json_best_effort())}
+    summary = {
+        "rows": rows,
+        "teacher": teacher.describe(),
+        "pool_size": len(data.pool_ids),
+        "teacher_pool_top1_whole_image": teacher_top1,
+        "temperature": config.temperature,
+        "crop_seed": config.crop_seed,
+        "dataset": data.train.info.name,
+        "config": json.loads(config.to_json_best_effort())
+    }
     metrics_log.write_json_atomic(os.path.join(workdir, "drift.json"), summary)
-    plot(rows, os.path.join(workdir, "drift.png"),
-         f"local semantic drift: {data.train.info.name}, {len(data.pool_ids)} images, "
-         f"teacher {teacher.describe()['model']}, T={config.temperature:g}")
+    plot(
+        rows, os.path.join(workdir, "drift.png"),
+        f"local semantic drift: {data.train.info.name}, {len(data.pool_ids)} images, "
+        f"teacher {teacher.describe()['model']}, T={config.temperature:g}")
   for row in rows:
     metrics_log.log_line(
         f"{row['crops_per_image']:>4} crops/image: KL {row['kl']:.4f} ± {row['kl_std']:.4f}, "

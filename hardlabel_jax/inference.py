@@ -43,10 +43,16 @@ class CropRows:
     row = self.first_row + (offset if valid else offset % self.num_rows)
     position, slot = divmod(row, self.slots)
     pixels, fields, metadata = self.example.raw_crop(position, slot)
-    return {"image": self.example.normalizer(pixels), "label": fields["label"],
-            "mix_lambda": fields["mix_lambda"], "row": np.int32(row),
-            "mask": np.float32(valid), **{k: metadata[k] for k in _METADATA_FIELDS if
-                                          k in metadata}}
+    return {
+        "image": self.example.normalizer(pixels),
+        "label": fields["label"],
+        "mix_lambda": fields["mix_lambda"],
+        "row": np.int32(row),
+        "mask": np.float32(valid),
+        **{
+            k: metadata[k] for k in _METADATA_FIELDS if k in metadata
+        }
+    }
 
 
 def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
@@ -68,32 +74,34 @@ def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
                  out_shardings=mesh_lib.replicated(mesh))
 
 
-def crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int, num_rows: int,
-                 predict: Callable, variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
-                 loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows only."""
+def crop_outputs(
+    example: pipeline.CropExample, *, slots: int, first_row: int, num_rows: int, predict: Callable,
+    variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
+    loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+) -> Iterator[dict[str, np.ndarray]]:
+  """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows."""
   global_batch = mesh_lib.padded_batch(batch_size, mesh)
-  dataset = pipeline.process_batches(
-      CropRows(example, slots, first_row, num_rows), num_batches=-(-num_rows // global_batch),
-      global_batch=global_batch, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  dataset = pipeline.process_batches(CropRows(example, slots, first_row,
+                                              num_rows), num_batches=-(-num_rows // global_batch),
+                                     global_batch=global_batch, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
   for local in pipeline.to_iterator(dataset, loading):
     out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
     keep = out.pop("mask") > 0
     yield {k: np.asarray(v)[keep] for k, v in out.items()}
 
 
-def split_outputs(predict: Callable, first_arg: Any, source: Any, *, size: int,
-                  crop_fraction: float, normalizer: pipeline.Normalizer, batch_size: int,
-                  mesh: jax.sharding.Mesh,
-                  loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
-                  ) -> Iterator[dict[str, np.ndarray]]:
+def split_outputs(
+    predict: Callable, first_arg: Any, source: Any, *, size: int, crop_fraction: float,
+    normalizer: pipeline.Normalizer, batch_size: int, mesh: jax.sharding.Mesh,
+    loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+) -> Iterator[dict[str, np.ndarray]]:
   """`predict(first_arg, batch)` on the centre view of every example of `source`, valid rows."""
-  for local in pipeline.evaluation_batches(
-      source, size=size, crop_fraction=crop_fraction, normalizer=normalizer,
-      global_batch=mesh_lib.padded_batch(batch_size, mesh), process_index=jax.process_index(),
-      process_count=jax.process_count(), loading=loading):
+  for local in pipeline.evaluation_batches(source, size=size, crop_fraction=crop_fraction,
+                                           normalizer=normalizer,
+                                           global_batch=mesh_lib.padded_batch(batch_size, mesh),
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count(), loading=loading):
     out = jax.device_get(predict(first_arg, mesh_lib.global_batch(local, mesh)))
     keep = np.asarray(out.pop("mask")) > 0
     yield {name: np.asarray(value)[keep] for name, value in out.items()}
@@ -106,8 +114,8 @@ def pool_center_outputs(predict: Callable, first_arg: Any, data: run_data.RunDat
   parts = {}
   for out in split_outputs(predict, first_arg, pipeline.PoolView(data.train, data.pool_ids),
                            size=config.image_size, crop_fraction=config.eval_crop_fraction,
-                           normalizer=data.normalizer, batch_size=config.eval_batch_size,
-                           mesh=mesh, loading=pipeline.LoaderOptions.from_config(config)):
+                           normalizer=data.normalizer, batch_size=config.eval_batch_size, mesh=mesh,
+                           loading=pipeline.LoaderOptions.from_config(config)):
     for name, value in out.items():
       parts.setdefault(name, []).append(value)
   return {name: np.concatenate(values) for name, values in parts.items()}

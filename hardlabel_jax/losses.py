@@ -71,15 +71,14 @@ _STD_EPS = 1e-7
 DD_SOFT_LABEL_TEMPERATURE = 20.0
 # Documented KD settings with logit standardisation (DESIGN §6: base T=2, weight 9; the reference
 # keeps CE at 0.1). Not applied implicitly: `get_distillation_loss("kd", True, **these)`.
-LOGIT_STANDARDIZATION_KD_DEFAULTS = types.MappingProxyType(
-    {"temperature": 2.0, "kd_weight": 9.0, "ce_weight": 0.1}
-)
-
+LOGIT_STANDARDIZATION_KD_DEFAULTS = types.MappingProxyType({
+    "temperature": 2.0,
+    "kd_weight": 9.0,
+    "ce_weight": 0.1
+})
 
 # ----------------------------------------------------------------------------------------------
 # Validation (Python, trace time).
-
-
 
 
 def _check_logits(name: str, logits: ArrayLike) -> Any:
@@ -115,10 +114,8 @@ def _check_labels(labels: ArrayLike, num_classes: int, batch: int | None) -> Any
     host = np.asarray(y)
     bad = (host < 0) | (host >= num_classes)
     if bad.any():
-      raise ValueError(
-          f"labels must lie in [0, {num_classes}); got {host[bad][:5].tolist()} "
-          f"({int(bad.sum())} out of range)"
-      )
+      raise ValueError(f"labels must lie in [0, {num_classes}); got {host[bad][:5].tolist()} "
+                       f"({int(bad.sum())} out of range)")
   return y
 
 
@@ -174,9 +171,8 @@ def _kl_from_log_probs(log_q: Array, log_p: Array) -> Array:
 
 def _kl_at_temperature(s: Array, t: Array, temperature: Array) -> Array:
   """Per-row KL(softmax(t/T) ‖ softmax(s/T))."""
-  return _kl_from_log_probs(
-      jax.nn.log_softmax(t / temperature, axis=-1), jax.nn.log_softmax(s / temperature, axis=-1)
-  )
+  return _kl_from_log_probs(jax.nn.log_softmax(t / temperature, axis=-1),
+                            jax.nn.log_softmax(s / temperature, axis=-1))
 
 
 def _binary_log_probs(u: Array, index: Array) -> Array:
@@ -233,9 +229,8 @@ def _rld_terms(s: Array, t: Array, labels: Array, temperature: Array,
   )
   # Classes the teacher ranks at or above the true class (the true class included) are dropped.
   mask = t >= class_indexing.gather_class(t, labels)[:, None]
-  mcd = _kl_from_log_probs(
-      _masked_log_softmax(t / temperature, mask), _masked_log_softmax(s / temperature, mask)
-  )
+  mcd = _kl_from_log_probs(_masked_log_softmax(t / temperature, mask),
+                           _masked_log_softmax(s / temperature, mask))
   # Teacher ranks the true class lowest: nothing is left to distil; define MCD = 0 explicitly.
   mcd = jnp.where(jnp.all(mask, axis=-1), 0.0, mcd)
   return scd, mcd
@@ -282,8 +277,8 @@ def _kl_teacher_kernel(s: Array, t: Array, temperature: Array,
 
 
 @_kernel
-def _kd_kernel(s: Array, t: Array, y: Array, temperature: Array, kd_weight: Array,
-               ce_weight: Array, logit_standardization: bool) -> Array:
+def _kd_kernel(s: Array, t: Array, y: Array, temperature: Array, kd_weight: Array, ce_weight: Array,
+               logit_standardization: bool) -> Array:
   """Compiled `kd_loss`."""
   s_raw, s, t = _prepare(s, t, logit_standardization)
   kl = jnp.mean(_kl_at_temperature(s, t, temperature))
@@ -403,8 +398,8 @@ def dkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Array
   """Decoupled KD: ce_weight·CE + warmup_factor·T²·(α·TCKD + β·NCKD) (DESIGN §6)."""
   s, t, y = _check_distillation_inputs(student_logits, teacher_logits, labels)
   _check_number("temperature", temperature, positive=True)
-  for name, v in (("alpha", alpha), ("beta", beta), ("warmup_factor", warmup_factor),
-                  ("ce_weight", ce_weight)):
+  for name, v in (("alpha", alpha), ("beta", beta), ("warmup_factor", warmup_factor), ("ce_weight",
+                                                                                       ce_weight)):
     _check_number(name, v)
   return _dkd_kernel(s, t, y, alpha, beta, temperature, warmup_factor, ce_weight,
                      logit_standardization=_check_flag(logit_standardization))
@@ -421,17 +416,17 @@ def _rld_parts(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Arr
 
 def rld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
              alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-             alpha_temperature: float = 4.0, warmup_factor: float = 1.0, *,
-             ce_weight: float = 1.0, logit_standardization: bool = False) -> Array:
+             alpha_temperature: float = 4.0, warmup_factor: float = 1.0, *, ce_weight: float = 1.0,
+             logit_standardization: bool = False) -> Array:
   """Refined logit distillation: ce_weight·CE + warmup_factor·(α·Ta²·SCD + β·T²·MCD) (DESIGN §6)."""
   s, t, y = _check_distillation_inputs(student_logits, teacher_logits, labels)
   _check_number("temperature", temperature, positive=True)
   _check_number("alpha_temperature", alpha_temperature, positive=True)
-  for name, v in (("alpha", alpha), ("beta", beta), ("warmup_factor", warmup_factor),
-                  ("ce_weight", ce_weight)):
+  for name, v in (("alpha", alpha), ("beta", beta), ("warmup_factor", warmup_factor), ("ce_weight",
+                                                                                       ce_weight)):
     _check_number(name, v)
-  return _rld_kernel(s, t, y, alpha, beta, temperature, alpha_temperature, warmup_factor,
-                     ce_weight, logit_standardization=_check_flag(logit_standardization))
+  return _rld_kernel(s, t, y, alpha, beta, temperature, alpha_temperature, warmup_factor, ce_weight,
+                     logit_standardization=_check_flag(logit_standardization))
 
 
 def nkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
@@ -544,8 +539,7 @@ def get_distillation_loss(name: str, logit_standardization: bool = False,
   unknown = sorted(set(kwargs) - accepted)
   if unknown:
     raise ValueError(
-        f"loss {name!r} got unknown argument(s) {unknown}; accepted: {sorted(accepted) or 'none'}"
-    )
+        f"loss {name!r} got unknown argument(s) {unknown}; accepted: {sorted(accepted) or 'none'}")
   # Call-time keywords still override (e.g. a per-epoch `warmup_factor`).
   loss = functools.partial(fn, logit_standardization=flag, **kwargs)
   # Dry trace on a tiny abstract batch: bad hyper-parameters fail at configuration time, not at

@@ -26,10 +26,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, where the environment (TPU, SLURM) "
     "does not say; with --distributed.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job, where the "
-                                      "environment does not say; with --distributed.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, where the "
-                                   "environment does not say; with --distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job, where the "
+    "environment does not say; with --distributed.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, where the "
+    "environment does not say; with --distributed.")
 flags.mark_flags_as_required(["config", "workdir"])
 # Before any JAX computation: XLA reads its flags when the backend starts.
 cpu_backend.configure()
@@ -45,14 +47,23 @@ def main(argv):
     # On TPU pods and SLURM the coordinator comes from the environment; elsewhere (several
     # processes on one machine, a plain cluster) the three flags give it. Every process runs
     # this same main over the same config.
-    explicit = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
-                "process_id": _PROCESS_ID.value}
+    explicit = {
+        "coordinator_address": _COORDINATOR.value,
+        "num_processes": _NUM_PROCESSES.value,
+        "process_id": _PROCESS_ID.value
+    }
     jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
   elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   config = _CONFIG.value
-  tasks = {"train": plan.train, "relabel": plan.relabel_table, "drift": plan.measure_drift,
-           "score": plan.score, "distill": plan.distill_set, "study": study.run}
+  tasks = {
+      "train": plan.train,
+      "relabel": plan.relabel_table,
+      "drift": plan.measure_drift,
+      "score": plan.score,
+      "distill": plan.distill_set,
+      "study": study.run
+  }
   if config.task not in tasks:
     raise app.UsageError(f"config.task {config.task!r} is not one of {', '.join(tasks)}")
   tasks[config.task](config, _WORKDIR.value)

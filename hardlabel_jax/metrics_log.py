@@ -51,8 +51,7 @@ def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]],
-                     columns: Sequence[str]) -> None:
+def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
   """Writes `rows` as CSV with exactly `columns`, via a temp file and rename."""
   tmp = path + ".tmp"
   with open(tmp, "w", newline="") as f:
@@ -88,8 +87,11 @@ class Progress:
     steps_per_sec = (step - self._mark_step) / max(now - self._mark_time, 1e-9)
     self._mark_step, self._mark_time = step, now
     eta = (self._total - step) / max(steps_per_sec, 1e-9)
-    return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self._batch,
-            "eta_seconds": eta}
+    return {
+        "steps_per_sec": steps_per_sec,
+        "examples_per_sec": steps_per_sec * self._batch,
+        "eta_seconds": eta
+    }
 
   def line(self, step: int, metrics: Mapping[str, float], rates: Mapping[str, float]) -> str:
     parts = [f"step {step}/{self._total}"]

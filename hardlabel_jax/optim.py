@@ -13,9 +13,11 @@ import optax
 def hald_schedule(base_lr: float, steps_per_epoch: float, total_epochs: float,
                   eta: float) -> optax.Schedule:
   """HALD's `lr · 0.5 (1 + cos(π e / (E η)))`, e the integer epoch (stepped per epoch)."""
+
   def schedule(step):
     epoch = jnp.floor(step / steps_per_epoch)
     return base_lr * 0.5 * (1.0 + jnp.cos(math.pi * epoch / (total_epochs * eta)))
+
   return schedule
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -145,8 +144,10 @@ def _data_identity(config: ml_collections.ConfigDict, fingerprint: str, scores_i
   """What a run's training pool is: a distilled set, or a split and the rule choosing ids."""
   if distilled is not None:
     return {"distilled": cache.digest(distilled.identity)}
-  pool: dict[str, Any] = {"selection": config.selection,
-                          "images_per_class": config.images_per_class}
+  pool: dict[str, Any] = {
+      "selection": config.selection,
+      "images_per_class": config.images_per_class
+  }
   if config.selection == "random":
     pool["subset_seed"] = config.subset_seed
     pool["ids_file"] = (cache.file_digest(config.subset_ids_file) if config.subset_ids_file
@@ -154,12 +155,15 @@ def _data_identity(config: ml_collections.ConfigDict, fingerprint: str, scores_i
   else:
     pool.update(scores=scores_identity, subset_seed=config.subset_seed, ccs_beta=config.ccs_beta,
                 ccs_strata=config.ccs_strata, cad_direction=config.cad_direction)
-  return {"fingerprint": fingerprint, "pool": pool,
-          "normalization": [list(config.normalization_mean), list(config.normalization_std)]}
+  return {
+      "fingerprint": fingerprint,
+      "pool": pool,
+      "normalization": [list(config.normalization_mean),
+                        list(config.normalization_std)]
+  }
 
 
-def make_plan(config: ml_collections.ConfigDict, workdir: str,
-              task: str | None = None) -> Plan:
+def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None = None) -> Plan:
   """Resolves what `task` (default `config.task`) needs; reads sources, writes nothing."""
   task = task or config.task
   workdir = os.path.abspath(workdir)
@@ -188,8 +192,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str,
   score_epochs = 0
   if task == "score":
     data = run_data.load_run_data(config)
-    score_epochs = scoring.scoring_epochs(config, len(data.pool_ids),
-                                          data.train.info.num_classes)
+    score_epochs = scoring.scoring_epochs(config, len(data.pool_ids), data.train.info.num_classes)
     resolved = scoring.training_config(resolved, score_epochs)
   return Plan(task, resolved, workdir, teacher, scores, distilled, table, score_epochs)
 
@@ -316,9 +319,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, task: str, *,
 def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict[str, Any]:
   if teacher is None:
     return {}
-  return {"teacher_workdir": teacher.workdir,
-          "teacher_test_top1": teacher.results.get("test_top1"),
-          "teacher_model": teacher.results.get("config", {}).get("model")}
+  return {
+      "teacher_workdir": teacher.workdir,
+      "teacher_test_top1": teacher.results.get("test_top1"),
+      "teacher_model": teacher.results.get("config", {}).get("model")
+  }
 
 
 def _run(plan: Plan, artefacts: Artefacts, *, step_hook: Callable[[int], None] | None = None,
@@ -327,9 +332,8 @@ def _run(plan: Plan, artefacts: Artefacts, *, step_hook: Callable[[int], None] |
   teacher = None
   if artefacts.teacher is not None and plan.config.regime != "hl":
     teacher = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
-  output = trainer.train(plan.config, plan.workdir, artefacts.data, artefacts.mesh,
-                         teacher=teacher, table=artefacts.table, step_hook=step_hook,
-                         epoch_hook=epoch_hook)
+  output = trainer.train(plan.config, plan.workdir, artefacts.data, artefacts.mesh, teacher=teacher,
+                         table=artefacts.table, step_hook=step_hook, epoch_hook=epoch_hook)
   output.results.update(_teacher_summary(artefacts.teacher if teacher is not None else None))
   path = os.path.join(plan.workdir, RESULTS_FILE)
   if _is_writer():
@@ -372,8 +376,7 @@ def measure_drift(config: ml_collections.ConfigDict, workdir: str, *,
                   devices: list[jax.Device] | None = None) -> list[dict]:
   """`task='drift'`: local semantic drift of the teacher's crop labels; CSV, JSON, PNG."""
   plan, artefacts = prepare(config, workdir, "drift", devices=devices)
-  return drift.measure(plan.config, plan.workdir, artefacts.data, artefacts.teacher,
-                       artefacts.mesh)
+  return drift.measure(plan.config, plan.workdir, artefacts.data, artefacts.teacher, artefacts.mesh)
 
 
 def distill_set(config: ml_collections.ConfigDict, workdir: str, *,

@@ -42,9 +42,13 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
       teacher=teacher.describe(),
       teacher_fingerprint=teacher.fingerprint,
       crop_seed=int(config.crop_seed),
-      crop_spec={"output_size": spec.output_size, "scale": list(spec.scale),
-                 "ratio": list(spec.ratio), "flip": bool(spec.flip),
-                 "cutmix_alpha": float(spec.cutmix_alpha)},
+      crop_spec={
+          "output_size": spec.output_size,
+          "scale": list(spec.scale),
+          "ratio": list(spec.ratio),
+          "flip": bool(spec.flip),
+          "cutmix_alpha": float(spec.cutmix_alpha)
+      },
       temperature=float(config.temperature),
       label_format=config.label_format,
       topk=int(config.topk) if config.label_format != "full" else 0,
@@ -123,21 +127,20 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   done = _completed_everywhere(writer, num_shards)
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
-                                   config.teacher_bn_mode)
+  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, config.teacher_bn_mode)
   row_dtype = table_lib.row_dtype(spec)
-  progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image,
-                                  int(done.sum()))
+  progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image, int(done.sum()))
   for shard in range(num_shards):
     if done[shard]:
       continue
     start, stop = shard * per_shard, min((shard + 1) * per_shard, len(spec.ids))
     first_row, num_rows = start * spec.slots_per_image, (stop - start) * spec.slots_per_image
     rows = np.zeros(num_rows, row_dtype)
-    for outputs in inference.crop_outputs(
-        example, slots=spec.slots_per_image, first_row=first_row, num_rows=num_rows,
-        predict=predict, variables=teacher.variables, mesh=mesh,
-        batch_size=config.eval_batch_size, loading=pipeline.LoaderOptions.from_config(config)):
+    for outputs in inference.crop_outputs(example, slots=spec.slots_per_image, first_row=first_row,
+                                          num_rows=num_rows, predict=predict,
+                                          variables=teacher.variables, mesh=mesh,
+                                          batch_size=config.eval_batch_size,
+                                          loading=pipeline.LoaderOptions.from_config(config)):
       _rows_of(outputs, spec, first_row, rows)
     if writer is not None:
       writer.write_shard(shard, rows)

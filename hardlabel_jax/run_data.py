@@ -1,4 +1,4 @@
-"""The data of a run: both splits, the training pool of example ids, the crop spec, the normaliser."""
+"""The data of a run: both splits, the pool of training ids, the crop spec, the normaliser."""
 
 from __future__ import annotations
 

@@ -64,8 +64,7 @@ class EpochRecorder:
 
   def statistics(self, state: train_state_lib.TrainState) -> dict[str, np.ndarray]:
     """The statistics of every pool example, in pool order."""
-    return inference.pool_center_outputs(self._step, state, self._data, self._config,
-                                         self._mesh)
+    return inference.pool_center_outputs(self._step, state, self._data, self._config, self._mesh)
 
   def __call__(self, epoch: int, state: train_state_lib.TrainState) -> None:
     stats = self.statistics(state)
@@ -102,8 +101,7 @@ def identity(score_config: ml_collections.ConfigDict, dataset_fingerprint: str) 
   return {"run": cache.run_recipe(score_config), "dataset_fingerprint": dataset_fingerprint}
 
 
-def training_config(config: ml_collections.ConfigDict,
-                    epochs: int) -> ml_collections.ConfigDict:
+def training_config(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
   """The HL run a scoring run trains: `epochs` epochs over the pool, whatever the budget says."""
   train_config = config.copy_and_resolve_references()
   train_config.num_epochs = float(epochs)
@@ -125,10 +123,16 @@ def write_scores(config: ml_collections.ConfigDict, workdir: str, data: run_data
   for name in STATISTICS:
     per_epoch[name] = np.stack([np.load(recorder.path(e))[name] for e in range(epochs)])
   scores = scores_from_statistics(per_epoch, config.cad_window, config.cad_num_windows)
-  header = {"dataset": data.train.info.name, "fingerprint": data.train.info.fingerprint,
-            "model": config.model, "epochs": epochs, "seed": config.seed,
-            "cad_window": config.cad_window, "cad_num_windows": config.cad_num_windows,
-            "scoring_test_top1": scoring_test_top1}
+  header = {
+      "dataset": data.train.info.name,
+      "fingerprint": data.train.info.fingerprint,
+      "model": config.model,
+      "epochs": epochs,
+      "seed": config.seed,
+      "cad_window": config.cad_window,
+      "cad_num_windows": config.cad_num_windows,
+      "scoring_test_top1": scoring_test_top1
+  }
   if jax.process_index() == 0:
     selection.save_scores(os.path.join(workdir, SCORES_FILE), scores, data.pool_ids, header)
   mesh_lib.sync_processes("scores written")

@@ -26,12 +26,12 @@ def class_balanced_random(labels: np.ndarray, images_per_class: int, seed: int) 
     raise ValueError(f"images_per_class must be positive, got {images_per_class}")
   smallest = counts.min()
   if images_per_class > smallest:
-    raise ValueError(
-        f"images_per_class={images_per_class} is larger than the smallest class "
-        f"(class {classes[counts.argmin()]} has {smallest} examples)")
+    raise ValueError(f"images_per_class={images_per_class} is larger than the smallest class "
+                     f"(class {classes[counts.argmin()]} has {smallest} examples)")
   rng = np.random.default_rng(seed)
-  chosen = [rng.choice(np.flatnonzero(labels == c), images_per_class, replace=False)
-            for c in classes]
+  chosen = [
+      rng.choice(np.flatnonzero(labels == c), images_per_class, replace=False) for c in classes
+  ]
   return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -81,9 +81,11 @@ def cad_prune_epochs(num_examples: int, subset_size: int, downstream_epochs: flo
   for name, value in (("num_examples", num_examples), ("subset_size", subset_size)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f"{name} must be a positive int, got {value!r}")
-  if (isinstance(downstream_epochs, bool) or not isinstance(downstream_epochs, (int, float, np.number))
+  if (isinstance(downstream_epochs, bool) or not isinstance(downstream_epochs,
+                                                            (int, float, np.number))
       or not math.isfinite(downstream_epochs) or downstream_epochs <= 0):
-    raise ValueError(f"downstream_epochs must be a positive finite number, got {downstream_epochs!r}")
+    raise ValueError(
+        f"downstream_epochs must be a positive finite number, got {downstream_epochs!r}")
   if subset_size > num_examples:
     raise ValueError(f"subset_size {subset_size} is larger than the data set ({num_examples})")
   # Exact rational arithmetic: 300·5000/50000 must give 30, not 30.000000000000004 → 31.
@@ -152,17 +154,21 @@ def select_random(labels: np.ndarray, images_per_class: int, seed: int, *,
     _groups(labels, images_per_class, True)  # uniform error messages
     return class_balanced_random(labels, images_per_class, seed)
   rng = np.random.default_rng(seed)
-  return _finish([rng.choice(ids, budget, replace=False)
-                  for ids, budget, _ in _groups(labels, images_per_class, False)])
+  return _finish([
+      rng.choice(ids, budget, replace=False)
+      for ids, budget, _ in _groups(labels, images_per_class, False)
+  ])
 
 
-def _select_ranked(scores: np.ndarray, labels: np.ndarray, images_per_class: int,
-                   descending: bool, class_balanced: bool) -> np.ndarray:
+def _select_ranked(scores: np.ndarray, labels: np.ndarray, images_per_class: int, descending: bool,
+                   class_balanced: bool) -> np.ndarray:
   """Top of each group by score."""
   labels = _check_labels_1d(labels)
   scores = _check_scores(scores, labels)
-  return _finish([_ranked(ids, scores, descending)[:budget]
-                  for ids, budget, _ in _groups(labels, images_per_class, class_balanced)])
+  return _finish([
+      _ranked(ids, scores, descending)[:budget]
+      for ids, budget, _ in _groups(labels, images_per_class, class_balanced)
+  ])
 
 
 def select_easiest(scores: np.ndarray, labels: np.ndarray, images_per_class: int, *,
@@ -227,9 +233,9 @@ def ccs_budgets(strata_sizes: np.ndarray, budget: int) -> np.ndarray:
   return taken
 
 
-def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int,
-               beta: float = 0.1, num_strata: int = 50, seed: int = 0, *,
-               higher_is_harder: bool = False, class_balanced: bool = True) -> np.ndarray:
+def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int, beta: float = 0.1,
+               num_strata: int = 50, seed: int = 0, *, higher_is_harder: bool = False,
+               class_balanced: bool = True) -> np.ndarray:
   """Coverage-centric coreset selection (Zheng et al. 2023, Alg. 1), per class; sorted ids.
 
   Drops the ⌊β·n⌋ hardest examples of each class — by AUM the LOWEST scores (set
@@ -267,9 +273,8 @@ def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int
 
 
 def select(method: str, labels: np.ndarray, images_per_class: int, *,
-           scores: np.ndarray | None = None, seed: int = 0, beta: float = 0.1,
-           num_strata: int = 50, direction: str = "hardest",
-           class_balanced: bool = True) -> np.ndarray:
+           scores: np.ndarray | None = None, seed: int = 0, beta: float = 0.1, num_strata: int = 50,
+           direction: str = "hardest", class_balanced: bool = True) -> np.ndarray:
   """Config name → sorted ids. `scores`: EL2N for el2n_*, AUM for ccs, CAD for cad_prune."""
   if method in _DISTILLATION_METHODS:
     raise ValueError(f"{method!r} is built by the distillation task (crops of real images), "
@@ -329,7 +334,8 @@ def save_scores(path: str, scores: dict[str, np.ndarray], ids: np.ndarray,
       raise ValueError(f"score names must be identifiers, got {name!r}")
     values = np.asarray(values)
     if values.shape != ids.shape:
-      raise ValueError(f"score {name!r} has shape {values.shape}, expected {ids.shape} (one per id)")
+      raise ValueError(
+          f"score {name!r} has shape {values.shape}, expected {ids.shape} (one per id)")
     arrays[_SCORE_PREFIX + name] = values
   missing = [k for k in REQUIRED_HEADER_KEYS if k not in header]
   if missing:

@@ -37,12 +37,13 @@ CAD_METHODS = ("cad_prune", "ca2d")
 CELLS_DIR = "cells"
 RESULTS_CSV = "results.csv"
 CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, before resolution
-CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen",
-              "steps", "epochs", "pool_size", "label_source", "label_bytes", "wall_seconds")
+CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen", "steps",
+              "epochs", "pool_size", "label_source", "label_bytes", "wall_seconds")
 # Where each regime's training targets come from (the bytes plot separates the three).
-LABEL_SOURCES = {regime: "table" if regime in config_schema.TABLE_REGIMES else
-                 "teacher" if regime in config_schema.ONLINE_TEACHER_REGIMES else "hard"
-                 for regime in config_schema.REGIMES}
+LABEL_SOURCES = {
+    regime: "table" if regime in config_schema.TABLE_REGIMES else "teacher" if regime
+            in config_schema.ONLINE_TEACHER_REGIMES else "hard" for regime in config_schema.REGIMES
+}
 _STUDY_FIELDS = tuple(k for k in config_schema.default_config() if k.startswith("study_"))
 
 
@@ -67,8 +68,9 @@ def grid(config: ml_collections.ConfigDict) -> list[Cell]:
   for regime in config.study_regimes:
     for method in config.study_methods:
       sizes = (0,) if method == FULL else config.study_images_per_class
-      cells += [Cell(regime, method, int(ipc), int(seed))
-                for ipc in sizes for seed in config.study_seeds]
+      cells += [
+          Cell(regime, method, int(ipc), int(seed)) for ipc in sizes for seed in config.study_seeds
+      ]
   return cells
 
 
@@ -106,8 +108,7 @@ def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
   score.budget_examples = 0
   score.score_epochs = config.study_score_epochs
   if method in CAD_METHODS:
-    score.score_epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()),
-                                            len(class_counts))
+    score.score_epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
   # Fields only other runs read (soft labels, KD, an optimizer the study does not use) back at
   # their defaults: the scoring run must validate, and its identity (its cache entry) must not
   # depend on them.
@@ -163,15 +164,16 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
   if len(set(config.study_seeds)) != len(config.study_seeds):
     _fail("study_seeds", f"{tuple(config.study_seeds)} repeats a seed")
   if set(config.study_methods) - {FULL}:
-    if not config.study_images_per_class or any(int(i) < 1 for i in
-                                                config.study_images_per_class):
+    if not config.study_images_per_class or any(int(i) < 1 for i in config.study_images_per_class):
       _fail("study_images_per_class", "must be a non-empty list of sizes >= 1")
   if config.budget_examples <= 0:
-    _fail("budget_examples", "every cell of a study trains for the same budget; set a positive "
-          "number of training examples")
+    _fail(
+        "budget_examples", "every cell of a study trains for the same budget; set a positive "
+        "number of training examples")
   if config.budget_examples < config.global_batch_size:
-    _fail("budget_examples", f"{config.budget_examples} examples is less than one global batch "
-          f"({config.global_batch_size})")
+    _fail(
+        "budget_examples", f"{config.budget_examples} examples is less than one global batch "
+        f"({config.global_batch_size})")
   if set(config.study_methods) & {"el2n_easy", "el2n_hard", "ccs"} and \
       config.study_score_epochs < 1:
     _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
@@ -191,28 +193,32 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
   distilled = set(config.study_methods) & set(distill.METHODS)
   for ipc in (int(i) for i in config.study_images_per_class):
     if ipc > smallest:
-      _fail("study_images_per_class", f"{ipc} images per class is more than class "
-            f"{int(class_counts.argmin())} has ({smallest})")
+      _fail(
+          "study_images_per_class", f"{ipc} images per class is more than class "
+          f"{int(class_counts.argmin())} has ({smallest})")
     needed = ipc * config.rded_factor**2
     candidates = min(distill.candidates_per_class(config, smallest), smallest)
     if distilled and needed > candidates:
-      _fail("study_images_per_class", f"{', '.join(sorted(distilled))} at {ipc} images per "
-            f"class stitch {needed} crops of as many real images per class; only "
-            f"{candidates} candidates (rded_candidates_per_class)")
+      _fail(
+          "study_images_per_class", f"{', '.join(sorted(distilled))} at {ipc} images per "
+          f"class stitch {needed} crops of as many real images per class; only "
+          f"{candidates} candidates (rded_candidates_per_class)")
     if set(config.study_methods) & set(CAD_METHODS):
       epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
       if epochs < config.cad_window + config.cad_num_windows:
-        _fail("cad_window", f"CAD-Prune at {ipc} images per class scores for K={epochs} epochs "
-              f"(K·N = E_down·n), fewer than cad_window + cad_num_windows = "
-              f"{config.cad_window + config.cad_num_windows}; lower them or raise the budget")
+        _fail(
+            "cad_window", f"CAD-Prune at {ipc} images per class scores for K={epochs} epochs "
+            f"(K·N = E_down·n), fewer than cad_window + cad_num_windows = "
+            f"{config.cad_window + config.cad_num_windows}; lower them or raise the budget")
 
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   needs = [r for r in config.study_regimes if r != "hl"]
   needs += [m for m in config.study_methods if m in distill.METHODS]
   if needs and config.teacher_config is None and not config.teacher_workdir:
-    _fail("teacher_config", f"{', '.join(needs)} need a teacher; set teacher_config (trained on "
-          "first use) or teacher_workdir")
+    _fail(
+        "teacher_config", f"{', '.join(needs)} need a teacher; set teacher_config (trained on "
+        "first use) or teacher_workdir")
 
 
 def train_class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -241,12 +247,21 @@ def validate_study(config: ml_collections.ConfigDict, counts: np.ndarray,
 
 def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
   """The CSV row of a finished cell."""
-  return {"regime": cell.regime, "method": cell.method, "ipc": cell.ipc, "seed": cell.seed,
-          "test_top1": results["test_top1"], "test_loss": results["test_loss"],
-          "examples_seen": results["examples_seen"], "steps": results["steps"],
-          "epochs": round(results["epochs"], 4), "pool_size": results["pool_size"],
-          "label_source": LABEL_SOURCES[cell.regime], "label_bytes": results["label_bytes"],
-          "wall_seconds": round(results["wall_seconds"], 1)}
+  return {
+      "regime": cell.regime,
+      "method": cell.method,
+      "ipc": cell.ipc,
+      "seed": cell.seed,
+      "test_top1": results["test_top1"],
+      "test_loss": results["test_loss"],
+      "examples_seen": results["examples_seen"],
+      "steps": results["steps"],
+      "epochs": round(results["epochs"], 4),
+      "pool_size": results["pool_size"],
+      "label_source": LABEL_SOURCES[cell.regime],
+      "label_bytes": results["label_bytes"],
+      "wall_seconds": round(results["wall_seconds"], 1)
+  }
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
@@ -264,8 +279,7 @@ def _finished_rows(workdir: str, cells: list[Cell]) -> list[dict[str, Any]]:
   return rows
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        devices: list[jax.Device] | None = None,
+def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.Device] | None = None,
         step_hook: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
   """Trains every missing cell, then writes results.csv and the report; returns the rows."""
   cache_dir = os.path.abspath(config.cache_dir or os.path.join(workdir, "cache"))
@@ -288,8 +302,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   csv_path = os.path.join(workdir, RESULTS_CSV)
-  todo = [c for c in cells if not os.path.exists(
-      os.path.join(workdir, CELLS_DIR, c.name, plan_lib.RESULTS_FILE))]
+  todo = [
+      c for c in cells
+      if not os.path.exists(os.path.join(workdir, CELLS_DIR, c.name, plan_lib.RESULTS_FILE))
+  ]
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
                        f"{len(config.study_methods)} methods × "
                        f"{len(config.study_images_per_class)} sizes × "

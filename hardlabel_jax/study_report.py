@@ -64,9 +64,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   summary = []
   for (regime, method, ipc), members in groups.items():
     mean, std = _mean_std([100 * r["test_top1"] for r in members])
-    summary.append({"regime": regime, "method": method, "ipc": ipc, "n": len(members),
-                    "mean": mean, "std": std, "label_source": members[0]["label_source"],
-                    "label_bytes": sum(r["label_bytes"] for r in members) / len(members)})
+    summary.append({
+        "regime": regime,
+        "method": method,
+        "ipc": ipc,
+        "n": len(members),
+        "mean": mean,
+        "std": std,
+        "label_source": members[0]["label_source"],
+        "label_bytes": sum(r["label_bytes"] for r in members) / len(members)
+    })
   return summary
 
 
@@ -88,9 +95,15 @@ def gains_over_random(summary: list[dict]) -> list[dict[str, Any]]:
       continue
     error = math.sqrt(s["std"]**2 / s["n"] + base["std"]**2 / base["n"])
     gain = s["mean"] - base["mean"]
-    gains.append({"regime": s["regime"], "method": s["method"], "ipc": s["ipc"], "gain": gain,
-                  "stderr": error, "seeds": min(s["n"], base["n"]),
-                  "beats_random": gain > 2 * error and gain > 0})
+    gains.append({
+        "regime": s["regime"],
+        "method": s["method"],
+        "ipc": s["ipc"],
+        "gain": gain,
+        "stderr": error,
+        "seeds": min(s["n"], base["n"]),
+        "beats_random": gain > 2 * error and gain > 0
+    })
   return gains
 
 
@@ -99,18 +112,25 @@ def spreads(summary: list[dict]) -> list[dict[str, Any]]:
   out = []
   for regime in _ordered(s["regime"] for s in summary):
     for ipc in _sizes(summary):
-      cells = [s for s in summary if s["regime"] == regime and s["ipc"] == ipc
-               and s["method"] != FULL]
+      cells = [
+          s for s in summary if s["regime"] == regime and s["ipc"] == ipc and s["method"] != FULL
+      ]
       if not cells:
         continue
       best = max(cells, key=lambda s: s["mean"])
       worst = min(cells, key=lambda s: s["mean"])
       random_cell = next((s for s in cells if s["method"] == RANDOM), None)
-      out.append({"regime": regime, "ipc": ipc, "methods": len(cells),
-                  "best": best["method"], "best_mean": best["mean"],
-                  "worst": worst["method"], "worst_mean": worst["mean"],
-                  "spread": best["mean"] - worst["mean"],
-                  "random_mean": random_cell["mean"] if random_cell else float("nan")})
+      out.append({
+          "regime": regime,
+          "ipc": ipc,
+          "methods": len(cells),
+          "best": best["method"],
+          "best_mean": best["mean"],
+          "worst": worst["method"],
+          "worst_mean": worst["mean"],
+          "spread": best["mean"] - worst["mean"],
+          "random_mean": random_cell["mean"] if random_cell else float("nan")
+      })
   return out
 
 
@@ -129,20 +149,20 @@ def accuracy_table(summary: list[dict]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for regime in _ordered(s["regime"] for s in summary):
     for method in _ordered(s["method"] for s in summary if s["regime"] == regime):
-      cells = [_cell_text(table.get((regime, method, i))) if method != FULL else "–"
-               for i in sizes]
+      cells = [_cell_text(table.get((regime, method, i))) if method != FULL else "–" for i in sizes]
       if has_full:
         cells.append(_cell_text(table.get((regime, method, 0))) if method == FULL else "–")
-      lines.append(f"| {REGIME_NAMES.get(regime, regime)} | {method} | " + " | ".join(cells)
-                   + " |")
+      lines.append(f"| {REGIME_NAMES.get(regime, regime)} | {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def spread_table(summary: list[dict]) -> str:
   """Markdown: per regime and size, random, the best method, its gain and the spread."""
   gains = {(g["regime"], g["method"], g["ipc"]): g for g in gains_over_random(summary)}
-  lines = ["| regime | ipc | random | best method | best − random | spread (best − worst) |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+      "| regime | ipc | random | best method | best − random | spread (best − worst) |",
+      "|---|---|---|---|---|---|"
+  ]
   for row in spreads(summary):
     gain = gains.get((row["regime"], row["best"], row["ipc"]))
     gain_text = f"{gain['gain']:+.1f} ± {gain['stderr']:.1f}" if gain else "–"
@@ -171,8 +191,7 @@ def findings(summary: list[dict]) -> list[str]:
         continue
       winners = [g for g in here if g["beats_random"]]
       best = max(here, key=lambda g: g["gain"])
-      single = (" (1 seed: no error bar)" if any(g["seeds"] < 2 for g in winners or [best])
-                else "")
+      single = (" (1 seed: no error bar)" if any(g["seeds"] < 2 for g in winners or [best]) else "")
       name = REGIME_NAMES.get(regime, regime)
       if winners:
         listed = ", ".join(f"{g['method']} ({g['gain']:+.1f} ± {g['stderr']:.1f})"
@@ -216,7 +235,7 @@ def plot_accuracy_vs_ipc(summary: list[dict], path: str) -> None:
   sizes = _sizes(summary)
   fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 3.4), sharey=True,
                            squeeze=False)
-  for axis, regime in zip(axes[0], regimes):
+  for axis, regime in zip(axes[0], regimes, strict=True):
     cells = [s for s in summary if s["regime"] == regime]
     for method in _ordered(s["method"] for s in cells):
       points = sorted((s for s in cells if s["method"] == method), key=lambda s: s["ipc"])
@@ -224,8 +243,8 @@ def plot_accuracy_vs_ipc(summary: list[dict], path: str) -> None:
         axis.axhline(points[0]["mean"], color=colors[method], linestyle="--", label="full data")
         continue
       axis.errorbar([s["ipc"] for s in points], [s["mean"] for s in points],
-                    yerr=[s["std"] for s in points], marker="o", capsize=3,
-                    color=colors[method], label=method)
+                    yerr=[s["std"] for s in points], marker="o", capsize=3, color=colors[method],
+                    label=method)
     if len(sizes) > 1:
       axis.set_xscale("log")
     axis.set_xticks(sizes, [str(i) for i in sizes])
@@ -249,7 +268,7 @@ def plot_gain_over_random(summary: list[dict], path: str) -> None:
   fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 3.4), sharey=True,
                            squeeze=False)
   width = 0.8 / max(len(methods), 1)
-  for axis, regime in zip(axes[0], regimes):
+  for axis, regime in zip(axes[0], regimes, strict=True):
     for k, method in enumerate(methods):
       here = {g["ipc"]: g for g in gains if g["regime"] == regime and g["method"] == method}
       xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(sizes))]
@@ -279,18 +298,21 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
   for s in stored:
     axis.scatter(s["label_bytes"], s["mean"], color=colors[s["method"]],
                  marker=markers.get(s["regime"], "^"), s=36)
-    axis.annotate(str(s["ipc"] or "all"), (s["label_bytes"], s["mean"]), fontsize=6,
-                  xytext=(3, 3), textcoords="offset points")
+    axis.annotate(str(s["ipc"] or "all"), (s["label_bytes"], s["mean"]), fontsize=6, xytext=(3, 3),
+                  textcoords="offset points")
   for regime, style in (("hl", ":"), ("sl_kd", "--")):
     reference = [s for s in summary if s["regime"] == regime and s["method"] == RANDOM]
     for s in reference:
       axis.axhline(s["mean"], color="gray", linestyle=style, linewidth=0.8)
       axis.annotate(f"{REGIME_NAMES[regime]} random ipc {s['ipc']}", (0.01, s["mean"]),
                     xycoords=("axes fraction", "data"), fontsize=6, color="gray")
-  handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=m)
-             for m, c in colors.items()]
-  handles += [plt.Line2D([], [], color="black", marker=mk, linestyle="",
-                         label=REGIME_NAMES[r]) for r, mk in markers.items()]
+  handles = [
+      plt.Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()
+  ]
+  handles += [
+      plt.Line2D([], [], color="black", marker=mk, linestyle="", label=REGIME_NAMES[r])
+      for r, mk in markers.items()
+  ]
   axis.legend(handles=handles, fontsize=7, loc="lower right")
   if stored:
     axis.set_xscale("log")
@@ -299,8 +321,7 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
               transform=axis.transAxes)
   axis.set_xlabel("soft-label bytes used (stored table; points are labelled with ipc)")
   axis.set_ylabel("test top-1 (%)")
-  axis.set_title("accuracy vs soft-label storage (HL: 0 bytes; SL+KD: teacher online)",
-                 fontsize=9)
+  axis.set_title("accuracy vs soft-label storage (HL: 0 bytes; SL+KD: teacher online)", fontsize=9)
   axis.grid(alpha=0.3)
   _save(fig, path)
 
@@ -312,9 +333,12 @@ def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
   plot_accuracy_vs_ipc(summary, paths[0])
   plot_gain_over_random(summary, paths[1])
   plot_accuracy_vs_label_bytes(summary, paths[2])
-  lines = ["## Test top-1 (%), mean ± std over seeds (seeds)", "", accuracy_table(summary), "",
-           "## Spread between subset methods and gain over random (points)", "",
-           spread_table(summary), "", "## Findings", ""]
+  lines = [
+      "## Test top-1 (%), mean ± std over seeds (seeds)", "",
+      accuracy_table(summary), "", "## Spread between subset methods and gain over random (points)",
+      "",
+      spread_table(summary), "", "## Findings", ""
+  ]
   lines += [f"- {sentence}" for sentence in findings(summary)] + [""]
   lines += [f"![{name}]({name})" for name in PLOTS]
   markdown = "\n".join(lines) + "\n"

@@ -37,9 +37,12 @@ class Teacher:
 
   def describe(self) -> dict[str, Any]:
     """What a soft-label table header records about its teacher."""
-    return {"workdir": os.path.abspath(self.workdir), "fingerprint": self.fingerprint,
-            "model": self.results.get("config", {}).get("model"),
-            "test_top1": self.results.get("test_top1")}
+    return {
+        "workdir": os.path.abspath(self.workdir),
+        "fingerprint": self.fingerprint,
+        "model": self.results.get("config", {}).get("model"),
+        "test_top1": self.results.get("test_top1")
+    }
 
 
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -94,10 +97,10 @@ def load_teacher(path: str, *, num_classes: int, input_shape: tuple[int, ...],
     variables = checkpointer.restore_variables()
   finally:
     checkpointer.close()
-  fingerprint = hashlib.sha256(
-      json.dumps([run_config, step], sort_keys=True).encode()).hexdigest()[:16]
-  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape),
-                                               train=False))
+  fingerprint = hashlib.sha256(json.dumps([run_config, step],
+                                          sort_keys=True).encode()).hexdigest()[:16]
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False))
   if _shapes(dict(expected)) != _shapes(variables):
     raise ValueError(f"the checkpoint in {path} does not fit {run_config['model']} with "
                      f"{num_classes} classes on inputs {input_shape[1:]}; was the teacher "

@@ -1,4 +1,4 @@
-"""Jitted, sharded train and eval steps: hard labels (HL) and online-teacher KD (DESIGN.md §3, §6)."""
+"""Jitted, sharded train and eval steps: hard labels (HL) and online-teacher KD (DESIGN §3, §6)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
+import optax
 
 from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
@@ -37,9 +37,9 @@ def _apply_train(model: nn.Module, state: TrainState, params: Any, images: jax.A
   return model.apply(variables, images, train=True, rngs={"dropout": rng}), state.batch_stats
 
 
-def _update(state: TrainState, batch: dict[str, jax.Array],
-            loss_of_logits: Callable[[jax.Array], jax.Array], *, model: nn.Module,
-            tx: optax.GradientTransformation, schedule: optax.Schedule,
+def _update(state: TrainState, batch: dict[str, jax.Array], loss_of_logits: Callable[[jax.Array],
+                                                                                     jax.Array], *,
+            model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
             base_rng: jax.Array) -> tuple[TrainState, dict]:
   """Forward, backward and optimizer update shared by every regime's step."""
   rng = jax.random.fold_in(base_rng, state.step)
@@ -74,7 +74,7 @@ def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.M
 def sl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                   tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
                   base_rng: jax.Array, soft_weight: float = 1.0) -> tuple[TrainState, dict]:
-  """One step on stored soft labels: `w · KL(q_table ‖ softmax(z/T))`; w = 1 is the DD convention."""
+  """One step on stored soft labels: `w · KL(q_table ‖ softmax(z/T))`; w = 1: DD convention."""
   return _update(
       state, batch,
       lambda logits: soft_weight * losses.kl_soft_loss(logits, batch["soft_label"], temperature),
@@ -82,10 +82,9 @@ def sl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.M
 
 
 def hybrid_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-                      tx: optax.GradientTransformation, schedule: optax.Schedule,
-                      num_classes: int, label_smoothing: float, temperature: float,
-                      hard_weight: float, base_rng: jax.Array,
-                      soft_weight: float = 1.0) -> tuple[TrainState, dict]:
+                      tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
+                      label_smoothing: float, temperature: float, hard_weight: float,
+                      base_rng: jax.Array, soft_weight: float = 1.0) -> tuple[TrainState, dict]:
   """HALD's per-step ablation on a stored crop: `λ·CE_hard + (1−λ)·w·KL_soft`."""
   targets = hard_label_targets(batch, num_classes, label_smoothing)
 
@@ -126,23 +125,25 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)[:, 0]
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   mask = batch["mask"]
-  return {"loss_sum": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
-          "count": jnp.sum(mask)}
+  return {
+      "loss_sum": jnp.sum(nll * mask),
+      "correct": jnp.sum(correct * mask),
+      "count": jnp.sum(mask)
+  }
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh, num_replicated_args: int = 0,
                    **static) -> Callable:
   """Compiles a step: state (and e.g. teacher variables) replicated, batch split over `data`."""
   replicated = mesh_lib.replicated(mesh)
-  return jax.jit(functools.partial(step_fn, **static),
-                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh))
-                 + (replicated,) * num_replicated_args,
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  return jax.jit(
+      functools.partial(step_fn, **static),
+      in_shardings=(replicated, mesh_lib.batch_sharded(mesh)) + (replicated,) * num_replicated_args,
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
 def jit_eval_step(mesh: Mesh, model: nn.Module) -> Callable:
   """Compiles the eval step over the mesh."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(functools.partial(eval_step, model=model),
-                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
-                 out_shardings=replicated)
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)), out_shardings=replicated)

@@ -30,9 +30,9 @@ from hardlabel_jax import optim
 from hardlabel_jax import run_data
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
-from hardlabel_jax.soft_labels import table as table_lib
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import replay
+from hardlabel_jax.soft_labels import table as table_lib
 
 RESULTS_FILE = "results.json"
 
@@ -100,8 +100,11 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
   for local in batches:
     sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
-  return {"test_top1": totals["correct"] / totals["count"],
-          "test_loss": totals["loss_sum"] / totals["count"], "test_examples": int(totals["count"])}
+  return {
+      "test_top1": totals["correct"] / totals["count"],
+      "test_loss": totals["loss_sum"] / totals["count"],
+      "test_examples": int(totals["count"])
+  }
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -111,8 +114,8 @@ def _check_finite(step: int, metrics: dict) -> None:
                              "or check the data)")
 
 
-def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                         budget: Budget, teacher: FrozenModel, common: dict) -> Callable:
+def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, budget: Budget,
+                         teacher: FrozenModel, common: dict) -> Callable:
   """KD (any registry loss) or SL+KD (KL at T against the teacher on the same crop)."""
   if config.regime == "sl_kd":
     loss_fn = losses.get_distillation_loss("kl", config.logit_standardization,
@@ -123,10 +126,10 @@ def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
                                            logit_standardization=config.logit_standardization,
                                            **config.distillation_kwargs.to_dict())
     warmup = config.kd_warmup_epochs
-  step = train_steps.jit_train_step(
-      train_steps.kd_train_step, mesh, num_replicated_args=1, teacher_model=teacher.model,
-      distillation_loss=loss_fn, warmup_epochs=warmup, steps_per_epoch=budget.steps_per_epoch,
-      **common)
+  step = train_steps.jit_train_step(train_steps.kd_train_step, mesh, num_replicated_args=1,
+                                    teacher_model=teacher.model, distillation_loss=loss_fn,
+                                    warmup_epochs=warmup, steps_per_epoch=budget.steps_per_epoch,
+                                    **common)
   return lambda state, batch: step(state, batch, teacher.variables)
 
 
@@ -138,22 +141,23 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
   if config.regime in config_schema.ONLINE_TEACHER_REGIMES:
     return {hald.TRAIN: _online_teacher_step(config, mesh, budget, teacher, common)}
   hard = lambda smoothing: train_steps.jit_train_step(
-      train_steps.hl_train_step, mesh, num_classes=num_classes, label_smoothing=smoothing,
-      **common)
+      train_steps.hl_train_step, mesh, num_classes=num_classes, label_smoothing=smoothing, **common)
   if config.regime == "hl":
     return {hald.TRAIN: hard(config.label_smoothing)}
-  soft = train_steps.jit_train_step(train_steps.sl_train_step, mesh,
-                                    temperature=config.temperature,
+  soft = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=config.temperature,
                                     soft_weight=config.soft_loss_weight, **common)
   if config.regime == "sl":
     return {hald.SOFT: soft}
   schedule_spec = hald.parse_schedule(config.hald_schedule)
   if schedule_spec.is_hybrid:
-    return {hald.HYBRID: train_steps.jit_train_step(
-        train_steps.hybrid_train_step, mesh, num_classes=num_classes,
-        label_smoothing=config.hald_label_smoothing, temperature=config.temperature,
-        hard_weight=schedule_spec.hybrid_weight, soft_weight=config.soft_loss_weight,
-        **common)}
+    return {
+        hald.HYBRID: train_steps.jit_train_step(train_steps.hybrid_train_step, mesh,
+                                                num_classes=num_classes,
+                                                label_smoothing=config.hald_label_smoothing,
+                                                temperature=config.temperature,
+                                                hard_weight=schedule_spec.hybrid_weight,
+                                                soft_weight=config.soft_loss_weight, **common)
+    }
   return {hald.SOFT: soft, hald.HARD: hard(config.hald_label_smoothing)}
 
 
@@ -178,8 +182,7 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
     return pipeline.FreshCrops(fresh, order)
   stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                 data.normalizer)
-  soft = replay.TableCrops(stored, order, table.directory, config.seed,
-                           config.label_keep_fraction)
+  soft = replay.TableCrops(stored, order, table.directory, config.seed, config.label_keep_fraction)
   if config.regime == "sl" or phases.schedule.is_hybrid:
     return soft
   hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=config.hald_cutmix_alpha)
@@ -194,22 +197,22 @@ def _label_summary(config: ml_collections.ConfigDict,
   """`label_bytes` (soft-label bytes the run used; 0 without a table) and the table's identity."""
   if table is None:
     return {"label_bytes": 0}
-  return {"label_bytes": table_lib.kept_label_bytes(table, config.seed,
-                                                    config.label_keep_fraction),
-          "table_dir": os.path.abspath(table.directory),
-          "table_bytes": table.table_bytes,
-          "table_label_bytes": table.label_bytes,
-          "label_format": table.spec.label_format,
-          "crops_per_image": table.spec.slots_per_image,
-          "label_keep_fraction": config.label_keep_fraction}
+  return {
+      "label_bytes": table_lib.kept_label_bytes(table, config.seed, config.label_keep_fraction),
+      "table_dir": os.path.abspath(table.directory),
+      "table_bytes": table.table_bytes,
+      "table_label_bytes": table.label_bytes,
+      "label_format": table.spec.label_format,
+      "crops_per_image": table.spec.slots_per_image,
+      "label_keep_fraction": config.label_keep_fraction
+  }
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
           mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
           table: table_lib.SoftLabelTable | None = None,
           step_hook: Callable[[int], None] | None = None,
-          epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None
-          ) -> RunOutput:
+          epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None) -> RunOutput:
   """Trains under the configured regime for the budget and evaluates on the test split.
 
   The caller (the plan) has validated the config and checked the workdir. `epoch_hook(epoch,
@@ -226,15 +229,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
   tx = optim.make_optimizer(config, schedule)
   root_rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(root_rng)
-  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
-                                    input_shape=input_shape),
-                  out_shardings=mesh_lib.replicated(mesh))(init_rng)
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, model, tx, input_shape=input_shape),
+      out_shardings=mesh_lib.replicated(mesh))(init_rng)
 
   phases = step_phases(config, budget)
-  iterator = pipeline.position_stream(
-      training_examples(config, data, table, phases), global_batch=config.global_batch_size,
-      num_steps=budget.steps, process_index=jax.process_index(),
-      process_count=jax.process_count(), loading=pipeline.LoaderOptions.from_config(config))
+  iterator = pipeline.position_stream(training_examples(config, data, table, phases),
+                                      global_batch=config.global_batch_size, num_steps=budget.steps,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count(),
+                                      loading=pipeline.LoaderOptions.from_config(config))
 
   os.makedirs(workdir, exist_ok=True)
   if is_writer:  # every process renaming the same temp file would race
@@ -245,7 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
   start_step = int(state.step)
 
   step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
-                        teacher)
+                         teacher)
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
   progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
   metrics_log.log_line(

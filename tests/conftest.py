@@ -18,9 +18,10 @@ from hardlabel_jax import plan  # pylint: disable=g-import-not-at-top,wrong-impo
 from helpers import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Many tests compile the same tiny steps; a persistent cache makes the second compile free.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("HARDLABEL_TEST_JAX_CACHE",
-                                 os.path.join(tempfile.gettempdir(), "hardlabel_jax_test_cache")))
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("HARDLABEL_TEST_JAX_CACHE",
+                   os.path.join(tempfile.gettempdir(), "hardlabel_jax_test_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -36,8 +36,8 @@ def test_train_step_quick(tmp_path):
   if train_step.torch_available():
     for row in saved["rows"]:
       assert row["torch_examples_per_sec"] > 0
-      assert row["jax_over_torch"] == pytest.approx(
-          row["jax_examples_per_sec"] / row["torch_examples_per_sec"])
+      assert row["jax_over_torch"] == pytest.approx(row["jax_examples_per_sec"]
+                                                    / row["torch_examples_per_sec"])
     for counts in saved["models"].values():  # the quick widths of both models
       assert counts["jax_params"] == counts["torch_params"]
   else:
@@ -66,6 +66,7 @@ def test_torch_twins_have_the_parameter_counts_of_the_jax_models():
 def test_torch_twins_compute_what_the_jax_models_compute(name, width):
   torch = pytest.importorskip("torch")
   import jax  # pylint: disable=g-import-not-at-top
+
   from hardlabel_jax import models  # pylint: disable=g-import-not-at-top
   from hardlabel_jax.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   images = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
@@ -73,8 +74,9 @@ def test_torch_twins_compute_what_the_jax_models_compute(name, width):
   # Random values in the variables' shapes: one compile (the jitted apply), not two.
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
   rng = np.random.default_rng(1)
-  variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
-                           * rng.choice([-0.1, 0.1], s.shape).astype(np.float32), shapes)
+  variables = jax.tree.map(
+      lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32) * rng.choice([-0.1, 0.1], s.shape)
+      .astype(np.float32), shapes)
   twin = torch_models.create_model(name, 100, width, 3, 32).train()
   torch_models.copy_jax_params(twin, variables["params"])
   # Train mode: BatchNorm normalises with the batch's statistics in both frameworks.
@@ -94,7 +96,7 @@ def test_torch_resnet_step_runs_every_regime(regime):
   before = [p.detach().clone() for p in step.model.parameters()]
   loss, accuracy, grad_norm = (x.item() for x in step())
   assert np.isfinite(loss) and grad_norm > 0 and 0 <= accuracy <= 1
-  assert any((p != b).any() for p, b in zip(step.model.parameters(), before))
+  assert any((p != b).any() for p, b in zip(step.model.parameters(), before, strict=True))
 
 
 def test_pipeline_quick(tmp_path):
@@ -104,8 +106,8 @@ def test_pipeline_quick(tmp_path):
   assert cells == [(kind, workers) for kind in pipeline.KINDS for workers in (0, 1)]
   for row in saved["rows"]:
     assert row["crops_per_sec"] > 0 and row["step_examples_per_sec"] > 0
-    assert row["bottleneck"] == ("yes" if row["crops_per_sec"] < row["step_examples_per_sec"]
-                                 else "no")
+    assert row["bottleneck"] == ("yes"
+                                 if row["crops_per_sec"] < row["step_examples_per_sec"] else "no")
   assert saved["table"]["rows"] == 100 * 2 and saved["hl_step"]["examples_per_sec"] > 0
 
 
@@ -155,8 +157,8 @@ def test_step_profile_quick_times_every_part_in_both_frameworks(tmp_path):
   saved = _saved(out, step_profile.main(["--quick", "--out", str(out)]))
   assert [r["part"] for r in saved["rows"]] == [
       "forward, norm=instance", "forward+backward, norm=instance", "forward, norm=none",
-      "forward+backward, norm=none", "one conv 16×16, forward",
-      "one conv 16×16, input+kernel grads"]
+      "forward+backward, norm=none", "one conv 16×16, forward", "one conv 16×16, input+kernel grads"
+  ]
   for row in saved["rows"]:
     assert row["jax_ms"] > 0 and row["torch_ms"] > 0
     assert row["jax_over_torch_time"] == pytest.approx(row["jax_ms"] / row["torch_ms"])

@@ -13,27 +13,35 @@ from hardlabel_jax import study
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
 # Every argument each config's docstring and get_config document, alone and with runlocal.
-_SELECT = [f"method={m},ipc={i}" for m in ("random", "el2n_easy", "el2n_hard", "ccs",
-                                             "cad_prune", "rded", "ca2d") for i in (10, 50)]
-_CA2D = [f"method={m},ipc={i}" for m in ("ca2d", "rded", "cad_prune", "random")
-         for i in (10, 50, 100)]
+_SELECT = [
+    f"method={m},ipc={i}" for m in ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded",
+                                    "ca2d") for i in (10, 50)
+]
+_CA2D = [
+    f"method={m},ipc={i}" for m in ("ca2d", "rded", "cad_prune", "random") for i in (10, 50, 100)
+]
 DOCUMENTED_ARGS = {
     "cifar100_study.py": [],
     "demo.py": [],
     "embedded_drift.py": ["crops=2,seed=1"],
-    "embedded_hald.py": ["crops=2,seed=1", "crops=16", "regime=hl", "regime=sl", "regime=sl_kd",
-                         "crops=4,task=relabel"],
+    "embedded_hald.py": [
+        "crops=2,seed=1", "crops=16", "regime=hl", "regime=sl", "regime=sl_kd",
+        "crops=4,task=relabel"
+    ],
     "embedded_hl.py": [],
     "embedded_kd_rld.py": [f"loss={loss},seed=1" for loss in ("kd", "rld", "dkd", "nkd", "ce")],
-    "embedded_select.py": _SELECT + ["method=ccs,ipc=10,seed=1", "method=ca2d,ipc=10,task=distill",
-                                     "method=rded,ipc=50,task=distill"],
+    "embedded_select.py": _SELECT + [
+        "method=ccs,ipc=10,seed=1", "method=ca2d,ipc=10,task=distill",
+        "method=rded,ipc=50,task=distill"
+    ],
     "fashion_hl.py": [],
     "imagenet_ca2d_ipc10.py": _CA2D + ["seed=1"],
     "imagenet_hald_ipc10.py": ["ipc=50", "crops=5,seed=1", "task=relabel", "regime=sl"],
     "imagenet_hl_resnet18.py": ["ipc=50"],
     "imagenet_study.py": [],
 }
-CONFIG_ARGS = [(name, arg) for name in sorted(DOCUMENTED_ARGS)
+CONFIG_ARGS = [(name, arg)
+               for name in sorted(DOCUMENTED_ARGS)
                for base in [None, *DOCUMENTED_ARGS[name]]
                for arg in (base, ",".join(filter(None, [base, "runlocal"])))]
 
@@ -71,50 +79,129 @@ def _config(**overrides):
   return config
 
 
-@pytest.mark.parametrize("overrides, field, read", [
-    ({}, "label_smoothing", True),
-    ({"regime": "sl", "teacher_workdir": "/t"}, "label_smoothing", False),
-    ({"task": "score", "score_epochs": 2}, "label_smoothing", True),
-    ({"regime": "kd"}, "distillation_kwargs", True),
-    ({"regime": "sl_kd"}, "kd_warmup_epochs", False),
-    ({"regime": "sl_kd"}, "logit_standardization", True),
-    ({"regime": "hald"}, "logit_standardization", False),
-    ({}, "temperature", False),
-    ({"task": "drift"}, "temperature", True),
-    ({"task": "drift"}, "label_format", False),
-    ({"task": "relabel"}, "crops_per_image", True),
-    ({"regime": "sl"}, "topk", False),
-    ({"regime": "sl", "label_format": "topk_q8"}, "topk", True),
-    ({"regime": "sl"}, "hald_schedule", False),
-    ({"schedule": "hald"}, "hald_eta", True),
-    ({"regime": "hald"}, "hald_eta", False),
-    ({"optimizer": "adamw"}, "momentum", False),
-    ({"optimizer": "adamw"}, "adam_b2", True),
-    ({"schedule": "step"}, "step_gamma", True),
-    ({}, "teacher_config", False),
-    ({"selection": "rded", "images_per_class": 1}, "teacher_workdir", True),
-    ({"selection": "ccs", "images_per_class": 1}, "ccs_strata", True),
-    ({"selection": "ccs", "images_per_class": 1}, "subset_ids_file", False),
-    ({"selection": "ca2d", "images_per_class": 1}, "cad_direction", True),
-    ({"selection": "cad_prune", "images_per_class": 1}, "cad_window", False),
-    ({"task": "score", "score_epochs": 2}, "cad_downstream_epochs", False),
-    ({"task": "score", "score_epochs": 0}, "cad_downstream_epochs", True),
-    ({"task": "relabel"}, "learning_rate", False),
-    ({"task": "relabel"}, "num_workers", True),
-    ({"task": "study", "study_regimes": ("hl",)}, "temperature", False),
-    ({"task": "study", "study_regimes": ("hl", "sl")}, "temperature", True),
-    ({"task": "study"}, "images_per_class", False),  # every cell sets its own
-    ({"task": "study", "study_methods": ("random",)}, "seed", False),
-    ({"task": "study", "study_methods": ("ccs",)}, "seed", True),  # the scoring run's seed
-])
+@pytest.mark.parametrize(
+    "overrides, field, read",
+    [
+        ({}, "label_smoothing", True),
+        ({
+            "regime": "sl",
+            "teacher_workdir": "/t"
+        }, "label_smoothing", False),
+        ({
+            "task": "score",
+            "score_epochs": 2
+        }, "label_smoothing", True),
+        ({
+            "regime": "kd"
+        }, "distillation_kwargs", True),
+        ({
+            "regime": "sl_kd"
+        }, "kd_warmup_epochs", False),
+        ({
+            "regime": "sl_kd"
+        }, "logit_standardization", True),
+        ({
+            "regime": "hald"
+        }, "logit_standardization", False),
+        ({}, "temperature", False),
+        ({
+            "task": "drift"
+        }, "temperature", True),
+        ({
+            "task": "drift"
+        }, "label_format", False),
+        ({
+            "task": "relabel"
+        }, "crops_per_image", True),
+        ({
+            "regime": "sl"
+        }, "topk", False),
+        ({
+            "regime": "sl",
+            "label_format": "topk_q8"
+        }, "topk", True),
+        ({
+            "regime": "sl"
+        }, "hald_schedule", False),
+        ({
+            "schedule": "hald"
+        }, "hald_eta", True),
+        ({
+            "regime": "hald"
+        }, "hald_eta", False),
+        ({
+            "optimizer": "adamw"
+        }, "momentum", False),
+        ({
+            "optimizer": "adamw"
+        }, "adam_b2", True),
+        ({
+            "schedule": "step"
+        }, "step_gamma", True),
+        ({}, "teacher_config", False),
+        ({
+            "selection": "rded",
+            "images_per_class": 1
+        }, "teacher_workdir", True),
+        ({
+            "selection": "ccs",
+            "images_per_class": 1
+        }, "ccs_strata", True),
+        ({
+            "selection": "ccs",
+            "images_per_class": 1
+        }, "subset_ids_file", False),
+        ({
+            "selection": "ca2d",
+            "images_per_class": 1
+        }, "cad_direction", True),
+        ({
+            "selection": "cad_prune",
+            "images_per_class": 1
+        }, "cad_window", False),
+        ({
+            "task": "score",
+            "score_epochs": 2
+        }, "cad_downstream_epochs", False),
+        ({
+            "task": "score",
+            "score_epochs": 0
+        }, "cad_downstream_epochs", True),
+        ({
+            "task": "relabel"
+        }, "learning_rate", False),
+        ({
+            "task": "relabel"
+        }, "num_workers", True),
+        ({
+            "task": "study",
+            "study_regimes": ("hl",)
+        }, "temperature", False),
+        ({
+            "task": "study",
+            "study_regimes": ("hl", "sl")
+        }, "temperature", True),
+        ({
+            "task": "study"
+        }, "images_per_class", False),  # every cell sets its own
+        ({
+            "task": "study",
+            "study_methods": ("random",)
+        }, "seed", False),
+        ({
+            "task": "study",
+            "study_methods": ("ccs",)
+        }, "seed", True),  # the scoring run's seed
+    ])
 def test_fields_read_follows_task_regime_selection_and_optimizer(overrides, field, read):
   assert (field in config_schema.fields_read(_config(**overrides))) == read
 
 
 def test_a_distillation_loss_under_sl_kd_is_refused_naming_the_field():
   config = _config(regime="sl_kd", teacher_workdir="/t", distillation_loss="dkd")
-  with pytest.raises(ValueError, match=r"config\.distillation_loss: set to 'dkd' but "
-                     r"task=train, regime=sl_kd \(selection=random\) never reads it.*regime=kd"):
+  with pytest.raises(
+      ValueError, match=r"config\.distillation_loss: set to 'dkd' but "
+      r"task=train, regime=sl_kd \(selection=random\) never reads it.*regime=kd"):
     config_schema.validate(config)
 
 
@@ -140,11 +227,11 @@ def test_nested_runs_are_validated_with_their_field_as_prefix():
   with pytest.raises(ValueError, match=r"config\.teacher_config\.temperature: set to 4\.0"):
     config_schema.validate(_config(regime="kd", teacher_config=teacher))
   with pytest.raises(ValueError, match=r"config\.teacher_config\.regime: 'sl'"):
-    config_schema.validate(_config(regime="kd", teacher_config=_config(regime="sl",
-                                                                        teacher_workdir="/t")))
+    config_schema.validate(
+        _config(regime="kd", teacher_config=_config(regime="sl", teacher_workdir="/t")))
   with pytest.raises(ValueError, match=r"config\.score_config\.task: 'train'"):
-    config_schema.validate(_config(selection="el2n_hard", images_per_class=1,
-                                   score_config=_config()))
+    config_schema.validate(
+        _config(selection="el2n_hard", images_per_class=1, score_config=_config()))
 
 
 def test_a_study_resets_what_each_cell_does_not_read():
@@ -181,8 +268,13 @@ def test_imagenet_hald_recipe_is_the_papers():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("regime", "soft"), ("task", "bogus"), ("label_format", "fp8"), ("temperature", 0.0),
-    ("crops_per_image", 0), ("label_keep_fraction", 0.0), ("teacher_bn_mode", "train"),
+    ("regime", "soft"),
+    ("task", "bogus"),
+    ("label_format", "fp8"),
+    ("temperature", 0.0),
+    ("crops_per_image", 0),
+    ("label_keep_fraction", 0.0),
+    ("teacher_bn_mode", "train"),
     ("hald_schedule", "S5"),
 ])
 def test_bad_soft_label_fields_name_the_field(field, value):
@@ -194,10 +286,20 @@ def test_bad_soft_label_fields_name_the_field(field, value):
 
 
 @pytest.mark.parametrize("overrides, field", [
-    ({"selection": "el2n_hard"}, "scores_file"),
-    ({"selection": "coreset", "scores_file": "x.npz"}, "selection"),
-    ({"task": "score", "score_epochs": 0}, "score_epochs"),
-    ({"cad_window": 1}, "cad_window"),
+    ({
+        "selection": "el2n_hard"
+    }, "scores_file"),
+    ({
+        "selection": "coreset",
+        "scores_file": "x.npz"
+    }, "selection"),
+    ({
+        "task": "score",
+        "score_epochs": 0
+    }, "score_epochs"),
+    ({
+        "cad_window": 1
+    }, "cad_window"),
 ])
 def test_bad_selection_fields_name_the_field(overrides, field):
   config = config_schema.default_config()

@@ -1,4 +1,4 @@
-"""The library's XLA:CPU choice: which flags it adds, when it must not, and the accuracy it keeps."""
+"""The library's XLA:CPU choice: which flags it adds, when it must not, the accuracy it keeps."""
 
 import os
 
@@ -80,10 +80,11 @@ def test_conv_kernel_gradient_matches_float64():
   hidden = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
   kernel = (rng.standard_normal((3, 3, channels, channels)) * 0.05).astype(np.float32)
   # A cotangent with a per-channel offset and scale, like a real backward signal.
-  cotangent = (rng.standard_normal((batch, size, size, channels))
-               * np.exp(rng.standard_normal(channels)) + 1.0).astype(np.float32)
-  conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  cotangent = (rng.standard_normal(
+      (batch, size, size, channels)) * np.exp(rng.standard_normal(channels)) + 1.0).astype(
+          np.float32)
+  conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=(
+      "NHWC", "HWIO", "NHWC"))
   kernel_grad = jax.jit(lambda h, k, g: jax.vjp(lambda k: conv(h, k), k)[1](g)[0])
   got = np.asarray(kernel_grad(hidden, kernel, cotangent), np.float64)
   padded = np.pad(hidden.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))

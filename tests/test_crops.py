@@ -30,13 +30,12 @@ def test_same_key_same_params_and_slots_differ():
 
 def test_same_params_in_another_process():
   keys = [(0, i, s) for i in range(5) for s in range(3)]
-  code = (
-      "import json, dataclasses\n"
-      "from hardlabel_jax.data import crops\n"
-      "spec = crops.CropSpec(output_size=16, cutmix_alpha=1.0)\n"
-      f"keys = {keys!r}\n"
-      "print(json.dumps([dataclasses.astuple(crops.crop_params(s, i, k, (28, 28), spec, 50))"
-      " for s, i, k in keys]))\n")
+  code = ("import json, dataclasses\n"
+          "from hardlabel_jax.data import crops\n"
+          "spec = crops.CropSpec(output_size=16, cutmix_alpha=1.0)\n"
+          f"keys = {keys!r}\n"
+          "print(json.dumps([dataclasses.astuple(crops.crop_params(s, i, k, (28, 28), spec, 50))"
+          " for s, i, k in keys]))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   theirs = [tuple(x) for x in json.loads(out.stdout)]
   ours = [_as_tuple(crops.crop_params(s, i, k, (28, 28), SPEC, 50)) for s, i, k in keys]
@@ -80,8 +79,8 @@ def test_apply_crop_flips_and_resizes_exactly():
 def test_paste_cutmix_takes_partner_pixels_in_box_only():
   a = np.zeros((8, 8, 3), np.uint8)
   b = np.full((8, 8, 3), 255, np.uint8)
-  p = crops.CropParams(0, 0, 8, 8, False, partner_position=0, cut_top=2, cut_left=3,
-                       cut_height=4, cut_width=2, mix_lambda=1 - 8 / 64)
+  p = crops.CropParams(0, 0, 8, 8, False, partner_position=0, cut_top=2, cut_left=3, cut_height=4,
+                       cut_width=2, mix_lambda=1 - 8 / 64)
   out = crops.paste_cutmix(a, b, p)
   assert out.sum() == 255 * 3 * 8
   assert (out[2:6, 3:5] == 255).all()

@@ -7,16 +7,21 @@ import pickle
 import sys
 import threading
 
+from etils import epath
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
-from etils import epath
-from PIL import Image
 
-from hardlabel_jax.data import embedded, fashion_mnist, local_builder
-from hardlabel_jax.data.image_folder import FolderSource, load_imagefolder
+from hardlabel_jax.data import embedded
+from hardlabel_jax.data import fashion_mnist
+from hardlabel_jax.data import local_builder
+from hardlabel_jax.data.image_folder import FolderSource
+from hardlabel_jax.data.image_folder import load_imagefolder
 from hardlabel_jax.data.source import ImageSource
-from hardlabel_jax.data.sources import DataSourceError, list_known_sources, load_source
+from hardlabel_jax.data.sources import DataSourceError
+from hardlabel_jax.data.sources import list_known_sources
+from hardlabel_jax.data.sources import load_source
 
 
 def _all(source):
@@ -62,8 +67,10 @@ def test_embedded_mnist_fingerprints_and_disjoint_splits(mnist, data_dir):
   again = load_source("embedded_mnist", "train", data_dir)
   assert again.info.fingerprint == mnist["train"].info.fingerprint
   assert mnist["train"].info.fingerprint != mnist["test"].info.fingerprint
-  digests = {split: {hashlib.sha256(e["image"].tobytes()).digest() for e in _all(source)}
-             for split, source in mnist.items()}
+  digests = {
+      split: {hashlib.sha256(e["image"].tobytes()).digest() for e in _all(source)}
+      for split, source in mnist.items()
+  }
   assert not digests["train"] & digests["test"]
 
 
@@ -80,8 +87,8 @@ def test_embedded_mnist_pickles_for_grain_workers(mnist):
 
 
 def test_embedded_mnist_in_grain_worker_processes(mnist):
-  import grain
   from absl import flags
+  import grain
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags; pytest parses none
   source = mnist["test"]
@@ -100,9 +107,11 @@ def test_local_build_runs_once_when_threads_race(tmp_path):
     return {"train": local_builder.LocalSplit(images, np.array([0, 1]))}
 
   paths = []
-  threads = [threading.Thread(target=lambda: paths.append(local_builder.prepare_local(
-      "race", "k", make_splits, image_shape=(4, 4, 1), class_names=("a", "b"),
-      data_dir=str(tmp_path)))) for _ in range(3)]
+  threads = [
+      threading.Thread(target=lambda: paths.append(
+          local_builder.prepare_local("race", "k", make_splits, image_shape=(4, 4, 1), class_names=
+                                      ("a", "b"), data_dir=str(tmp_path)))) for _ in range(3)
+  ]
   for t in threads:
     t.start()
   for t in threads:
@@ -233,8 +242,7 @@ def _tiny_pixels(n):
 
 def test_tfds_prepared_array_record_set(tmp_path):
   builder = HardlabelTestTinyPng(data_dir=str(tmp_path), file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   source = load_source("tfds:hardlabel_test_tiny_png", "train", str(tmp_path))
   assert len(source) == 10 and source.info.class_names == ("a", "b", "c")
   assert source.info.image_shape == (6, 5, 3) and source.info.mean == (0.5, 0.5, 0.5)

@@ -1,14 +1,15 @@
-"""Difficulty scores on hand-worked numbers, at extreme logits, under jit and sharded over 8 devices."""
+"""Difficulty scores on hand-worked numbers, at extreme logits, jitted and sharded on 8 devices."""
 
 import math
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
-from hardlabel_jax import difficulty, mesh
+from hardlabel_jax import difficulty
+from hardlabel_jax import mesh
 from hardlabel_jax.models import create_model
 
 LN3 = math.log(3.0)
@@ -23,7 +24,8 @@ def _f32(x):
 
 
 def test_el2n_hand_values():
-  # softmax([0, ln 3]) = [1/4, 3/4]: label 0 → ‖[−3/4, 3/4]‖ = 3√2/4; label 1 → ‖[1/4, −1/4]‖ = √2/4.
+  # softmax([0, ln 3]) = [1/4, 3/4]: label 0 → ‖[−3/4, 3/4]‖ = 3√2/4;
+  # label 1 → ‖[1/4, −1/4]‖ = √2/4.
   logits = _f32([[0.0, LN3], [0.0, LN3], [1e4, -1e4]])
   got = difficulty.el2n(logits, np.array([0, 1, 1]))
   np.testing.assert_allclose(got, [3 * math.sqrt(2) / 4, math.sqrt(2) / 4, math.sqrt(2)], rtol=1e-6)
@@ -40,8 +42,7 @@ def test_el2n_mean_averages_runs():
 def test_aum_sign_clean_vs_mislabeled():
   # Example 0 (label 0, learned): margins 3−1 = 2 and 2−1 = 1 → 1.5.
   # Example 1 (label 2, but the model fits class 0): margins 1−4 = −3 and 2−5 = −3 → −3.
-  logits = _f32([[[3, 1, 0], [4, 0, 1]],
-                 [[2, 1, 1], [5, 0, 2]]])
+  logits = _f32([[[3, 1, 0], [4, 0, 1]], [[2, 1, 1], [5, 0, 2]]])
   np.testing.assert_allclose(difficulty.aum(logits, np.array([0, 2])), [1.5, -3.0], rtol=1e-6)
 
 
@@ -67,8 +68,8 @@ def test_epoch_statistics_hand_values():
   e2 = math.exp(2.0)
   np.testing.assert_allclose(stats["true_prob"], [0.25, e2 / (1 + e2)], rtol=1e-6)
   np.testing.assert_allclose(stats["margin"], [-LN3, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(stats["el2n"], [3 * math.sqrt(2) / 4, math.sqrt(2) / (1 + e2)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(stats["el2n"],
+                             [3 * math.sqrt(2) / 4, math.sqrt(2) / (1 + e2)], rtol=1e-6)
   np.testing.assert_array_equal(stats["correct"], [False, True])
   assert stats["correct"].dtype == jnp.bool_
 
@@ -78,10 +79,12 @@ def test_epoch_statistics_hand_values():
 
 
 def test_forgetting_events_counts():
-  correct = np.array([[1, 0, 1, 1, 0],   # forgotten twice
-                      [0, 0, 0, 0, 0],   # never learned
-                      [0, 1, 1, 1, 1],   # learned, never forgotten
-                      [1, 1, 0, 0, 1]]).T  # once
+  correct = np.array([
+      [1, 0, 1, 1, 0],  # forgotten twice
+      [0, 0, 0, 0, 0],  # never learned
+      [0, 1, 1, 1, 1],  # learned, never forgotten
+      [1, 1, 0, 0, 1]
+  ]).T  # once
   np.testing.assert_array_equal(difficulty.forgetting_events(correct), [2, np.inf, 0, 1])
   np.testing.assert_array_equal(difficulty.forgetting_events(correct.astype(bool)),
                                 [2, np.inf, 0, 1])
@@ -108,11 +111,7 @@ def test_dynamic_uncertainty_window_checked(window):
 
 def test_cad_hand_table():
   # K = 5, J = 2, W = 2: U_k = |p_{k+1} − p_k|/√2 for k = 0..3; CAD averages U_1, U_2.
-  p = _f32([[0.1, 0.5],
-            [0.5, 0.5],
-            [0.2, 0.5],
-            [0.6, 0.5],
-            [0.9, 0.0]])
+  p = _f32([[0.1, 0.5], [0.5, 0.5], [0.2, 0.5], [0.6, 0.5], [0.9, 0.0]])
   # Example 0: U = [0.4, 0.3, 0.4, 0.3]/√2 → (0.3 + 0.4)/2/√2. Example 1 changes only in the last
   # window (U_3), which CAD leaves out → 0.
   got = difficulty.cad_scores(p, window=2, num_windows=2)
@@ -179,9 +178,14 @@ def test_grand_softmax_regression_hand_gradient():
 
 def test_grand_last_layer_mlp():
   params = {
-      "hidden": {"kernel": jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), "bias": jnp.zeros(3)},
-      "out": {"kernel": jnp.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]),
-              "bias": jnp.array([0.0, LN3])},
+      "hidden": {
+          "kernel": jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]),
+          "bias": jnp.zeros(3)
+      },
+      "out": {
+          "kernel": jnp.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]),
+          "bias": jnp.array([0.0, LN3])
+      },
   }
   x, y = _f32([[1, 2]]), np.array([1])
   # h = relu([1, 2, 3]) → last layer: (‖h‖² + 1)·‖p − y‖² = 15·(1/16 + 1/16) = 15/8. The output
@@ -200,15 +204,16 @@ def test_grand_last_layer_mlp():
 def test_find_final_layer():
   for name, path in (("convnet_d3", ("classifier",)), ("resnet18_cifar", ("fc",))):
     model = create_model(name, 10, width=8)
-    variables = jax.eval_shape(
-        lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros(
+        (1, 32, 32, 3)), train=False))
     assert difficulty.find_final_layer(variables["params"], 10) == path
   ambiguous = {"a": {"kernel": jnp.zeros((2, 2))}, "b": {"kernel": jnp.zeros((2, 2))}}
   with pytest.raises(ValueError, match="pass layer_name"):
     difficulty.find_final_layer(ambiguous, 2)
   with pytest.raises(ValueError, match="not a Dense layer"):
-    difficulty.grand(_MLP(), {"params": {"hidden": ambiguous["a"]}}, _f32([[1, 2]]),
-                     np.array([0]), last_layer=True, layer_name="nope")
+    difficulty.grand(_MLP(), {"params": {
+        "hidden": ambiguous["a"]
+    }}, _f32([[1, 2]]), np.array([0]), last_layer=True, layer_name="nope")
 
 
 # ----------------------------------------------------------------------------------------------

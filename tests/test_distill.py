@@ -4,23 +4,21 @@ import json
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from hardlabel_jax import distill
 from hardlabel_jax import plan
 from hardlabel_jax import selection
-from hardlabel_jax import trainer
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
-
 from helpers import tiny_config
 
 
 def test_stitch_puts_patch_i_plus_k_ipc_in_row_major_order():
   ipc, factor = 3, 2
-  patches = np.stack([np.full((2, 2, 1), k, np.uint8) for k in range(ipc * factor ** 2)])
+  patches = np.stack([np.full((2, 2, 1), k, np.uint8) for k in range(ipc * factor**2)])
   grids = distill.stitch(patches, ipc, factor)
   assert grids.shape == (3, 4, 4, 1)
   # image 1 holds patches 1, 4, 7, 10: top-left, top-right, bottom-left, bottom-right.
@@ -52,7 +50,8 @@ def distill_config(tmp_path, teacher_dir, **overrides):
 def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
   config = distill_config(tmp_path, teacher_dir)
   results = plan.train(config, str(tmp_path / "run"))
-  assert results.results["pool_size"] == 20 and results.results["dataset"].startswith("imagefolder:")
+  assert results.results["pool_size"] == 20 and results.results["dataset"].startswith(
+      "imagefolder:")
   (name,) = os.listdir(tmp_path / "cache" / "distilled")
   directory = tmp_path / "cache" / "distilled" / name
   provenance = json.loads((directory / distill.PROVENANCE_FILE).read_text())
@@ -85,14 +84,18 @@ def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
   ids = np.arange(len(train))
   cad = np.random.default_rng(0).random(len(train)).astype(np.float32)
   scores_file = str(tmp_path / "scores.npz")
-  selection.save_scores(scores_file, {"cad": cad}, ids,
-                        {"dataset": "embedded_mnist", "fingerprint": train.info.fingerprint})
+  selection.save_scores(scores_file, {"cad": cad}, ids, {
+      "dataset": "embedded_mnist",
+      "fingerprint": train.info.fingerprint
+  })
   config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file)
   directory = plan.distill_set(config, str(tmp_path / "run"))
   provenance = json.loads(open(os.path.join(directory, distill.PROVENANCE_FILE)).read())
   labels = train.labels()
-  top = {c: set(ids[labels == c][np.argsort(-cad[labels == c], kind="stable")[:10]].tolist())
-         for c in range(10)}
+  top = {
+      c: set(ids[labels == c][np.argsort(-cad[labels == c], kind="stable")[:10]].tolist())
+      for c in range(10)
+  }
   used = [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
   assert len(used) == 80 and all(i in top[c] for i, c in used)
   # The same config reuses the set.
@@ -101,9 +104,8 @@ def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
 
 def test_distillation_needs_its_inputs(tmp_path, teacher_dir):
   with pytest.raises(ValueError, match="config.scores_file"):
-    plan.train(distill_config(tmp_path, teacher_dir, selection="ca2d"),
-                               str(tmp_path / "a"))
+    plan.train(distill_config(tmp_path, teacher_dir, selection="ca2d"), str(tmp_path / "a"))
   with pytest.raises(ValueError, match="fewer than"):
     plan.train(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5),
-                               str(tmp_path / "b"))
+               str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

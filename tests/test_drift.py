@@ -53,8 +53,12 @@ def test_more_crops_average_out_drift():
 
 
 def test_writers(tmp_path):
-  rows = drift.drift_curve({"kl": np.array([[0.5, 0.1]]), "crop_mismatch": np.array([[1., .5]]),
-                            "mean_label_mismatch": np.array([[1., 0.]])}, [1, 2])
+  rows = drift.drift_curve(
+      {
+          "kl": np.array([[0.5, 0.1]]),
+          "crop_mismatch": np.array([[1., .5]]),
+          "mean_label_mismatch": np.array([[1., 0.]])
+      }, [1, 2])
   drift.write_csv(rows, str(tmp_path / "d.csv"))
   with open(tmp_path / "d.csv") as f:
     read = list(csv.DictReader(f))

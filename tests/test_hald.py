@@ -8,8 +8,8 @@ from hardlabel_jax import hald
 def _phases(name, epochs, hard_fraction=0.5):
   schedule = hald.parse_schedule(name)
   letter = {"soft": "S", "hard": "H", "hybrid": "Y"}
-  return "".join(letter[hald.phase_of_epoch(e, epochs, schedule, hard_fraction)]
-                 for e in range(epochs))
+  return "".join(
+      letter[hald.phase_of_epoch(e, epochs, schedule, hard_fraction)] for e in range(epochs))
 
 
 def test_s6_is_soft_half_hard_soft_half():

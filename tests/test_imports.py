@@ -7,9 +7,10 @@ import hardlabel_jax
 
 PACKAGE_DIR = os.path.dirname(hardlabel_jax.__file__)
 # Producers of artefacts (layer 2) and the plan above them: the training loop imports none.
-PRODUCERS = {"hardlabel_jax.teacher", "hardlabel_jax.relabel", "hardlabel_jax.distill",
-             "hardlabel_jax.scoring", "hardlabel_jax.drift", "hardlabel_jax.plan",
-             "hardlabel_jax.study"}
+PRODUCERS = {
+    "hardlabel_jax.teacher", "hardlabel_jax.relabel", "hardlabel_jax.distill",
+    "hardlabel_jax.scoring", "hardlabel_jax.drift", "hardlabel_jax.plan", "hardlabel_jax.study"
+}
 # Modules that need an optional dependency, imported where it is used so the rest runs without.
 OPTIONAL = {"hardlabel_jax.benchmarks.torch_models"}  # torch: only with the `bench` extra
 

@@ -7,10 +7,10 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
 
 from hardlabel_jax import losses
 
@@ -55,9 +55,10 @@ def np_standardize(z):
 
 def np_kd(s, t, y, T, w, ce_w=None):
   ce_w = 1.0 - w if ce_w is None else ce_w
-  per = [ce_w * np_ce(s[i], y[i])
-         + w * T**2 * np_kl(np_log_softmax(t[i] / T), np_log_softmax(s[i] / T))
-         for i in range(len(y))]
+  per = [
+      ce_w * np_ce(s[i], y[i])
+      + w * T**2 * np_kl(np_log_softmax(t[i] / T), np_log_softmax(s[i] / T)) for i in range(len(y))
+  ]
   return float(np.mean(per))
 
 
@@ -67,8 +68,8 @@ def np_dkd_parts(s, t, y, T):
   for i in range(len(y)):
     tckd.append(T**2 * np_kl(np_log_binary(t[i] / T, y[i]), np_log_binary(s[i] / T, y[i])))
     g = np.eye(len(s[i]))[y[i]]
-    nckd.append(T**2 * np_kl(np_log_softmax(t[i] / T - 1000 * g),
-                             np_log_softmax(s[i] / T - 1000 * g)))
+    nckd.append(T**2
+                * np_kl(np_log_softmax(t[i] / T - 1000 * g), np_log_softmax(s[i] / T - 1000 * g)))
   return np.array(tckd), np.array(nckd)
 
 
@@ -185,8 +186,8 @@ def test_dkd_reference(alpha, beta, T, wf):
     close(got, np_dkd(s, t, y, alpha, beta, T, wf))
 
 
-@pytest.mark.parametrize("alpha,beta,T,Ta,wf",
-                         [(1.0, 8.0, 4.0, 4.0, 1.0), (2.0, 0.5, 1.0, 3.0, 0.5)])
+@pytest.mark.parametrize("alpha,beta,T,Ta,wf", [(1.0, 8.0, 4.0, 4.0, 1.0),
+                                                (2.0, 0.5, 1.0, 3.0, 0.5)])
 def test_rld_reference(alpha, beta, T, Ta, wf):
   for s, t, y in CASES:
     got = losses.rld_loss(s, t, y, alpha=alpha, beta=beta, temperature=T, alpha_temperature=Ta,
@@ -288,9 +289,11 @@ def test_logit_standardization_ce_on_raw_logits_kd_on_standardized():
   s, t, y = S3 * 3.0 + 1.0, T3, Y3
   fn = losses.get_distillation_loss("kd", True, **losses.LOGIT_STANDARDIZATION_KD_DEFAULTS)
   zs, zt = np_standardize(s), np_standardize(t)
-  expected = np.mean([0.1 * np_ce(s[i], y[i])
-                      + 9.0 * 4.0 * np_kl(np_log_softmax(zt[i] / 2.0), np_log_softmax(zs[i] / 2.0))
-                      for i in range(len(y))])
+  expected = np.mean([
+      0.1 * np_ce(s[i], y[i])
+      + 9.0 * 4.0 * np_kl(np_log_softmax(zt[i] / 2.0), np_log_softmax(zs[i] / 2.0))
+      for i in range(len(y))
+  ])
   close(fn(s, t, y), expected, rtol=1e-4)
   # Standardised losses see only the z-scores: shifting/scaling the teacher changes nothing.
   for name in ("kl", "dkd", "rld", "nkd"):
@@ -318,8 +321,8 @@ def test_jit_and_8_device_sharding_match_eager(name):
   s, t, y = random_batch(batch=16, seed=8)
   jitted = jitted_value_and_grad(name, False)
   value, (grad_s, grad_t) = jitted(s, t, y)  # on the default (single) device
-  chex.assert_trees_all_close(value, losses.get_distillation_loss(name)(s, t, y), rtol=1e-6,
-                              atol=1e-6)
+  chex.assert_trees_all_close(value,
+                              losses.get_distillation_loss(name)(s, t, y), rtol=1e-6, atol=1e-6)
   assert float(jnp.abs(grad_s).max()) > 0
   np.testing.assert_array_equal(np.asarray(grad_t), 0.0)  # the teacher is frozen
 
@@ -437,9 +440,9 @@ def test_registry_errors_and_contents():
   traced = jax.jit(lambda wf: fn(S3, T3, Y3, warmup_factor=wf))(jnp.float32(0.5))
   close(traced, np_dkd(S3, T3, Y3, 1.0, 2.0, 4.0, 0.5))
   close(losses.get_distillation_loss("ce")(S3, None, Y3), losses.cross_entropy(S3, Y3).item())
-  close(losses.get_distillation_loss("kl", temperature=3.0)(S3, T3, Y3),
-        np.mean([np_kl(np_log_softmax(T3[i] / 3.0), np_log_softmax(S3[i] / 3.0))
-                 for i in range(4)]))
+  close(
+      losses.get_distillation_loss("kl", temperature=3.0)(S3, T3, Y3),
+      np.mean([np_kl(np_log_softmax(T3[i] / 3.0), np_log_softmax(S3[i] / 3.0)) for i in range(4)]))
   close(losses.get_distillation_loss("kd")(S3, T3, Y3), np_kd(S3, T3, Y3, 4.0, 0.9))
   close(losses.get_distillation_loss("rld")(S3, T3, Y3), np_rld(S3, T3, Y3, 1, 8, 4, 4, 1))
   close(losses.get_distillation_loss("nkd")(S3, T3, Y3), np_nkd(S3, T3, Y3, 1.0, 1.5))

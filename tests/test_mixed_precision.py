@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from hardlabel_jax import config_schema
-from hardlabel_jax import plan
 from hardlabel_jax import models
-from hardlabel_jax import trainer
+from hardlabel_jax import plan
 
 EMBEDDED_HL = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "embedded_hl.py")
 
@@ -30,9 +29,14 @@ def test_auto_is_bfloat16_on_accelerators_and_float32_on_cpu():
     config_schema.validate(config)
 
 
-@pytest.mark.parametrize("name,kwargs", [("convnet_d3", {"width": 8}),
-                                         ("convnet_d3", {"width": 8, "norm": "batch"}),
-                                         ("resnet18_cifar", {"width": 4})])
+@pytest.mark.parametrize("name,kwargs", [("convnet_d3", {
+    "width": 8
+}), ("convnet_d3", {
+    "width": 8,
+    "norm": "batch"
+}), ("resnet18_cifar", {
+    "width": 4
+})])
 def test_bf16_body_float32_parameters_statistics_and_logits(name, kwargs):
   config = {"model": name, "model_kwargs": kwargs, "compute_dtype": "bfloat16"}
   model = models.model_from_config(config, 5)
@@ -46,8 +50,10 @@ def test_bf16_body_float32_parameters_statistics_and_logits(name, kwargs):
     assert leaf.dtype == jnp.float32
   for leaf in jax.tree.leaves(state.get("batch_stats", {})):
     assert leaf.dtype == jnp.float32
-  convs = [v for path, v in jax.tree_util.tree_leaves_with_path(state["intermediates"])
-           if "conv" in jax.tree_util.keystr(path).lower()]
+  convs = [
+      v for path, v in jax.tree_util.tree_leaves_with_path(state["intermediates"])
+      if "conv" in jax.tree_util.keystr(path).lower()
+  ]
   assert convs and all(v.dtype == jnp.bfloat16 for v in convs)
   # Old run configs (no compute_dtype) trained in float32.
   legacy = models.model_from_config({"model": name, "model_kwargs": kwargs}, 5)
@@ -64,7 +70,8 @@ def test_bf16_trains_embedded_hl_within_one_point_of_float32(tmp_path):
     config.compute_dtype, config.tensorboard = dtype, False
     out = plan.train(config, str(tmp_path / dtype), devices=jax.devices()[:1])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out.state.params))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out.state.opt_state)
+    assert all(leaf.dtype == jnp.float32
+               for leaf in jax.tree.leaves(out.state.opt_state)
                if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating))
     results[dtype] = out.results["test_top1"]
   print(f"embedded_hl, 2 epochs, width 32: test top-1 {results}")

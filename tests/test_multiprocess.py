@@ -17,8 +17,6 @@ import pytest
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import plan
-from hardlabel_jax import trainer
-
 from helpers import tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -38,8 +36,8 @@ def get_config(arg):
 def _config(regime, **overrides):
   # Stored crops per image only where a table is read (an HL run refuses the unread field).
   table = {"crops_per_image": 2} if regime == "sl" else {}
-  return tiny_config(regime=regime, budget_examples=16 * 6, checkpoint_every_steps=3,
-                     **table, **overrides)
+  return tiny_config(regime=regime, budget_examples=16 * 6, checkpoint_every_steps=3, **table,
+                     **overrides)
 
 
 def _free_port():
@@ -50,13 +48,19 @@ def _free_port():
 
 def _run_two_processes(config_file, regime, workdir, *overrides):
   port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  commands = [[sys.executable, "-m", "hardlabel_jax.main", f"--config={config_file}:{regime}",
-               f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={i}", *overrides] for i in range(2)]
-  processes = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for c in commands]
+  env = {
+      **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "JAX_PLATFORMS": "cpu"
+  }
+  commands = [[
+      sys.executable, "-m", "hardlabel_jax.main", f"--config={config_file}:{regime}",
+      f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2", f"--process_id={i}", *overrides
+  ] for i in range(2)]
+  processes = [
+      subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) for c in commands
+  ]
   outputs = []
   for process in processes:
     try:
@@ -65,7 +69,7 @@ def _run_two_processes(config_file, regime, workdir, *overrides):
       for p in processes:
         p.kill()
       raise
-  for i, (process, output) in enumerate(zip(processes, outputs)):
+  for i, (process, output) in enumerate(zip(processes, outputs, strict=True)):
     assert process.returncode == 0, f"process {i} failed:\n{output[-4000:]}"
   return outputs
 
@@ -81,15 +85,17 @@ def _variables(workdir):
 def _assert_same_parameters(a, b):
   leaves_a, leaves_b = jax.tree.leaves(_variables(a)), jax.tree.leaves(_variables(b))
   assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
+  for x, y in zip(leaves_a, leaves_b, strict=True):
     # The 8-way gradient all-reduce runs over gloo instead of in one process: the sum order may
     # differ in the last bit, nothing more.
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 def _files(directory):
-  return sorted(os.path.relpath(os.path.join(root, name), directory)
-                for root, _, names in os.walk(directory) for name in names)
+  return sorted(
+      os.path.relpath(os.path.join(root, name), directory)
+      for root, _, names in os.walk(directory)
+      for name in names)
 
 
 @pytest.mark.slow
@@ -115,7 +121,6 @@ def test_two_processes_train_and_relabel_like_one_process_with_eight_devices(tmp
   _run_two_processes(config_file, "sl", multi / "sl", f"--config.teacher_workdir={teacher}")
   tables = [d / "tables" for d in (single / "sl", multi / "sl")]
   assert _files(tables[0]) == _files(tables[1]) and _files(tables[0])
-  match, mismatch, errors = filecmp.cmpfiles(tables[0], tables[1], _files(tables[0]),
-                                             shallow=False)
+  match, mismatch, errors = filecmp.cmpfiles(tables[0], tables[1], _files(tables[0]), shallow=False)
   assert not mismatch and not errors, mismatch
   _assert_same_parameters(single / "sl", multi / "sl")

@@ -28,8 +28,8 @@ def _collect(iterator):
 def test_each_epoch_is_a_fresh_permutation_of_the_pool():
   source = _source()
   pool = np.arange(3, 23)  # 20 examples
-  batches = _collect(pipeline.training_stream(_example(source, pool), global_batch=5,
-                                              num_steps=12, seed=1))
+  batches = _collect(
+      pipeline.training_stream(_example(source, pool), global_batch=5, num_steps=12, seed=1))
   ids = np.concatenate([b["id"] for b in batches])
   slots = np.concatenate([b["slot"] for b in batches])
   epoch0, epoch1, epoch2 = ids[:20], ids[20:40], ids[40:]
@@ -62,7 +62,7 @@ def test_same_seed_same_stream_other_seed_other_order():
                                         seed=7))
   c = _collect(pipeline.training_stream(_example(source, pool), global_batch=8, num_steps=3,
                                         seed=8))
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
   assert not np.array_equal(a[0]["id"], c[0]["id"])
@@ -72,14 +72,15 @@ def test_worker_processes_and_read_threads_give_identical_batches():
   """Batches do not depend on how they are read: worker processes, read threads, buffer size."""
   source, pool = _source(), np.arange(24)
   kwargs = dict(global_batch=6, num_steps=5, seed=3)
-  serial = _collect(pipeline.training_stream(
-      _example(source, pool, cutmix=1.0), loading=pipeline.LoaderOptions(0, 0, 1), **kwargs))
+  serial = _collect(
+      pipeline.training_stream(_example(source, pool, cutmix=1.0),
+                               loading=pipeline.LoaderOptions(0, 0, 1), **kwargs))
   for loading in (pipeline.LoaderOptions(num_workers=2), pipeline.LoaderOptions(0, 16, 500),
                   pipeline.LoaderOptions()):
-    other = _collect(pipeline.training_stream(_example(source, pool, cutmix=1.0),
-                                              loading=loading, **kwargs))
+    other = _collect(
+        pipeline.training_stream(_example(source, pool, cutmix=1.0), loading=loading, **kwargs))
     assert len(serial) == len(other) == 5
-    for x, y in zip(serial, other):
+    for x, y in zip(serial, other, strict=True):
       for key in x:
         np.testing.assert_array_equal(x[key], y[key])
 
@@ -97,8 +98,11 @@ def test_process_shards_concatenate_to_the_single_process_batch():
   source, pool = _source(), np.arange(24)
   kwargs = dict(global_batch=8, num_steps=4, seed=5)
   whole = _collect(pipeline.training_stream(_example(source, pool), **kwargs))
-  parts = [_collect(pipeline.training_stream(_example(source, pool), process_index=p,
-                                             process_count=2, **kwargs)) for p in range(2)]
+  parts = [
+      _collect(
+          pipeline.training_stream(_example(source, pool), process_index=p, process_count=2,
+                                   **kwargs)) for p in range(2)
+  ]
   for step, batch in enumerate(whole):
     for key in batch:
       joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
@@ -107,8 +111,9 @@ def test_process_shards_concatenate_to_the_single_process_batch():
 
 def test_cutmix_labels_and_lambda():
   source, pool = _source(), np.arange(24)
-  batch = next(pipeline.training_stream(_example(source, pool, cutmix=1.0), global_batch=24,
-                                        num_steps=1, seed=0))
+  batch = next(
+      pipeline.training_stream(_example(source, pool, cutmix=1.0), global_batch=24, num_steps=1,
+                               seed=0))
   assert batch["image"].shape == (24, 8, 8, 3) and batch["image"].dtype == np.float32
   assert ((batch["mix_lambda"] > 0) & (batch["mix_lambda"] <= 1)).all()
   assert (batch["mix_lambda"] < 1).any()
@@ -117,23 +122,22 @@ def test_cutmix_labels_and_lambda():
 
 def test_iterator_state_resumes_mid_stream():
   source, pool = _source(), np.arange(24)
-  iterator = pipeline.training_stream(_example(source, pool), global_batch=4, num_steps=6,
-                                      seed=2)
+  iterator = pipeline.training_stream(_example(source, pool), global_batch=4, num_steps=6, seed=2)
   for _ in range(2):
     next(iterator)
   state = iterator.get_state()
   expected = [next(iterator)["id"] for _ in range(4)]
   fresh = pipeline.training_stream(_example(source, pool), global_batch=4, num_steps=6, seed=2)
   fresh.set_state(state)
-  np.testing.assert_array_equal(np.stack([next(fresh)["id"] for _ in range(4)]),
-                                np.stack(expected))
+  np.testing.assert_array_equal(np.stack([next(fresh)["id"] for _ in range(4)]), np.stack(expected))
 
 
 def test_evaluation_batches_cover_split_once_with_padding_masked():
   source = _source(n=10)
-  batches = list(pipeline.evaluation_batches(
-      source, size=12, crop_fraction=1.0, normalizer=pipeline.Normalizer((0.,) * 3, (1.,) * 3),
-      global_batch=4))
+  batches = list(
+      pipeline.evaluation_batches(source, size=12, crop_fraction=1.0,
+                                  normalizer=pipeline.Normalizer((0.,) * 3,
+                                                                 (1.,) * 3), global_batch=4))
   masks = np.concatenate([b["mask"] for b in batches])
   ids = np.concatenate([b["id"] for b in batches])
   assert masks.sum() == 10 and len(masks) == 12

@@ -5,8 +5,8 @@ import os
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
@@ -16,7 +16,6 @@ from hardlabel_jax import plan
 from hardlabel_jax import relabel
 from hardlabel_jax import scoring
 from hardlabel_jax.data import sources
-
 from helpers import tiny_config
 
 EMBEDDED_HL = os.path.join(os.path.dirname(__file__), "..", "configs", "embedded_hl.py")
@@ -70,10 +69,10 @@ def test_identity_holds_only_the_fields_a_run_reads():
   assert cache.digest(scoring.identity(score, "fp")) != cache.digest(scoring.identity(score, "x"))
   sl = tiny_config(regime="sl")
   data = {"fingerprint": "fp"}
-  assert (relabel.table_identity(sl, data, "t") ==
-          relabel.table_identity(tiny_config(regime="sl", learning_rate=0.2), data, "t"))
-  assert (relabel.table_identity(sl, data, "t") !=
-          relabel.table_identity(tiny_config(regime="sl", temperature=4.0), data, "t"))
+  assert (relabel.table_identity(sl, data, "t") == relabel.table_identity(
+      tiny_config(regime="sl", learning_rate=0.2), data, "t"))
+  assert (relabel.table_identity(sl, data, "t")
+          != relabel.table_identity(tiny_config(regime="sl", temperature=4.0), data, "t"))
 
 
 def test_a_stored_identity_is_checked_on_reuse(tmp_path):
@@ -112,8 +111,7 @@ def test_a_changed_teacher_config_trains_a_new_teacher(tmp_path):
   assert again.results["teacher_workdir"] == narrow.results["teacher_workdir"]  # reused
 
 
-def test_an_explicit_teacher_that_does_not_match_is_refused_before_any_write(tmp_path,
-                                                                            teacher_dir):
+def test_an_explicit_teacher_that_does_not_match_is_refused_before_any_write(tmp_path, teacher_dir):
   before = _tree(teacher_dir)
   wanted = tiny_config(budget_examples=16 * 12, model_kwargs={"width": 16})
   config = _student(tmp_path / "cache", wanted, teacher_workdir=teacher_dir)

@@ -11,16 +11,13 @@ from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
-from hardlabel_jax import trainer
 from hardlabel_jax.data import sources
-
 from helpers import tiny_config
 
 
 def score_config(**overrides):
   # 20 images per class are scored: 200 examples, 3 epochs of batch 16 (37 steps).
-  fields = dict(task="score", images_per_class=20, score_epochs=3, cad_window=2,
-                cad_num_windows=1)
+  fields = dict(task="score", images_per_class=20, score_epochs=3, cad_window=2, cad_num_windows=1)
   return tiny_config(**{**fields, **overrides})
 
 
@@ -37,9 +34,12 @@ def test_scoring_run_records_every_epoch_and_writes_scores(scored):
   pool = run_data.load_run_data(score_config()).pool_ids
   np.testing.assert_array_equal(loaded.ids, pool)  # keyed by stable example id
   assert loaded.header["epochs"] == 3 and loaded.header["model"] == "convnet_d3"
-  per_epoch = {name: np.stack([np.load(os.path.join(workdir, scoring.EPOCHS_DIR,
-                                                    f"epoch_{e:04d}.npz"))[name]
-                               for e in range(3)]) for name in scoring.STATISTICS}
+  per_epoch = {
+      name: np.stack([
+          np.load(os.path.join(workdir, scoring.EPOCHS_DIR, f"epoch_{e:04d}.npz"))[name]
+          for e in range(3)
+      ]) for name in scoring.STATISTICS
+  }
   assert per_epoch["true_prob"].shape == (3, 200)
   np.testing.assert_allclose(loaded.scores["el2n"], per_epoch["el2n"].mean(0), rtol=1e-6)
   np.testing.assert_allclose(loaded.scores["aum"], per_epoch["margin"].mean(0), rtol=1e-6)
@@ -56,11 +56,11 @@ def test_statistics_on_eight_devices_equal_one(scored):
   config = score_config()
   data = run_data.load_run_data(config)
   state = plan.train(tiny_config(images_per_class=20, budget_examples=32),
-                                     os.path.join(scored[0], "probe")).state
+                     os.path.join(scored[0], "probe")).state
   one = scoring.EpochRecorder(config, data, jax.sharding.Mesh(np.array(jax.devices()[:1]),
                                                               ("data",)), "/nonexistent")
-  eight = scoring.EpochRecorder(config, data, jax.sharding.Mesh(np.array(jax.devices()),
-                                                                ("data",)), "/nonexistent")
+  eight = scoring.EpochRecorder(config, data, jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
+                                "/nonexistent")
   a, b = one.statistics(state), eight.statistics(state)
   for name in scoring.STATISTICS:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
@@ -78,7 +78,7 @@ def test_training_pool_selected_from_a_score_file(scored, method, score):
   assert len(pool) == 50 and np.all(np.bincount(labels[pool], minlength=10) == 5)
   assert set(pool) <= set(loaded.ids.tolist())
   if method in ("el2n_hard", "cad_prune", "el2n_easy"):
-    by_id = dict(zip(loaded.ids.tolist(), loaded.scores[score]))
+    by_id = dict(zip(loaded.ids.tolist(), loaded.scores[score], strict=True))
     for c in range(10):
       chosen = sorted(by_id[i] for i in pool if labels[i] == c)
       others = [by_id[i] for i in loaded.ids if labels[i] == c and i not in set(pool)]
@@ -92,8 +92,9 @@ def test_score_file_of_another_data_set_is_refused(scored, tmp_path):
   workdir, _ = scored
   loaded = selection.load_scores(os.path.join(workdir, scoring.SCORES_FILE))
   other = str(tmp_path / "other.npz")
-  selection.save_scores(other, loaded.scores, loaded.ids,
-                        {**loaded.header, "fingerprint": "someone-else"})
+  selection.save_scores(other, loaded.scores, loaded.ids, {
+      **loaded.header, "fingerprint": "someone-else"
+  })
   config = tiny_config(selection="el2n_hard", images_per_class=5, scores_file=other)
   with pytest.raises(ValueError, match="someone-else"):
     plan.train(config, str(tmp_path / "run"))
@@ -101,8 +102,7 @@ def test_score_file_of_another_data_set_is_refused(scored, tmp_path):
 
 
 def test_cad_prune_epochs_come_from_the_downstream_budget():
-  config = score_config(score_epochs=0, cad_subset_images_per_class=10,
-                        cad_downstream_epochs=30.0)
+  config = score_config(score_epochs=0, cad_subset_images_per_class=10, cad_downstream_epochs=30.0)
   # K·N = E_down·n: K = 30 · 100 / 200 = 15.
   assert scoring.scoring_epochs(config, pool_size=200, num_classes=10) == 15
 

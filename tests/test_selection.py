@@ -1,4 +1,4 @@
-"""Selectors (random, easiest/hardest, percentile window, CCS, CAD-Prune), compute matching, score files."""
+"""Selectors (random, easiest/hardest, percentile window, CCS, CAD-Prune), compute match, scores."""
 
 import json
 import os
@@ -18,14 +18,16 @@ def _labels(per_class=10, classes=3):
 # CAD-Prune compute matching.
 
 
-@pytest.mark.parametrize("n_full, n_sub, epochs, want", [
-    (50000, 5000, 300, 30),
-    (4000, 100, 150, 4),  # 3.75 rounded up
-    (50000, 10, 1, 1),  # 0.0002 → at least one epoch
-    (1000, 1000, 2.5, 3),
-    (3, 1, 0.9, 1),  # 0.3 → 1
-    (10, 3, 10, 3),  # exactly 3: no float round-up to 4
-])
+@pytest.mark.parametrize(
+    "n_full, n_sub, epochs, want",
+    [
+        (50000, 5000, 300, 30),
+        (4000, 100, 150, 4),  # 3.75 rounded up
+        (50000, 10, 1, 1),  # 0.0002 → at least one epoch
+        (1000, 1000, 2.5, 3),
+        (3, 1, 0.9, 1),  # 0.3 → 1
+        (10, 3, 10, 3),  # exactly 3: no float round-up to 4
+    ])
 def test_cad_prune_epochs(n_full, n_sub, epochs, want):
   assert selection.cad_prune_epochs(n_full, n_sub, epochs) == want
 
@@ -68,8 +70,8 @@ def test_select_easiest_and_hardest_exact_ids():
   # Equal scores: the lowest ids of every class.
   np.testing.assert_array_equal(selection.select_hardest(np.zeros(30), labels, 1), [0, 1, 2])
   # Not class-balanced: the 3 hardest overall.
-  np.testing.assert_array_equal(
-      selection.select_hardest(scores, labels, 1, class_balanced=False), [4, 7, 29])
+  np.testing.assert_array_equal(selection.select_hardest(scores, labels, 1, class_balanced=False),
+                                [4, 7, 29])
 
 
 def test_infinite_scores_rank_hardest_and_nan_rejected():
@@ -153,8 +155,8 @@ def test_select_ccs_fills_strata_as_specified(seed):
 
 def test_select_ccs_drops_lowest_aum():
   labels = np.zeros(12, dtype=np.int64)
-  np.testing.assert_array_equal(
-      selection.select_ccs(_CCS_AUM, labels, 11, beta=0.1, num_strata=4), np.arange(1, 12))
+  np.testing.assert_array_equal(selection.select_ccs(_CCS_AUM, labels, 11, beta=0.1, num_strata=4),
+                                np.arange(1, 12))
   with pytest.raises(ValueError, match="keeps 11 examples after dropping"):
     selection.select_ccs(_CCS_AUM, labels, 12, beta=0.1, num_strata=4)
   # Higher-is-harder scores (negated AUM) drop the same example.
@@ -184,7 +186,8 @@ def test_select_dispatch():
                                 selection.select_easiest(scores, labels, 2))
   np.testing.assert_array_equal(selection.select("el2n_hard", labels, 2, scores=scores),
                                 [24, 25, 26, 27, 28, 29])
-  np.testing.assert_array_equal(selection.select("cad_prune", labels, 1, scores=scores), [27, 28, 29])
+  np.testing.assert_array_equal(selection.select("cad_prune", labels, 1, scores=scores),
+                                [27, 28, 29])
   np.testing.assert_array_equal(
       selection.select("cad_prune", labels, 1, scores=scores, direction="easiest"), [0, 1, 2])
   np.testing.assert_array_equal(selection.select("random", labels, 2, seed=5),
@@ -211,15 +214,22 @@ def test_select_errors():
 
 
 def _header(fingerprint="abc123"):
-  return {"dataset": "cifar10", "fingerprint": fingerprint, "model": "resnet18_cifar",
-          "epochs": 4, "seed": 0}
+  return {
+      "dataset": "cifar10",
+      "fingerprint": fingerprint,
+      "model": "resnet18_cifar",
+      "epochs": 4,
+      "seed": 0
+  }
 
 
 def test_score_file_round_trip(tmp_path):
   path = str(tmp_path / "sub" / "scores.npz")
   ids = np.arange(5)
-  scores = {"el2n": np.linspace(0, 1, 5).astype(np.float32),
-            "forgetting": np.array([0, 1, np.inf, 2, 0], np.float32)}
+  scores = {
+      "el2n": np.linspace(0, 1, 5).astype(np.float32),
+      "forgetting": np.array([0, 1, np.inf, 2, 0], np.float32)
+  }
   selection.save_scores(path, scores, ids, _header())
   loaded = selection.load_scores(path, expected_fingerprint="abc123")
   assert loaded.header == _header()

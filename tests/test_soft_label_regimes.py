@@ -6,26 +6,23 @@ import jax
 import numpy as np
 import pytest
 
-from hardlabel_jax import config_schema
 from hardlabel_jax import cache
-from hardlabel_jax import relabel
+from hardlabel_jax import config_schema
 from hardlabel_jax import inference
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
-from hardlabel_jax import trainer
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import replay
 from hardlabel_jax.soft_labels import table as table_lib
-
 from helpers import Killed
 from helpers import tiny_config
 
 
 def soft_config(tmp_path, teacher_dir, **overrides):
-  config = tiny_config(regime="sl", teacher_workdir=teacher_dir,
-                       cache_dir=str(tmp_path / "cache"), crops_per_image=3, temperature=4.0,
-                       random_flip=True, crop_scale=(0.2, 1.0), budget_examples=16 * 6)
+  config = tiny_config(regime="sl", teacher_workdir=teacher_dir, cache_dir=str(tmp_path / "cache"),
+                       crops_per_image=3, temperature=4.0, random_flip=True, crop_scale=(0.2, 1.0),
+                       budget_examples=16 * 6)
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -37,7 +34,7 @@ def _table_dir(tmp_path):
 
 
 def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teacher_dir,
-                                                                   monkeypatch):
+                                                                  monkeypatch):
   seen = {}
   original = inference.log_probs_fn
 
@@ -46,9 +43,10 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
 
     def wrapped(variables, batch):
       images, rows = np.asarray(batch["image"]), np.asarray(batch["row"])
-      for row, image in zip(rows, images):
+      for row, image in zip(rows, images, strict=True):
         seen.setdefault(int(row), image)
       return predict(variables, batch)
+
     return wrapped
 
   monkeypatch.setattr(inference, "log_probs_fn", recording)
@@ -80,8 +78,8 @@ def test_regimes_report_the_label_bytes_they_used(tmp_path, teacher_dir):
   assert table.bytes_per_row == 2 * 10 + 9  # full fp16 labels + box/flip metadata
   assert sl.results["phase_steps"] == {"soft": 6}
   # LPLD: keep 1 of 3 crops per image → a third of the bytes, same table.
-  pruned = plan.train(
-      soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3), str(tmp_path / "pruned"))
+  pruned = plan.train(soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3),
+                      str(tmp_path / "pruned"))
   assert pruned.results["label_bytes"] == 100 * table.bytes_per_row
   assert pruned.results["table_dir"] == sl.results["table_dir"]
   hald_run = plan.train(
@@ -131,8 +129,8 @@ def test_bad_tables_fail_before_training_and_overwrite_nothing(tmp_path, teacher
     plan.train(explicit, str(tmp_path / "run_other"))
   assert not os.path.exists(tmp_path / "run_other")
   # ... and one made at another temperature.
-  warm = soft_config(tmp_path, teacher_dir, temperature=8.0,
-                     label_table_dir=other_table.directory, subset_seed=1)
+  warm = soft_config(tmp_path, teacher_dir, temperature=8.0, label_table_dir=other_table.directory,
+                     subset_seed=1)
   with pytest.raises(cache.IdentityMismatchError, match="temperature: saved 4.0 vs now 8.0"):
     plan.train(warm, str(tmp_path / "run_warm"))
   # Without its identity record (a table written by hand), the header's content check catches it.
@@ -161,17 +159,16 @@ def test_interrupted_relabel_resumes_to_the_same_table(tmp_path, teacher_dir):
   resumed_shards = []
   table = plan.relabel_table(config, str(tmp_path / "relabel"), shard_hook=resumed_shards.append)
   assert resumed_shards == [2, 3]  # shards 0 and 1 were kept
-  fresh = plan.relabel_table(soft_config(tmp_path, teacher_dir, table_positions_per_shard=30,
-                                      cache_dir=str(tmp_path / "fresh")),
-                          str(tmp_path / "relabel_fresh"))
+  fresh = plan.relabel_table(
+      soft_config(tmp_path, teacher_dir, table_positions_per_shard=30,
+                  cache_dir=str(tmp_path / "fresh")), str(tmp_path / "relabel_fresh"))
   for shard in range(4):
     name = f"shard-{shard:05d}.bin"
-    assert (open(os.path.join(table.directory, name), "rb").read()
-            == open(os.path.join(fresh.directory, name), "rb").read())
+    assert (open(os.path.join(table.directory, name),
+                 "rb").read() == open(os.path.join(fresh.directory, name), "rb").read())
 
 
 def test_drift_task_writes_csv_json_and_png(tmp_path, teacher_dir):
-  from hardlabel_jax import drift
   config = soft_config(tmp_path, teacher_dir, task="drift", drift_crop_counts=(1, 2, 4),
                        temperature=1.0)
   config_schema.unset(config, "learning_rate", "crops_per_image")  # drift neither trains nor stores
@@ -213,7 +210,7 @@ def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
   before = [crops(p) for p in range(0, 400, 37)]  # opens the table's memory maps
   clone = pickle.loads(pickle.dumps(crops))
   assert "table" not in clone.__dict__  # re-opened lazily in the worker, not shipped
-  for position, expected in zip(range(0, 400, 37), before):
+  for position, expected in zip(range(0, 400, 37), before, strict=True):
     got = clone(position)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])

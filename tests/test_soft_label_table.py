@@ -96,8 +96,8 @@ def test_hand_worked_c4_k2():
   np.testing.assert_array_equal(formats.decode(payload, topk),
                                 np.float32([[0.5, rest, 0.300048828125, rest]]))
   # Ties go to the lower class id: classes 1 and 3 both have 0.1, k=3 picks 1.
-  np.testing.assert_array_equal(formats.encode(lp, formats.LabelFormat("topk", 4, 3))["ids"],
-                                [[0, 2, 1]])
+  np.testing.assert_array_equal(
+      formats.encode(lp, formats.LabelFormat("topk", 4, 3))["ids"], [[0, 2, 1]])
 
   q8 = formats.LabelFormat("topk_q8", 4, 2)
   payload = formats.encode(lp, q8)
@@ -117,8 +117,8 @@ def test_q8_renormalises_when_quantised_mass_exceeds_one():
   payload = np.zeros(1, fmt.payload_dtype)
   payload["ids"], payload["q"], payload["scale"] = [[2, 0]], [[0, -1]], 1.0
   total = 1 + np.exp(-1.0)
-  np.testing.assert_allclose(formats.decode(payload, fmt)[0],
-                             [np.exp(-1.0) / total, 0.0, 1 / total], rtol=1e-6)
+  np.testing.assert_allclose(
+      formats.decode(payload, fmt)[0], [np.exp(-1.0) / total, 0.0, 1 / total], rtol=1e-6)
 
 
 def test_q8_degenerate_rows_keep_a_positive_scale():
@@ -156,16 +156,25 @@ def test_payload_sizes_follow_the_formula():
 
 # ------------------------------------------------------------------------------------ table
 
-CROP_SPEC = {"output_size": 32, "scale": (0.08, 1.0), "ratio": (0.75, 1.33), "flip": True,
-             "cutmix_alpha": 0.0}
+CROP_SPEC = {
+    "output_size": 32,
+    "scale": (0.08, 1.0),
+    "ratio": (0.75, 1.33),
+    "flip": True,
+    "cutmix_alpha": 0.0
+}
 
 
 def _spec(**overrides):
   kwargs = dict(dataset_name="toy", dataset_fingerprint="fp-toy", ids=np.arange(7) * 3 + 1,
-                num_classes=10, teacher_fingerprint="teacher-1", crop_seed=5,
-                crop_spec=CROP_SPEC, temperature=4.0, label_format="topk_q8", topk=3,
-                slots_per_image=3, teacher_bn_mode="eval",
-                teacher={"workdir": "/tmp/t", "model": "resnet18", "step": 10, "test_top1": 0.5})
+                num_classes=10, teacher_fingerprint="teacher-1", crop_seed=5, crop_spec=CROP_SPEC,
+                temperature=4.0, label_format="topk_q8", topk=3, slots_per_image=3,
+                teacher_bn_mode="eval", teacher={
+                    "workdir": "/tmp/t",
+                    "model": "resnet18",
+                    "step": 10,
+                    "test_top1": 0.5
+                })
   kwargs.update(overrides)
   return tbl.TableSpec(**kwargs)
 
@@ -198,16 +207,18 @@ def _dir_bytes(directory):
   return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
 
 
-@pytest.mark.parametrize("label_format,topk,cutmix,expected", [
-    # metadata = box 4 x fp16 + flip u8 = 9 bytes; + CutMix partner i32 + lambda fp16 +
-    # cut_box 4 x u16 = 9 + 4 + 2 + 8 = 23 bytes. C = 10, ids are uint16.
-    ("full", 0, False, 9 + 2 * 10),  # 29
-    ("full", 0, True, 23 + 2 * 10),  # 43
-    ("topk", 3, False, 9 + 3 * (2 + 2)),  # 21
-    ("topk", 3, True, 23 + 3 * (2 + 2)),  # 35
-    ("topk_q8", 3, False, 9 + 3 * (2 + 1) + 2),  # 20
-    ("topk_q8", 3, True, 23 + 3 * (2 + 1) + 2),  # 34
-])
+@pytest.mark.parametrize(
+    "label_format,topk,cutmix,expected",
+    [
+        # metadata = box 4 x fp16 + flip u8 = 9 bytes; + CutMix partner i32 + lambda fp16 +
+        # cut_box 4 x u16 = 9 + 4 + 2 + 8 = 23 bytes. C = 10, ids are uint16.
+        ("full", 0, False, 9 + 2 * 10),  # 29
+        ("full", 0, True, 23 + 2 * 10),  # 43
+        ("topk", 3, False, 9 + 3 * (2 + 2)),  # 21
+        ("topk", 3, True, 23 + 3 * (2 + 2)),  # 35
+        ("topk_q8", 3, False, 9 + 3 * (2 + 1) + 2),  # 20
+        ("topk_q8", 3, True, 23 + 3 * (2 + 1) + 2),  # 34
+    ])
 def test_bytes_per_row_formula(label_format, topk, cutmix, expected):
   spec = _spec(label_format=label_format, topk=topk,
                crop_spec=dict(CROP_SPEC, cutmix_alpha=1.0 if cutmix else 0.0))
@@ -308,16 +319,34 @@ def test_missing_table(tmp_path):
 
 
 @pytest.mark.parametrize("override,pattern", [
-    ({"dataset_fingerprint": "fp-other"}, "dataset_fingerprint: table has 'fp-toy', "
-                                          "expected 'fp-other'.*another data set"),
-    ({"ids": np.arange(5)}, "ids: the table was made for another subset: 7 ids vs 5"),
-    ({"ids": np.arange(7)}, "ids: the table was made for another subset: same count 7"),
-    ({"temperature": 1.0}, "temperature: table has 4.0, expected 1.0"),
-    ({"crop_seed": 6}, "crop_seed: table has 5, expected 6"),
-    ({"topk": 5}, "topk: table has 3, expected 5"),
-    ({"teacher_bn_mode": "batch_stats"}, "teacher_bn_mode"),
-    ({"teacher_fingerprint": "teacher-2"}, "teacher_fingerprint.*another teacher"),
-    ({"crop_spec": dict(CROP_SPEC, output_size=64)}, "crop_spec"),
+    ({
+        "dataset_fingerprint": "fp-other"
+    }, "dataset_fingerprint: table has 'fp-toy', "
+     "expected 'fp-other'.*another data set"),
+    ({
+        "ids": np.arange(5)
+    }, "ids: the table was made for another subset: 7 ids vs 5"),
+    ({
+        "ids": np.arange(7)
+    }, "ids: the table was made for another subset: same count 7"),
+    ({
+        "temperature": 1.0
+    }, "temperature: table has 4.0, expected 1.0"),
+    ({
+        "crop_seed": 6
+    }, "crop_seed: table has 5, expected 6"),
+    ({
+        "topk": 5
+    }, "topk: table has 3, expected 5"),
+    ({
+        "teacher_bn_mode": "batch_stats"
+    }, "teacher_bn_mode"),
+    ({
+        "teacher_fingerprint": "teacher-2"
+    }, "teacher_fingerprint.*another teacher"),
+    ({
+        "crop_spec": dict(CROP_SPEC, output_size=64)
+    }, "crop_spec"),
 ])
 def test_mismatched_expectation_names_the_field(tmp_path, override, pattern):
   directory = str(tmp_path / "table")
@@ -347,11 +376,12 @@ def test_interrupted_write_is_unreadable_and_resumes_to_identical_bytes(tmp_path
   resumed.finalize()
   names = sorted(os.listdir(reference))
   assert names == sorted(os.listdir(directory))
-  assert names == ["header.json", "ids.npy", "shard-00000.bin", "shard-00001.bin",
-                   "shard-00002.bin"]
+  assert names == [
+      "header.json", "ids.npy", "shard-00000.bin", "shard-00001.bin", "shard-00002.bin"
+  ]
   for name in names:
-    assert (open(os.path.join(reference, name), "rb").read()
-            == open(os.path.join(directory, name), "rb").read()), name
+    assert (open(os.path.join(reference, name), "rb").read() == open(os.path.join(directory, name),
+                                                                     "rb").read()), name
 
 
 def test_resume_drops_a_damaged_partial_shard(tmp_path):

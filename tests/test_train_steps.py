@@ -33,9 +33,9 @@ def _run_steps(model_name, devices, num_steps=3):
   model = models.create_model("convnet_d3", 5, width=16, norm=norm)
   schedule = optax.constant_schedule(0.05)
   tx = optax.sgd(schedule, momentum=0.9)
-  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
-                                    input_shape=(1, 12, 12, 3)),
-                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, model, tx, input_shape=(1, 12, 12, 3)),
+      out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
   step = train_steps.jit_train_step(train_steps.hl_train_step, mesh, model=model, tx=tx,
                                     schedule=schedule, num_classes=5, label_smoothing=0.1,
                                     base_rng=jax.random.key(1))
@@ -58,8 +58,11 @@ def test_eight_devices_match_one(model_name):
 
 
 def test_hard_label_targets_mix_smoothed_one_hots():
-  batch = {"label": jnp.array([0, 1]), "partner_label": jnp.array([2, 1]),
-           "mix_lambda": jnp.array([0.75, 0.5])}
+  batch = {
+      "label": jnp.array([0, 1]),
+      "partner_label": jnp.array([2, 1]),
+      "mix_lambda": jnp.array([0.75, 0.5])
+  }
   targets = train_steps.hard_label_targets(batch, num_classes=4, smoothing=0.4)
   # smoothed one-hot: true class 1 - 0.4 + 0.1 = 0.7, others 0.1
   expected = np.array([[0.75 * 0.7 + 0.25 * 0.1, 0.1, 0.75 * 0.1 + 0.25 * 0.7, 0.1],
@@ -91,14 +94,15 @@ def _kd_setup(devices):
   teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, 12, 12, 3)), train=False)
   schedule = optax.constant_schedule(0.05)
   tx = optax.sgd(schedule, momentum=0.9)
-  state = jax.jit(functools.partial(train_state_lib.create_train_state, student, tx,
-                                    input_shape=(1, 12, 12, 3)),
-                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
-  step = train_steps.jit_train_step(
-      train_steps.kd_train_step, mesh, num_replicated_args=1, model=student,
-      teacher_model=teacher, tx=tx, schedule=schedule,
-      distillation_loss=losses.get_distillation_loss("rld"), warmup_epochs=2.0,
-      steps_per_epoch=4.0, base_rng=jax.random.key(1))
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, student, tx,
+                        input_shape=(1, 12, 12, 3)),
+      out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  step = train_steps.jit_train_step(train_steps.kd_train_step, mesh, num_replicated_args=1,
+                                    model=student, teacher_model=teacher, tx=tx, schedule=schedule,
+                                    distillation_loss=losses.get_distillation_loss("rld"),
+                                    warmup_epochs=2.0, steps_per_epoch=4.0,
+                                    base_rng=jax.random.key(1))
   return mesh, student, teacher, teacher_vars, state, step
 
 
@@ -138,9 +142,9 @@ def _soft_steps(devices, which):
   model = models.create_model("convnet_d3", 5, width=8, norm="batch")
   schedule = optax.constant_schedule(0.05)
   tx = optax.sgd(schedule, momentum=0.9)
-  state = jax.jit(functools.partial(train_state_lib.create_train_state, model, tx,
-                                    input_shape=(1, 12, 12, 3)),
-                  out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, model, tx, input_shape=(1, 12, 12, 3)),
+      out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
   common = dict(model=model, tx=tx, schedule=schedule, base_rng=jax.random.key(1))
   if which == "sl":
     step = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=4.0, **common)
@@ -153,8 +157,8 @@ def _soft_steps(devices, which):
     teacher_vars = teacher.init(jax.random.key(7), jnp.zeros((1, 12, 12, 3)), train=False)
     kd = train_steps.jit_train_step(
         train_steps.kd_train_step, mesh, num_replicated_args=1, teacher_model=teacher,
-        distillation_loss=losses.get_distillation_loss("kl", temperature=4.0),
-        warmup_epochs=0.0, steps_per_epoch=4.0, **common)
+        distillation_loss=losses.get_distillation_loss("kl", temperature=4.0), warmup_epochs=0.0,
+        steps_per_epoch=4.0, **common)
     step = lambda s, b: kd(s, b, teacher_vars)
   return mesh, model, state, step
 
@@ -177,8 +181,7 @@ def test_sl_and_hybrid_losses_match_their_formulas():
   batch = _soft_batch()
   for which in ("sl", "hybrid"):
     mesh, model, state, step = _soft_steps(jax.devices()[:1], which)
-    logits = model.apply(state.variables(), batch["image"], train=True,
-                         mutable=["batch_stats"])[0]
+    logits = model.apply(state.variables(), batch["image"], train=True, mutable=["batch_stats"])[0]
     kl = losses.kl_soft_loss(logits, batch["soft_label"], 4.0)
     if which == "sl":
       expected = kl

@@ -16,7 +16,6 @@ from hardlabel_jax import run_data
 from hardlabel_jax import trainer
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
-
 from helpers import Killed
 from helpers import tiny_config
 
@@ -24,12 +23,12 @@ from helpers import tiny_config
 def _test_split_metrics(config, state):
   """(correct, count, mean NLL) of `state` over the whole test split in one unpadded batch."""
   data = run_data.load_run_data(config)
-  (batch,) = pipeline.evaluation_batches(
-      data.test, size=config.image_size, crop_fraction=config.eval_crop_fraction,
-      normalizer=data.normalizer, global_batch=len(data.test))
+  (batch,) = pipeline.evaluation_batches(data.test, size=config.image_size,
+                                         crop_fraction=config.eval_crop_fraction,
+                                         normalizer=data.normalizer, global_batch=len(data.test))
   model = models.model_from_config(config, data.train.info.num_classes)
-  log_probs = np.asarray(jax.nn.log_softmax(model.apply(state.variables(), batch["image"],
-                                                        train=False)), np.float64)
+  log_probs = np.asarray(
+      jax.nn.log_softmax(model.apply(state.variables(), batch["image"], train=False)), np.float64)
   labels = np.asarray(batch["label"])
   correct = int(np.sum(np.argmax(log_probs, -1) == labels))
   nll = -np.mean(np.take_along_axis(log_probs, labels[:, None], axis=-1))
@@ -37,9 +36,11 @@ def _test_split_metrics(config, state):
 
 
 def _kill_at(step_to_die):
+
   def hook(step):
     if step == step_to_die:
       raise Killed(f"simulated preemption after step {step}")
+
   return hook
 
 
@@ -58,7 +59,7 @@ def test_run_writes_results_and_metrics(tmp_path):
   # ... and 10 steps lift it above chance (0.1): 0.132 at seed 0, 0.154 and 0.144 at seeds 1, 2.
   assert saved["test_top1"] > 0.11
   assert results.results["test_top1"] == saved["test_top1"]
-  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [1, 5, 10]
   assert rows[-1]["test_top1"] == saved["test_top1"]
 
@@ -97,12 +98,24 @@ def test_changing_only_logging_fields_still_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, error, match", [
-    ({"dataset": "no_such_set"}, sources.DataSourceError, "tfds:"),
-    ({"global_batch_size": 12}, ValueError, "not divisible by the 8 devices"),
-    ({"images_per_class": 401}, ValueError, "larger than the smallest class"),
-    ({"budget_examples": 8}, ValueError, "less than one global batch"),
-    ({"regime": "nope"}, ValueError, "config.regime"),
-    ({"label_smoothing": 1.5}, ValueError, "config.label_smoothing"),
+    ({
+        "dataset": "no_such_set"
+    }, sources.DataSourceError, "tfds:"),
+    ({
+        "global_batch_size": 12
+    }, ValueError, "not divisible by the 8 devices"),
+    ({
+        "images_per_class": 401
+    }, ValueError, "larger than the smallest class"),
+    ({
+        "budget_examples": 8
+    }, ValueError, "less than one global batch"),
+    ({
+        "regime": "nope"
+    }, ValueError, "config.regime"),
+    ({
+        "label_smoothing": 1.5
+    }, ValueError, "config.label_smoothing"),
 ])
 def test_bad_config_fails_before_writing(tmp_path, overrides, error, match):
   workdir = tmp_path / "run"
@@ -160,7 +173,7 @@ def _training_batch(config, step):
 
 def _logged_steps(workdir):
   """The training rows of a run's metrics.jsonl, by step."""
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r for r in rows if "loss" in r}
 
 
@@ -205,8 +218,7 @@ def test_kd_without_teacher_fails_before_writing(tmp_path):
 def test_kd_teacher_of_another_input_size_is_refused(tmp_path):
   plan.train(tiny_config(), str(tmp_path / "teacher"))
   with pytest.raises(ValueError, match="config.image_size"):
-    plan.train(kd_config(tmp_path / "teacher", image_size=32),
-                               str(tmp_path / "student"))
+    plan.train(kd_config(tmp_path / "teacher", image_size=32), str(tmp_path / "student"))
 
 
 def test_kd_with_cutmix_and_a_label_loss_is_refused(tmp_path):
@@ -229,5 +241,6 @@ def test_imagenet_config_runs_end_to_end_on_mock_data(tmp_path):
     results = plan.train(config, str(tmp_path / "run"))
   assert results.results["dataset"].startswith("tfds:imagenet2012")
   assert results.results["steps"] == 2 and results.results["pool_size"] == 16
-  assert results.results["config"]["model"] == "resnet18" and results.results["config"]["image_size"] == 64
+  assert results.results["config"]["model"] == "resnet18" and results.results["config"][
+      "image_size"] == 64
   assert np.isfinite(results.results["test_loss"])

@@ -45,8 +45,8 @@ STREAM_REGIMES = {"fresh": "hl", "sl_replay": "sl"}
 TEACHER_WIDTH = 8  # the table's labels are not the point, only its reading cost
 
 
-def benchmark_config(args: argparse.Namespace, table_dir: str, eval_batch: int
-                     ) -> ml_collections.ConfigDict:
+def benchmark_config(args: argparse.Namespace, table_dir: str,
+                     eval_batch: int) -> ml_collections.ConfigDict:
   """A trainer config naming the benchmark's data, crops and table."""
   config = config_schema.default_config()
   config.dataset = DATASET
@@ -83,14 +83,14 @@ def streams(config: ml_collections.ConfigDict, data: run_data.RunData,
     run_config = config.copy_and_resolve_references()
     run_config.regime = STREAM_REGIMES[kind]
     budget = trainer.budget_from_config(run_config, len(data.pool_ids))
-    examples[kind] = trainer.training_examples(
-        run_config, data, table if run_config.regime == "sl" else None,
-        trainer.step_phases(run_config, budget))
+    examples[kind] = trainer.training_examples(run_config, data,
+                                               table if run_config.regime == "sl" else None,
+                                               trainer.step_phases(run_config, budget))
   return examples
 
 
-def measure_stream(example_at: Callable[[int], dict], *, batch: int, num_workers: int,
-                   steps: int, repeats: int, warmup: int) -> dict[str, Any]:
+def measure_stream(example_at: Callable[[int], dict], *, batch: int, num_workers: int, steps: int,
+                   repeats: int, warmup: int) -> dict[str, Any]:
   """Median crops/s over `repeats` runs of `steps` batches, after `warmup` batches.
 
   Grain reads ahead (the library's default read threads and buffer, also with 0 workers), so
@@ -113,8 +113,7 @@ def measure_stream(example_at: Callable[[int], dict], *, batch: int, num_workers
       rates.append(steps * batch / (time.perf_counter() - start))
   finally:
     iterator.close()  # stops the worker processes before the next configuration starts
-  return {"crops_per_sec": report.median(rates), "repeat_rates": rates,
-          "startup_seconds": startup}
+  return {"crops_per_sec": report.median(rates), "repeat_rates": rates, "startup_seconds": startup}
 
 
 COLUMNS: Sequence[report.Column] = (
@@ -178,34 +177,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step = train_step.measure_jax(jax_model.step("hl", args.batch), args.batch,
                                   steps=args.train_steps, repeats=args.repeats, warmup=1)
     step_rate = step["examples_per_sec"]
-    print(f"HL step of {args.model} (width {args.width}) at batch {args.batch}: "
-          f"{report.fmt_number(step_rate)} ex/s", flush=True)
+    print(
+        f"HL step of {args.model} (width {args.width}) at batch {args.batch}: "
+        f"{report.fmt_number(step_rate)} ex/s", flush=True)
 
     rows = []
     for kind, example_at in streams(config, data, table).items():
       for workers in args.num_workers:
-        result = measure_stream(example_at, batch=args.batch, num_workers=workers,
-                                steps=args.steps, repeats=args.repeats, warmup=args.warmup)
+        result = measure_stream(example_at, batch=args.batch, num_workers=workers, steps=args.steps,
+                                repeats=args.repeats, warmup=args.warmup)
         rate = result["crops_per_sec"]
-        rows.append({"stream": kind, "num_workers": workers, "crops_per_sec": rate,
-                     "repeat_rates": result["repeat_rates"],
-                     "startup_seconds": result["startup_seconds"],
-                     "step_examples_per_sec": step_rate, "pipeline_over_step": rate / step_rate,
-                     "bottleneck": "yes" if rate < step_rate else "no"})
+        rows.append({
+            "stream": kind,
+            "num_workers": workers,
+            "crops_per_sec": rate,
+            "repeat_rates": result["repeat_rates"],
+            "startup_seconds": result["startup_seconds"],
+            "step_examples_per_sec": step_rate,
+            "pipeline_over_step": rate / step_rate,
+            "bottleneck": "yes" if rate < step_rate else "no"
+        })
         print(f"{kind} with {workers} worker(s): {report.fmt_number(rate)} crops/s", flush=True)
-  return {"benchmark": "pipeline", "environment": report.environment(),
-          "settings": {"dataset": DATASET, "pool_size": int(len(data.pool_ids)),
-                       "image_size": args.image_size, "batch": args.batch,
-                       "crops_per_image": args.crops_per_image, "cutmix_alpha": args.cutmix_alpha,
-                       "model": args.model, "width": args.width, "steps": args.steps,
-                       "train_steps": args.train_steps,
-                       "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
-                       "mesh_devices": mesh.size},
-          "table": {"rows": table.num_rows, "bytes": table.table_bytes,
-                    "relabel_seconds": relabel_seconds},
-          "hl_step": {"examples_per_sec": step_rate, "compile_seconds": step["compile_seconds"],
-                      "repeat_rates": step["repeat_rates"]},
-          "rows": rows}
+  return {
+      "benchmark": "pipeline",
+      "environment": report.environment(),
+      "settings": {
+          "dataset": DATASET,
+          "pool_size": int(len(data.pool_ids)),
+          "image_size": args.image_size,
+          "batch": args.batch,
+          "crops_per_image": args.crops_per_image,
+          "cutmix_alpha": args.cutmix_alpha,
+          "model": args.model,
+          "width": args.width,
+          "steps": args.steps,
+          "train_steps": args.train_steps,
+          "repeats": args.repeats,
+          "warmup": args.warmup,
+          "quick": args.quick,
+          "mesh_devices": mesh.size
+      },
+      "table": {
+          "rows": table.num_rows,
+          "bytes": table.table_bytes,
+          "relabel_seconds": relabel_seconds
+      },
+      "hl_step": {
+          "examples_per_sec": step_rate,
+          "compile_seconds": step["compile_seconds"],
+          "repeat_rates": step["repeat_rates"]
+      },
+      "rows": rows
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

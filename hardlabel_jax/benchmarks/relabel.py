@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
   shard_done = []
   start = time.perf_counter()
   table = plan.relabel_table(config, args.workdir,
-                          shard_hook=lambda shard: shard_done.append(time.perf_counter()))
+                             shard_hook=lambda shard: shard_done.append(time.perf_counter()))
   wall = time.perf_counter() - start
   images = len(table.spec.ids)
   steady = None
@@ -77,19 +77,32 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     # Images relabelled after the first shard (the last shard may be partial).
     images_after_first = images - args.positions_per_shard
     steady = images_after_first / (shard_done[-1] - shard_done[0])
-  return {"images_per_class": args.images_per_class, "images": images,
-          "items": table.num_rows, "wall_seconds": wall, "images_per_sec": images / wall,
-          "steady_images_per_sec": steady, "crops_per_sec": table.num_rows / wall,
-          "shards": len(shard_done), "table_bytes": table.table_bytes,
-          "baseline_rss_mb": baseline, "peak_rss_mb": scaling.peak_rss_mb()}
+  return {
+      "images_per_class": args.images_per_class,
+      "images": images,
+      "items": table.num_rows,
+      "wall_seconds": wall,
+      "images_per_sec": images / wall,
+      "steady_images_per_sec": steady,
+      "crops_per_sec": table.num_rows / wall,
+      "shards": len(shard_done),
+      "table_bytes": table.table_bytes,
+      "baseline_rss_mb": baseline,
+      "peak_rss_mb": scaling.peak_rss_mb()
+  }
 
 
 def child_args(args: argparse.Namespace, images_per_class: int, workdir: str) -> list[str]:
   """The command line of one size's subprocess."""
-  return ["--images_per_class", str(images_per_class), "--workdir", workdir,
-          "--teacher_workdir", args.teacher_workdir, "--image_size", str(args.image_size),
-          "--crops_per_image", str(args.crops_per_image), "--label_format", args.label_format,
-          "--positions_per_shard", str(args.positions_per_shard), "--batch", str(args.batch)]
+  return [
+      "--images_per_class",
+      str(images_per_class), "--workdir", workdir, "--teacher_workdir", args.teacher_workdir,
+      "--image_size",
+      str(args.image_size), "--crops_per_image",
+      str(args.crops_per_image), "--label_format", args.label_format, "--positions_per_shard",
+      str(args.positions_per_shard), "--batch",
+      str(args.batch)
+  ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,23 +131,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   with tempfile.TemporaryDirectory(prefix="hardlabel_bench_relabel_") as tmp:
     args.teacher_workdir = train_teacher(args, os.path.join(tmp, "teacher"))
     rows = scaling.run_sizes("relabel", MODULE, args, tmp, child_args)
-  return {"benchmark": "relabel", "environment": report.environment(),
-          "settings": {"dataset": DATASET, "crops_per_image": args.crops_per_image,
-                       "label_format": args.label_format,
-                       "positions_per_shard": args.positions_per_shard, "batch": args.batch,
-                       "teacher": f"convnet_d3 width {args.teacher_width}",
-                       "image_size": args.image_size, "quick": args.quick,
-                       # Quick runs share compiled steps between sizes: not comparable walls.
-                       "shared_compilation_cache": args.quick},
-          "rows": rows, "summary": scaling.summarize(rows)}
+  return {
+      "benchmark": "relabel",
+      "environment": report.environment(),
+      "settings": {
+          "dataset": DATASET,
+          "crops_per_image": args.crops_per_image,
+          "label_format": args.label_format,
+          "positions_per_shard": args.positions_per_shard,
+          "batch": args.batch,
+          "teacher": f"convnet_d3 width {args.teacher_width}",
+          "image_size": args.image_size,
+          "quick": args.quick,
+          # Quick runs share compiled steps between sizes: not comparable walls.
+          "shared_compilation_cache": args.quick
+      },
+      "rows": rows,
+      "summary": scaling.summarize(rows)
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark (or, with --child, one size), prints the table, writes `--out`."""
   args = parse_args(argv)
-  return scaling.main(args, child, run,
-                      f"task='relabel' on {DATASET}: {args.crops_per_image} crop(s) per image, "
-                      f"{args.positions_per_shard} images per shard (items = crops)")
+  return scaling.main(
+      args, child, run, f"task='relabel' on {DATASET}: {args.crops_per_image} crop(s) per image, "
+      f"{args.positions_per_shard} images per shard (items = crops)")
 
 
 if __name__ == "__main__":

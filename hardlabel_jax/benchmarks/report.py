@@ -48,8 +48,9 @@ def format_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
   widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
 
   def render(line):
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(line, widths)))
+    return "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(line, widths, strict=True)))
 
   rule = "  ".join("-" * w for w in widths)
   return "\n".join([render(cells[0]), rule] + [render(line) for line in cells[1:]])
@@ -94,9 +95,10 @@ def warn_if_busy() -> None:
   """Says so when other processes compete for the cores: every rate is then too low."""
   load, cores = os.getloadavg()[0], cpu_cores()
   if load > 0.5 * cores:
-    print(f"warning: load average {load:.1f} on {cores} cores; other processes are running and "
-          "the rates will be low and noisy (PyTorch's spinning OpenMP threads suffer most)",
-          flush=True)
+    print(
+        f"warning: load average {load:.1f} on {cores} cores; other processes are running and "
+        "the rates will be low and noisy (PyTorch's spinning OpenMP threads suffer most)",
+        flush=True)
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

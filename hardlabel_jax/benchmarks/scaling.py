@@ -81,7 +81,7 @@ def run_child(module: str, args: Sequence[str], timeout: float) -> dict[str, Any
   command = [sys.executable, "-m", module, "--child", *args]
   done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                         env=dict(os.environ), check=False)
-  lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT_PREFIX)]
+  lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_PREFIX)]
   if done.returncode != 0 or not lines:
     tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
     raise RuntimeError(f"benchmark child failed (exit {done.returncode}): {' '.join(command)}\n"
@@ -117,8 +117,8 @@ def run_sizes(name: str, module: str, args: Any, tmp: str,
   return rows
 
 
-def main(args: Any, child: Callable[[Any], dict[str, Any]],
-         run: Callable[[Any], dict[str, Any]], title: str) -> dict[str, Any]:
+def main(args: Any, child: Callable[[Any], dict[str, Any]], run: Callable[[Any], dict[str, Any]],
+         title: str) -> dict[str, Any]:
   """A scaling benchmark's entry point: one size (`--child`), or all sizes, a table and `--out`."""
   if args.child:
     result = child(args)
@@ -134,9 +134,11 @@ def main(args: Any, child: Callable[[Any], dict[str, Any]],
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """How much larger the largest size is than the smallest, in images and in peak memory."""
   smallest, largest = rows[0], rows[-1]
-  return {"images_ratio": largest["images"] / smallest["images"],
-          "peak_rss_ratio": largest["peak_rss_mb"] / smallest["peak_rss_mb"],
-          "task_rss_growth_mb": [r["peak_rss_mb"] - r["baseline_rss_mb"] for r in rows]}
+  return {
+      "images_ratio": largest["images"] / smallest["images"],
+      "peak_rss_ratio": largest["peak_rss_mb"] / smallest["peak_rss_mb"],
+      "task_rss_growth_mb": [r["peak_rss_mb"] - r["baseline_rss_mb"] for r in rows]
+  }
 
 
 COLUMNS: Sequence[report.Column] = (
@@ -154,5 +156,6 @@ COLUMNS: Sequence[report.Column] = (
 def print_summary(title: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
   """The per-size table and the one line that says whether memory stayed flat."""
   report.print_table(title, rows, COLUMNS)
-  print(f"largest / smallest: {summary['images_ratio']:.1f}× the images, "
-        f"{summary['peak_rss_ratio']:.2f}× the peak memory", flush=True)
+  print(
+      f"largest / smallest: {summary['images_ratio']:.1f}× the images, "
+      f"{summary['peak_rss_ratio']:.2f}× the peak memory", flush=True)

@@ -58,7 +58,7 @@ def steady_rate(metrics_path: str, batch: int) -> float | None:
   if not logged:
     return None
   steps = [r for r in rows if "loss" in r]
-  previous = {b["step"]: a["step"] for a, b in zip(steps, steps[1:])}
+  previous = {b["step"]: a["step"] for a, b in zip(steps, steps[1:], strict=False)}
   # Each logged rate covers the steps since the previous log line; weight by that span.
   spans = [(r["step"] - previous[r["step"]], r["steps_per_sec"]) for r in logged]
   seconds = sum(span / rate for span, rate in spans)
@@ -76,20 +76,32 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
   wall = time.perf_counter() - start
   images = len(next(iter(scores.values())))
   items = images * args.score_epochs
-  return {"images_per_class": args.images_per_class, "images": images, "items": items,
-          "epochs": args.score_epochs, "wall_seconds": wall, "images_per_sec": items / wall,
-          "steady_images_per_sec": steady_rate(os.path.join(args.workdir, "metrics.jsonl"),
-                                               args.batch),
-          "scores": sorted(scores), "baseline_rss_mb": baseline,
-          "peak_rss_mb": scaling.peak_rss_mb()}
+  return {
+      "images_per_class": args.images_per_class,
+      "images": images,
+      "items": items,
+      "epochs": args.score_epochs,
+      "wall_seconds": wall,
+      "images_per_sec": items / wall,
+      "steady_images_per_sec": steady_rate(os.path.join(args.workdir, "metrics.jsonl"), args.batch),
+      "scores": sorted(scores),
+      "baseline_rss_mb": baseline,
+      "peak_rss_mb": scaling.peak_rss_mb()
+  }
 
 
 def child_args(args: argparse.Namespace, images_per_class: int, workdir: str) -> list[str]:
   """The command line of one size's subprocess."""
-  return ["--images_per_class", str(images_per_class), "--workdir", workdir,
-          "--score_epochs", str(args.score_epochs), "--width", str(args.width),
-          "--batch", str(args.batch), "--eval_batch", str(args.eval_batch),
-          "--image_size", str(args.image_size), "--log_every_steps", str(args.log_every_steps)]
+  return [
+      "--images_per_class",
+      str(images_per_class), "--workdir", workdir, "--score_epochs",
+      str(args.score_epochs), "--width",
+      str(args.width), "--batch",
+      str(args.batch), "--eval_batch",
+      str(args.eval_batch), "--image_size",
+      str(args.image_size), "--log_every_steps",
+      str(args.log_every_steps)
+  ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -116,22 +128,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   """One subprocess per size; the JSON payload."""
   with tempfile.TemporaryDirectory(prefix="hardlabel_bench_score_") as tmp:
     rows = scaling.run_sizes("score", MODULE, args, tmp, child_args)
-  return {"benchmark": "score", "environment": report.environment(),
-          "settings": {"dataset": DATASET, "score_epochs": args.score_epochs,
-                       "model": f"convnet_d3 width {args.width}", "batch": args.batch,
-                       "eval_batch": args.eval_batch, "image_size": args.image_size,
-                       "quick": args.quick,
-                       # Quick runs share compiled steps between sizes: not comparable walls.
-                       "shared_compilation_cache": args.quick},
-          "rows": rows, "summary": scaling.summarize(rows)}
+  return {
+      "benchmark": "score",
+      "environment": report.environment(),
+      "settings": {
+          "dataset": DATASET,
+          "score_epochs": args.score_epochs,
+          "model": f"convnet_d3 width {args.width}",
+          "batch": args.batch,
+          "eval_batch": args.eval_batch,
+          "image_size": args.image_size,
+          "quick": args.quick,
+          # Quick runs share compiled steps between sizes: not comparable walls.
+          "shared_compilation_cache": args.quick
+      },
+      "rows": rows,
+      "summary": scaling.summarize(rows)
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark (or, with --child, one size), prints the table, writes `--out`."""
   args = parse_args(argv)
-  return scaling.main(args, child, run,
-                      f"task='score' on {DATASET}: {args.score_epochs} epoch(s) of ConvNet-D3 "
-                      "(items = image-epochs)")
+  return scaling.main(
+      args, child, run, f"task='score' on {DATASET}: {args.score_epochs} epoch(s) of ConvNet-D3 "
+      "(items = image-epochs)")
 
 
 if __name__ == "__main__":

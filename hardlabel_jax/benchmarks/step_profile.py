@@ -1,4 +1,4 @@
-"""Where a ConvNet-D3 train step spends its time, JAX against PyTorch: forward, backward, norm, conv.
+"""Where a ConvNet-D3 train step spends its time, JAX vs PyTorch: forward, backward, norm, conv.
 
   python -m hardlabel_jax.benchmarks.step_profile            # width 128, batch 64, 32×32×3
   python -m hardlabel_jax.benchmarks.step_profile --quick    # seconds: width 16, batch 8
@@ -52,16 +52,17 @@ def jax_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, flo
     model = models.create_model("convnet_d3", NUM_CLASSES, width=width, norm=norm)
     params = model.init(jax.random.key(0), images, train=False)["params"]
     forward = jax.jit(lambda p: model.apply({"params": p}, images, train=True))
-    gradient = jax.jit(jax.grad(lambda p: losses.soft_cross_entropy(
-        model.apply({"params": p}, images, train=True), targets)))
-    parts[f"forward, norm={norm}"] = _milliseconds(
-        lambda: jax.block_until_ready(forward(params)), calls, repeats)
+    gradient = jax.jit(
+        jax.grad(lambda p: losses.soft_cross_entropy(model.apply({"params": p}, images, train=True),
+                                                     targets)))
+    parts[f"forward, norm={norm}"] = _milliseconds(lambda: jax.block_until_ready(forward(params)),
+                                                   calls, repeats)
     parts[f"forward+backward, norm={norm}"] = _milliseconds(
         lambda: jax.block_until_ready(gradient(params)), calls, repeats)
   hidden = rng.standard_normal((batch, 16, 16, width)).astype(np.float32)
   kernel = (rng.standard_normal((3, 3, width, width)) * 0.05).astype(np.float32)
-  conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=(
+      "NHWC", "HWIO", "NHWC"))
   conv_forward = jax.jit(conv)
   conv_grads = jax.jit(jax.grad(lambda h, k: conv(h, k).sum(), argnums=(0, 1)))
   parts["one conv 16×16, forward"] = _milliseconds(
@@ -74,6 +75,7 @@ def jax_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, flo
 def torch_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, float]:
   """Milliseconds of the same parts in PyTorch (CPU threads = cores)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   from hardlabel_jax.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(report.cpu_cores())
   rng = np.random.default_rng(0)
@@ -99,8 +101,8 @@ def torch_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, f
     parts[f"forward, norm={norm}"] = _milliseconds(forward, calls, repeats)
     parts[f"forward+backward, norm={norm}"] = _milliseconds(gradient, calls, repeats)
   conv = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
-  hidden = torch.from_numpy(
-      rng.standard_normal((batch, width, 16, 16)).astype(np.float32)).requires_grad_()
+  hidden = torch.from_numpy(rng.standard_normal(
+      (batch, width, 16, 16)).astype(np.float32)).requires_grad_()
 
   def conv_forward():
     with torch.no_grad():
@@ -137,13 +139,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   report.warn_if_busy()
   timing = dict(width=args.width, batch=args.batch, calls=args.calls, repeats=args.repeats)
   in_jax, in_torch = jax_parts(**timing), torch_parts(**timing)
-  rows = [{"part": part, "jax_ms": in_jax[part], "torch_ms": in_torch[part],
-           "jax_over_torch_time": in_jax[part] / in_torch[part]} for part in in_jax]
-  payload = {"benchmark": "step_profile", "environment": report.environment(),
-             "settings": {**timing, "model": "convnet_d3", "image_shape": [32, 32, 3]},
-             "rows": rows}
-  report.print_table(f"ConvNet-D3 (width {args.width}, batch {args.batch}): where a step's time "
-                     "goes", rows, COLUMNS)
+  rows = [{
+      "part": part,
+      "jax_ms": in_jax[part],
+      "torch_ms": in_torch[part],
+      "jax_over_torch_time": in_jax[part] / in_torch[part]
+  } for part in in_jax]
+  payload = {
+      "benchmark": "step_profile",
+      "environment": report.environment(),
+      "settings": {
+          **timing, "model": "convnet_d3",
+          "image_shape": [32, 32, 3]
+      },
+      "rows": rows
+  }
+  report.print_table(
+      f"ConvNet-D3 (width {args.width}, batch {args.batch}): where a step's time "
+      "goes", rows, COLUMNS)
   report.write_json(args.out, payload)
   return payload
 

@@ -23,8 +23,12 @@ class ConvNet(nn.Module):
     layers, channels, size = [], in_channels, image_size
     for _ in range(depth):
       # One group per channel is affine instance norm, as in the JAX model and the DC code.
-      layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(width, width, eps=1e-5),
-                 nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+      layers += [
+          nn.Conv2d(channels, width, 3, padding=1),
+          nn.GroupNorm(width, width, eps=1e-5),
+          nn.ReLU(inplace=True),
+          nn.AvgPool2d(2)
+      ]
       channels, size = width, size // 2
     self.features = nn.Sequential(*layers)
     self.classifier = nn.Linear(width * size * size, num_classes)
@@ -121,20 +125,20 @@ def copy_jax_params(model: nn.Module, params: dict) -> None:
   if isinstance(model, ConvNet):
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.features if isinstance(m, nn.GroupNorm)]
-    for i, (conv, norm) in enumerate(zip(convs, norms)):
+    for i, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
       _conv(conv, params[f"conv{i}"])
       _norm(norm, params[f"norm{i}"])
     # JAX flattens NHWC features as (h, w, c), PyTorch NCHW as (c, h, w): reorder the rows.
     kernel = np.asarray(params["classifier"]["kernel"])
     width = convs[-1].out_channels
-    size = int(round((kernel.shape[0] / width) ** 0.5))
+    size = int(round((kernel.shape[0] / width)**0.5))
     kernel = kernel.reshape(size, size, width, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
     model.classifier.weight.copy_(_tensor(kernel).T)
     model.classifier.bias.copy_(_tensor(params["classifier"]["bias"]))
   elif isinstance(model, ResNet18Cifar):
     _conv_bn(model.stem[0], model.stem[1], params["stem"])
     names = [f"layer{stage + 1}_{index}" for stage in range(4) for index in range(2)]
-    for block, name in zip(model.blocks, names):
+    for block, name in zip(model.blocks, names, strict=True):
       _conv_bn(block.conv1, block.bn1, params[name]["conv_bn1"])
       _conv_bn(block.conv2, block.bn2, params[name]["conv_bn2"])
       if block.downsample is not None:

@@ -64,13 +64,17 @@ def optimizer_config() -> ml_collections.ConfigDict:
   return config
 
 
-def make_batch(regime: str, batch_size: int, image_shape: tuple[int, int, int],
-               num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_batch(regime: str, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
+               seed: int = 0) -> dict[str, np.ndarray]:
   """A host batch with every field the regime's step reads (random, fixed by `seed`)."""
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
-  batch = {"image": rng.standard_normal((batch_size, *image_shape), np.float32),
-           "label": labels, "partner_label": labels, "mix_lambda": np.ones(batch_size, np.float32)}
+  batch = {
+      "image": rng.standard_normal((batch_size, *image_shape), np.float32),
+      "label": labels,
+      "partner_label": labels,
+      "mix_lambda": np.ones(batch_size, np.float32)
+  }
   if regime in ("hald_hard", "hybrid"):
     # HALD's hard phase (and the hybrid) CutMix every batch: partners and λ < 1 mix the targets.
     batch["partner_label"] = rng.integers(0, num_classes, batch_size).astype(np.int32)
@@ -107,8 +111,13 @@ class JaxModel:
     self.mesh, self.num_classes = mesh, num_classes
     self.image_shape = (image_size, image_size, channels)
     self.model = models.model_from_config(
-        {"model": model_name, "model_kwargs": {"width": width}, "compute_dtype": compute_dtype},
-        num_classes)
+        {
+            "model": model_name,
+            "model_kwargs": {
+                "width": width
+            },
+            "compute_dtype": compute_dtype
+        }, num_classes)
     config = optimizer_config()
     self.schedule = optim.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10.0)
     self.tx = optim.make_optimizer(config, self.schedule)
@@ -116,8 +125,7 @@ class JaxModel:
     replicated = mesh_lib.replicated(mesh)
     self.initial_state = jax.jit(
         functools.partial(train_state_lib.create_train_state, self.model, self.tx,
-                          input_shape=(1, *self.image_shape)),
-        out_shardings=replicated)(init_rng)
+                          input_shape=(1, *self.image_shape)), out_shardings=replicated)(init_rng)
     # Steps donate their state, so each gets fresh buffers (one init compile per model, not per
     # step); the SL+KD teacher is another copy (its values do not change the step's cost).
     self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)
@@ -140,13 +148,14 @@ class JaxModel:
                                         label_smoothing=HALD_LABEL_SMOOTHING, **common)
     elif regime in ("sl", "hald_soft"):
       weight = HALD_SOFT_WEIGHT if regime == "hald_soft" else 1.0
-      step = train_steps.jit_train_step(train_steps.sl_train_step, mesh,
-                                        temperature=TEMPERATURE, soft_weight=weight, **common)
+      step = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=TEMPERATURE,
+                                        soft_weight=weight, **common)
     elif regime == "hybrid":
-      step = train_steps.jit_train_step(
-          train_steps.hybrid_train_step, mesh, num_classes=num_classes,
-          label_smoothing=HALD_LABEL_SMOOTHING, temperature=TEMPERATURE,
-          hard_weight=HYBRID_HARD_WEIGHT, soft_weight=HALD_SOFT_WEIGHT, **common)
+      step = train_steps.jit_train_step(train_steps.hybrid_train_step, mesh,
+                                        num_classes=num_classes,
+                                        label_smoothing=HALD_LABEL_SMOOTHING,
+                                        temperature=TEMPERATURE, hard_weight=HYBRID_HARD_WEIGHT,
+                                        soft_weight=HALD_SOFT_WEIGHT, **common)
     elif regime == "sl_kd":
       # The trainer's SL+KD: registry `kl` at T against the teacher (same architecture, eval
       # mode) queried on the same batch inside the step.
@@ -207,6 +216,7 @@ class TorchStep:
   def __init__(self, model_name: str, width: int, regime: str, batch: dict[str, np.ndarray],
                num_classes: int, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
+
     from hardlabel_jax.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
 
     self._torch, self._regime, self._num_classes = torch, regime, num_classes
@@ -223,10 +233,13 @@ class TorchStep:
       self.teacher.to(self.device).eval().requires_grad_(False)
     params = list(self.model.parameters())
     # optim.decay_mask: coupled L2 on kernels (ndim > 1) only, none on biases and norm affines.
-    self.optimizer = torch.optim.SGD(
-        [{"params": [p for p in params if p.ndim > 1], "weight_decay": WEIGHT_DECAY},
-         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-        lr=LEARNING_RATE, momentum=MOMENTUM)
+    self.optimizer = torch.optim.SGD([{
+        "params": [p for p in params if p.ndim > 1],
+        "weight_decay": WEIGHT_DECAY
+    }, {
+        "params": [p for p in params if p.ndim <= 1],
+        "weight_decay": 0.0
+    }], lr=LEARNING_RATE, momentum=MOMENTUM)
 
     def tensor(array):
       return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -308,8 +321,7 @@ def parameter_counts(model_name: str, width: int, *, image_size: int = IMAGE_SIZ
   """Parameters of the JAX model and (if torch is installed) its PyTorch twin; no compute."""
   model = models.create_model(model_name, num_classes, width=width)
   shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, image_size, image_size, channels), np.float32),
-      train=False))
+      jax.random.key(0), np.zeros((1, image_size, image_size, channels), np.float32), train=False))
   counts = {"jax_params": models.count_params(shapes["params"])}
   if torch_available():
     from hardlabel_jax.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
@@ -344,13 +356,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is kept")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-  parser.add_argument("--compute_dtype", default="float32", choices=models.COMPUTE_DTYPES,
-                      help="the JAX models' compute dtype (config.compute_dtype); the PyTorch "
-                      "twins run in float32")
+  parser.add_argument(
+      "--compute_dtype", default="float32", choices=models.COMPUTE_DTYPES,
+      help="the JAX models' compute dtype (config.compute_dtype); the PyTorch "
+      "twins run in float32")
   parser.add_argument("--no_torch", action="store_true", help="time the JAX steps only")
-  parser.add_argument("--quick", action="store_true",
-                      help="seconds-long smoke run: tiny widths, ConvNet only, batch 16, "
-                      "2 steps × 2 repeats")
+  parser.add_argument(
+      "--quick", action="store_true",
+      help="seconds-long smoke run: tiny widths, ConvNet only, batch 16, "
+      "2 steps × 2 repeats")
   parser.add_argument("--out", default="./benchmark_train_step.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -378,11 +392,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   rows, model_info = [], {}
   for name in MODELS:
     # Every model's count (no compute), so a quick run still checks the twins against each other.
-    model_info[name] = {"width": widths[name], "timed": name in args.models,
-                        **parameter_counts(name, widths[name])}
-    print(f"{name} (width {widths[name]}): {model_info[name]['jax_params']:,} parameters in JAX"
-          + (f", {model_info[name]['torch_params']:,} in PyTorch" if use_torch else ""),
-          flush=True)
+    model_info[name] = {
+        "width": widths[name],
+        "timed": name in args.models,
+        **parameter_counts(name, widths[name])
+    }
+    print(
+        f"{name} (width {widths[name]}): {model_info[name]['jax_params']:,} parameters in JAX" +
+        (f", {model_info[name]['torch_params']:,} in PyTorch" if use_torch else ""), flush=True)
   for name in args.models:
     jax_model = JaxModel(name, widths[name], mesh, compute_dtype=args.compute_dtype)
     for regime in args.regimes:
@@ -390,11 +407,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step = jax_model.step(regime, batch_size)
         jax_result = measure_jax(step, batch_size, **timing)
         del step  # frees the state before PyTorch allocates its own
-        row = {"model": name, "regime": regime, "batch": batch_size,
-               "jax_examples_per_sec": jax_result["examples_per_sec"],
-               "jax_compile_seconds": jax_result["compile_seconds"],
-               "jax_repeat_rates": jax_result["repeat_rates"],
-               "torch_examples_per_sec": None, "jax_over_torch": None}
+        row = {
+            "model": name,
+            "regime": regime,
+            "batch": batch_size,
+            "jax_examples_per_sec": jax_result["examples_per_sec"],
+            "jax_compile_seconds": jax_result["compile_seconds"],
+            "jax_repeat_rates": jax_result["repeat_rates"],
+            "torch_examples_per_sec": None,
+            "jax_over_torch": None
+        }
         if use_torch:
           batch = make_batch(regime, batch_size, (IMAGE_SIZE, IMAGE_SIZE, CHANNELS), NUM_CLASSES)
           torch_result = measure_torch(TorchStep(name, widths[name], regime, batch, NUM_CLASSES),
@@ -403,27 +425,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           row["torch_repeat_rates"] = torch_result["repeat_rates"]
           row["jax_over_torch"] = row["jax_examples_per_sec"] / row["torch_examples_per_sec"]
         rows.append(row)
-        print(f"{name} {regime} batch {batch_size}: JAX "
-              f"{report.fmt_number(row['jax_examples_per_sec'])} ex/s (compiled in "
-              f"{row['jax_compile_seconds']:.1f} s), PyTorch "
-              f"{report.fmt_number(row['torch_examples_per_sec'])} ex/s", flush=True)
-  payload = {"benchmark": "train_step", "environment": report.environment(),
-             "torch": _torch_version() if use_torch else None,
-             "settings": {"image_shape": [IMAGE_SIZE, IMAGE_SIZE, CHANNELS],
-                          "num_classes": NUM_CLASSES, "temperature": TEMPERATURE,
-                          "hald_label_smoothing": HALD_LABEL_SMOOTHING,
-                          "hald_soft_weight": HALD_SOFT_WEIGHT, "learning_rate": LEARNING_RATE,
-                          "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                          "mesh_devices": mesh.size, "quick": args.quick,
-                          "compute_dtype": args.compute_dtype, **timing},
-             "models": model_info, "rows": rows}
+        print(
+            f"{name} {regime} batch {batch_size}: JAX "
+            f"{report.fmt_number(row['jax_examples_per_sec'])} ex/s (compiled in "
+            f"{row['jax_compile_seconds']:.1f} s), PyTorch "
+            f"{report.fmt_number(row['torch_examples_per_sec'])} ex/s", flush=True)
+  payload = {
+      "benchmark": "train_step",
+      "environment": report.environment(),
+      "torch": _torch_version() if use_torch else None,
+      "settings": {
+          "image_shape": [IMAGE_SIZE, IMAGE_SIZE, CHANNELS],
+          "num_classes": NUM_CLASSES,
+          "temperature": TEMPERATURE,
+          "hald_label_smoothing": HALD_LABEL_SMOOTHING,
+          "hald_soft_weight": HALD_SOFT_WEIGHT,
+          "learning_rate": LEARNING_RATE,
+          "momentum": MOMENTUM,
+          "weight_decay": WEIGHT_DECAY,
+          "mesh_devices": mesh.size,
+          "quick": args.quick,
+          "compute_dtype": args.compute_dtype,
+          **timing
+      },
+      "models": model_info,
+      "rows": rows
+  }
   return payload
 
 
 def _torch_version() -> dict[str, Any]:
   import torch  # pylint: disable=g-import-not-at-top
-  return {"version": torch.__version__, "threads": torch.get_num_threads(),
-          "device": "cuda" if torch.cuda.is_available() else "cpu"}
+  return {
+      "version": torch.__version__,
+      "threads": torch.get_num_threads(),
+      "device": "cuda" if torch.cuda.is_available() else "cpu"
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from hardlabel_jax.data.source import SourceInfo
 class ArraySource:
   """`ImageSource` over `images` uint8 [N, H, W, C] and `labels` int [N]; ids are row indices."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
-               name: str = "arrays", split: str = "train",
-               mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, name: str = "arrays",
+               split: str = "train", mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None):
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -28,10 +28,9 @@ class ArraySource:
     self._labels = labels.astype(np.int64)
     digest = hashlib.sha256(images.tobytes() + self._labels.tobytes() + split.encode())
     channels = images.shape[-1]
-    self.info = SourceInfo(
-        name=name, split=split, num_classes=num_classes, image_shape=images.shape[1:],
-        fingerprint=digest.hexdigest(), mean=mean or (0.5,) * channels,
-        std=std or (0.5,) * channels)
+    self.info = SourceInfo(name=name, split=split, num_classes=num_classes,
+                           image_shape=images.shape[1:], fingerprint=digest.hexdigest(), mean=mean
+                           or (0.5,) * channels, std=std or (0.5,) * channels)
 
   def __len__(self) -> int:
     return self._images.shape[0]

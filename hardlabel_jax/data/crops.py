@@ -71,8 +71,8 @@ def _rng(seed: int, example_id: int, slot: int, stream: int) -> np.random.Genera
   return np.random.default_rng(np.random.SeedSequence([seed, example_id, slot, stream]))
 
 
-def random_resized_box(rng: np.random.Generator, image_hw: tuple[int, int],
-                       scale: tuple[float, float],
+def random_resized_box(rng: np.random.Generator, image_hw: tuple[int, int], scale: tuple[float,
+                                                                                         float],
                        ratio: tuple[float, float]) -> tuple[int, int, int, int]:
   """torchvision's RandomResizedCrop.get_params: 10 tries, then a centre crop."""
   height, width = image_hw
@@ -109,8 +109,8 @@ def cutmix_box(rng: np.random.Generator, size: int,
   return int(y0), int(x0), int(y1 - y0), int(x1 - x0), float(mix_lambda)
 
 
-def crop_params(seed: int, example_id: int, slot: int, image_hw: tuple[int, int],
-                spec: CropSpec, pool_size: int = 0) -> CropParams:
+def crop_params(seed: int, example_id: int, slot: int, image_hw: tuple[int, int], spec: CropSpec,
+                pool_size: int = 0) -> CropParams:
   """The crop of `example_id` at `slot`: a pure function of its arguments."""
   rng = _rng(seed, example_id, slot, _STREAM_CROP)
   top, left, height, width = random_resized_box(rng, image_hw, spec.scale, spec.ratio)

@@ -91,8 +91,8 @@ def load_embedded_mnist(split: str, data_dir: str | None = None) -> local_builde
     images, labels = _read_csv(path)
     return {s: local_builder.LocalSplit(images[rows[s]], labels[rows[s]]) for s in SPLITS}
 
-  data_path = local_builder.prepare_local(
-      NAME, key, make_splits, image_shape=IMAGE_SHAPE, class_names=CLASS_NAMES, data_dir=data_dir)
+  data_path = local_builder.prepare_local(NAME, key, make_splits, image_shape=IMAGE_SHAPE,
+                                          class_names=CLASS_NAMES, data_dir=data_dir)
   fingerprint = hashlib.sha256(raw)
   fingerprint.update(SPLIT_RULE.encode() + split.encode() + rows[split].tobytes())
   info = SourceInfo(

@@ -23,8 +23,8 @@ from hardlabel_jax.data.source import SourceInfo
 NAME = "fashion_mnist_local"
 ENV_DIR = "HARDLABEL_FASHION_MNIST_DIR"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+               "Bag", "Ankle boot")
 IMAGE_SHAPE = (28, 28, 1)
 MEAN = (0.2860,)  # the usual Fashion-MNIST training-set statistics
 STD = (0.3530,)
@@ -102,8 +102,8 @@ def load_fashion_mnist_local(split: str, data_dir: str | None = None) -> local_b
       splits[s] = local_builder.LocalSplit(images, labels)
     return splits
 
-  data_path = local_builder.prepare_local(
-      NAME, key, make_splits, image_shape=IMAGE_SHAPE, class_names=CLASS_NAMES, data_dir=data_dir)
+  data_path = local_builder.prepare_local(NAME, key, make_splits, image_shape=IMAGE_SHAPE,
+                                          class_names=CLASS_NAMES, data_dir=data_dir)
   fingerprint = hashlib.sha256(raw[split][0] + raw[split][1])
   fingerprint.update(SPLIT_RULE.encode() + split.encode())
   info = SourceInfo(

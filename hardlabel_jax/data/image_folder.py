@@ -41,18 +41,15 @@ _BUILD_SPLIT = "data"  # TFDS split name inside the cache; user split names need
 
 def _image_files(directory: str) -> list[str]:
   """Image file names directly inside `directory`, sorted."""
-  return sorted(
-      f for f in os.listdir(directory)
-      if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
-      and os.path.isfile(os.path.join(directory, f)))
+  return sorted(f for f in os.listdir(directory) if not f.startswith(".")
+                and f.lower().endswith(EXTENSIONS) and os.path.isfile(os.path.join(directory, f)))
 
 
 def _class_dirs(directory: str) -> list[str]:
   """Subdirectories of `directory` that hold at least one image, sorted by name."""
-  return sorted(
-      d for d in os.listdir(directory)
-      if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))
-      and _image_files(os.path.join(directory, d)))
+  return sorted(d for d in os.listdir(directory)
+                if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))
+                and _image_files(os.path.join(directory, d)))
 
 
 def _decode(path: str, channels: int) -> np.ndarray:

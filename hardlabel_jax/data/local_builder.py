@@ -26,9 +26,9 @@ import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2  # TFDS's TF-free copy of tf.train.Example
 
 from hardlabel_jax.data.record_source import RecordSource
@@ -83,8 +83,8 @@ class HardlabelLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             # Raw bytes, not TFDS's default int64 list per pixel: ~3x faster to write and read.
-            "image": tfds.features.Tensor(
-                shape=tuple(config.image_shape), dtype=np.uint8, encoding="bytes"),
+            "image": tfds.features.Tensor(shape=tuple(config.image_shape), dtype=np.uint8,
+                                          encoding="bytes"),
             "label": tfds.features.ClassLabel(names=list(config.class_names)),
             "id": tfds.features.Scalar(dtype=np.int64),
         }),
@@ -164,11 +164,10 @@ def _build(
   builder = HardlabelLocal(data_dir=root, config=config, file_format="array_record", splits=splits)
   if os.path.abspath(os.fspath(builder.data_path)) != os.path.abspath(data_path):
     raise RuntimeError(f"TFDS chose {builder.data_path}, expected {data_path}")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False,  # a local set must never reach out to the TFDS GCS bucket
-          compute_stats=tfds.download.ComputeStatsMode.SKIP,
-      ))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False,  # a local set must never reach out to the TFDS GCS bucket
+      compute_stats=tfds.download.ComputeStatsMode.SKIP,
+  ))
   for split_name, split in splits.items():
     written = builder.info.splits[split_name].num_examples
     if written != len(split.labels):

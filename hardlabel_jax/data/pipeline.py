@@ -18,6 +18,7 @@ import numpy as np
 from hardlabel_jax.data import crops
 from hardlabel_jax.data.source import ImageSource
 
+
 def epoch_shuffle_seed(seed: int, epoch: int) -> int:
   """A 32-bit seed for the permutation of one epoch, derived from the run seed."""
   return int(np.random.SeedSequence([seed, epoch, 0x5EED]).generate_state(1)[0] >> 1)
@@ -85,9 +86,8 @@ class CropExample:
     if params.partner_position >= 0:
       partner_id = int(self.pool_ids[params.partner_position])
       partner = self.source[partner_id]
-      partner_params = crops.crop_params(
-          self.seed, partner_id, slot, partner["image"].shape[:2],
-          dataclasses.replace(self.spec, cutmix_alpha=0.0))
+      partner_params = crops.crop_params(self.seed, partner_id, slot, partner["image"].shape[:2],
+                                         dataclasses.replace(self.spec, cutmix_alpha=0.0))
       partner_pixels = crops.apply_crop(partner["image"], partner_params, self.spec.output_size)
       pixels = crops.paste_cutmix(pixels, partner_pixels, params)
       partner_label = int(partner["label"])
@@ -102,8 +102,8 @@ class CropExample:
         "box": params.box_fractions(image.shape[:2]),
         "flip": np.uint8(params.flip),
         "partner_id": np.int32(partner_id),
-        "cut_box": np.array([params.cut_top, params.cut_left, params.cut_height,
-                             params.cut_width], np.int32),
+        "cut_box": np.array([params.cut_top, params.cut_left, params.cut_height, params.cut_width],
+                            np.int32),
     }
     return pixels, fields, metadata
 
@@ -173,8 +173,8 @@ class LoaderOptions:
     return cls(config.num_workers, config.read_threads, config.read_buffer)
 
 
-def to_iterator(dataset: grain.MapDataset,
-                loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
+def to_iterator(
+    dataset: grain.MapDataset, loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """A checkpointable iterator over `dataset`, read and prefetched as `loading` says."""
   read_options = grain.ReadOptions(num_threads=loading.read_threads,
                                    prefetch_buffer_size=loading.read_buffer)
@@ -198,23 +198,23 @@ def process_batches(example_at: Callable[[int], dict[str, np.ndarray]], *, num_b
   return positions.map(example_at).batch(local_batch, drop_remainder=True)
 
 
-def position_stream(example_at: Callable[[int], dict[str, np.ndarray]], *, global_batch: int,
-                    num_steps: int, process_index: int = 0, process_count: int = 1,
-                    loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
+def position_stream(
+    example_at: Callable[[int], dict[str, np.ndarray]], *, global_batch: int, num_steps: int,
+    process_index: int = 0, process_count: int = 1,
+    loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """Local batches for `num_steps` steps of `example_at(global position)`."""
   dataset = process_batches(example_at, num_batches=num_steps, global_batch=global_batch,
                             process_index=process_index, process_count=process_count)
   return to_iterator(dataset, loading)
 
 
-def training_stream(example: CropExample, *, global_batch: int, num_steps: int, seed: int,
-                    process_index: int = 0, process_count: int = 1,
-                    loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
+def training_stream(
+    example: CropExample, *, global_batch: int, num_steps: int, seed: int, process_index: int = 0,
+    process_count: int = 1, loading: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
   """Local batches of fresh crops for `num_steps` steps; epochs reshuffled, slot = epoch."""
   return position_stream(FreshCrops(example, EpochShuffle(len(example.pool_ids), seed)),
                          global_batch=global_batch, num_steps=num_steps,
-                         process_index=process_index, process_count=process_count,
-                         loading=loading)
+                         process_index=process_index, process_count=process_count, loading=loading)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +252,10 @@ class EvalExample:
     }
 
 
-def evaluation_batches(source: ImageSource, *, size: int, crop_fraction: float,
-                       normalizer: Normalizer, global_batch: int, process_index: int = 0,
-                       process_count: int = 1,
-                       loading: LoaderOptions = LoaderOptions()) -> Iterator[dict]:
+def evaluation_batches(
+    source: ImageSource, *, size: int, crop_fraction: float, normalizer: Normalizer,
+    global_batch: int, process_index: int = 0, process_count: int = 1,
+    loading: LoaderOptions = LoaderOptions()) -> Iterator[dict]:
   """One pass over a split in local batches, padded to whole global batches."""
   dataset = process_batches(EvalExample(source, size, crop_fraction, normalizer),
                             num_batches=-(-len(source) // global_batch), global_batch=global_batch,

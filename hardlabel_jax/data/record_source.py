@@ -54,7 +54,7 @@ class RecordSource:
     several times cheaper per record than one by one."""
     indices = [operator.index(i) for i in indices]
     records = self._ensure_reader().__getitems__(indices)
-    return [self._example(i, r) for i, r in zip(indices, records)]
+    return [self._example(i, r) for i, r in zip(indices, records, strict=True)]
 
   __getitems__ = _getitems  # the name PyTorch-style loaders look for
 

@@ -23,8 +23,7 @@ class ReplayMismatchError(ValueError):
   """A rebuilt crop differs from the one its stored label was computed on."""
 
 
-def check_same_crop(stored: dict, rebuilt: dict, example_id: int, slot: int,
-                    cutmix: bool) -> None:
+def check_same_crop(stored: dict, rebuilt: dict, example_id: int, slot: int, cutmix: bool) -> None:
   """Raises unless the rebuilt crop parameters equal the stored ones (box at fp16 precision)."""
   same = (np.array_equal(np.asarray(stored["box"], np.float16),
                          np.asarray(rebuilt["box"]).astype(np.float16))
@@ -74,8 +73,10 @@ class TableCrops:
     pixels, fields, metadata = self.example.raw_crop(pool_position, slot)
     check_same_crop(self.table.metadata(pool_position, slot), metadata, int(fields["id"]), slot,
                     self.table.spec.cutmix)
-    return {"image": self.example.normalizer(pixels), **fields,
-            "soft_label": self.table.probs(pool_position, slot).astype(np.float32)}
+    return {
+        "image": self.example.normalizer(pixels),
+        **fields, "soft_label": self.table.probs(pool_position, slot).astype(np.float32)
+    }
 
   def __call__(self, position: int) -> dict[str, np.ndarray]:
     pool_position, epoch = self.order(position)

@@ -8,7 +8,7 @@ names the example uniquely, so soft-label tables, difficulty scores and subsets 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable, Sequence
 
 import numpy as np
 
@@ -59,8 +59,7 @@ def check_ids(ids: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
     raise ValueError(f"example ids must be integers, got dtype {ids.dtype}")
   ids = ids.astype(np.int64)
   if ids.size and (ids.min() < 0 or ids.max() >= size):
-    raise ValueError(
-        f"example ids must lie in [0, {size}); got min {ids.min()} max {ids.max()}")
+    raise ValueError(f"example ids must lie in [0, {size}); got min {ids.min()} max {ids.max()}")
   if np.unique(ids).size != ids.size:
     raise ValueError("example ids contain duplicates")
   return ids

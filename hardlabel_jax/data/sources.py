@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hardlabel_jax.data import embedded, fashion_mnist, image_folder, tfds_source
+from hardlabel_jax.data import embedded
+from hardlabel_jax.data import fashion_mnist
+from hardlabel_jax.data import image_folder
+from hardlabel_jax.data import tfds_source
 from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.source import ImageSource
 

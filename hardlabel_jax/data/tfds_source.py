@@ -168,8 +168,8 @@ class TfdsSource(RecordSource):
 
   def _label_cache_paths(self) -> list[str]:
     """Where the labels cache may live, preferred first."""
-    roots = [r for r in (self._data_dir, local_builder.default_data_dir())
-             if r and "://" not in r]  # remote data dirs (gs://) get the local cache instead
+    roots = [r for r in (self._data_dir, local_builder.default_data_dir()) if r and "://" not in r
+            ]  # remote data dirs (gs://) get the local cache instead
     return [os.path.join(r, "hardlabel_labels", f"{self.info.fingerprint}.npy") for r in roots]
 
   def _cached_labels(self) -> np.ndarray:
@@ -201,7 +201,7 @@ class TfdsSource(RecordSource):
 
     def read_chunk(start: int) -> None:
       keys = list(range(start, min(start + _LABEL_CHUNK, self._len)))
-      for key, record in zip(keys, reader.__getitems__(keys)):
+      for key, record in zip(keys, reader.__getitems__(keys), strict=True):
         labels[key] = record["label"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:

@@ -4,12 +4,16 @@ import functools
 import math
 from typing import Any, Callable, Mapping
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from hardlabel_jax.models.convnet import ConvNet
-from hardlabel_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
+from hardlabel_jax.models.resnet import BasicBlock
+from hardlabel_jax.models.resnet import Bottleneck
+from hardlabel_jax.models.resnet import ResNet
+from hardlabel_jax.models.resnet import ResNet18
+from hardlabel_jax.models.resnet import ResNet50
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "convnet_d3": functools.partial(ConvNet, depth=3),
@@ -27,43 +31,44 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a registered model; kwargs (width, norm, dtype, zero_init_residual, ...) go to the constructor."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+  """Builds a registered model; kwargs (width, norm, dtype, ...) go to its constructor."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+  return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
 def resolve_compute_dtype(name: str, backend: str | None = None) -> Any:
-    """'auto' -> bfloat16 on TPU/GPU, float32 on CPU (bf16 is emulated there); else the named dtype."""
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"unknown compute dtype {name!r}; expected one of {', '.join(COMPUTE_DTYPES)}")
-    if name == "auto":
-        name = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
-    return jnp.dtype(name)
+  """'auto' -> bfloat16 on TPU/GPU, float32 on CPU (bf16 is emulated there); else that dtype."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown compute dtype {name!r}; expected one of {', '.join(COMPUTE_DTYPES)}")
+  if name == "auto":
+    name = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+  return jnp.dtype(name)
 
 
 def model_from_config(config: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The model a run config names: `model`, its `model_kwargs` and `compute_dtype`.
+  """The model a run config names: `model`, its `model_kwargs` and `compute_dtype`.
 
     Run configs written before `compute_dtype` existed trained in float32.
     """
-    dtype = resolve_compute_dtype(config.get("compute_dtype", "float32"))
-    return create_model(config["model"], num_classes, dtype=dtype, **config.get("model_kwargs", {}))
+  dtype = resolve_compute_dtype(config.get("compute_dtype", "float32"))
+  return create_model(config["model"], num_classes, dtype=dtype, **config.get("model_kwargs", {}))
 
 
 def has_batch_norm(model: nn.Module) -> bool:
-    """Whether the model's variables include a 'batch_stats' collection (needs mutable=['batch_stats'])."""
-    if isinstance(model, ResNet):
-        return True
-    if isinstance(model, ConvNet):
-        return model.norm == "batch"
-    # Unknown modules: refuse rather than guess, since a wrong answer silently breaks BN updates.
-    raise TypeError(f"has_batch_norm does not know {type(model).__name__}; check \"'batch_stats' in variables\"")
+  """Whether the model's variables include 'batch_stats' (training needs it mutable)."""
+  if isinstance(model, ResNet):
+    return True
+  if isinstance(model, ConvNet):
+    return model.norm == "batch"
+  # Unknown modules: refuse rather than guess, since a wrong answer silently breaks BN updates.
+  raise TypeError(
+      f"has_batch_norm does not know {type(model).__name__}; check \"'batch_stats' in variables\"")
 
 
 def count_params(params: Any) -> int:
-    """Total number of scalars in a pytree of arrays or jax.ShapeDtypeStructs (e.g. from jax.eval_shape)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+  """Total number of scalars in a pytree of arrays or jax.ShapeDtypeStructs (jax.eval_shape)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
 __all__ = [

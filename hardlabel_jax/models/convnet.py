@@ -2,11 +2,13 @@
 
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
-from hardlabel_jax.models._init import torch_default_bias_init, torch_default_kernel_init, torch_linear
+from hardlabel_jax.models._init import torch_default_bias_init
+from hardlabel_jax.models._init import torch_default_kernel_init
+from hardlabel_jax.models._init import torch_linear
 
 NORMS = ("instance", "none", "batch")
 
@@ -59,8 +61,8 @@ class ConvNet(nn.Module):
       fan_in = 3 * 3 * x.shape[-1]
       # PyTorch-default init keeps the net identical to the reference DC implementation.
       x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=True, dtype=self.dtype,
-                  kernel_init=torch_default_kernel_init,
-                  bias_init=torch_default_bias_init(fan_in), name=f"conv{i}")(x)
+                  kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(fan_in),
+                  name=f"conv{i}")(x)
       if self.norm == "instance":
         x = InstanceNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{i}")(x)
       elif self.norm == "batch":

@@ -253,13 +253,15 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 
 def _state(spec: TableSpec, positions_per_shard: int,
            shards: dict[int, dict[str, Any]]) -> dict[str, Any]:
-  return {"format_version": FORMAT_VERSION,
-          "spec": spec.to_json(),
-          "positions_per_shard": positions_per_shard,
-          "num_shards": _num_shards(spec.num_positions, positions_per_shard),
-          "row_dtype": _dtype_json(row_dtype(spec)),
-          "bytes_per_row": bytes_per_row(spec),
-          "shards": [shards[s] for s in sorted(shards)]}
+  return {
+      "format_version": FORMAT_VERSION,
+      "spec": spec.to_json(),
+      "positions_per_shard": positions_per_shard,
+      "num_shards": _num_shards(spec.num_positions, positions_per_shard),
+      "row_dtype": _dtype_json(row_dtype(spec)),
+      "bytes_per_row": bytes_per_row(spec),
+      "shards": [shards[s] for s in sorted(shards)]
+  }
 
 
 def _table_directory(directory: str) -> str:
@@ -335,8 +337,12 @@ class TableWriter:
 
   def _shard_entry(self, shard: int, sha: str) -> dict[str, Any]:
     rows = self.shard_rows(shard)
-    return {"file": shard_name(shard), "rows": rows, "bytes": rows * self.row_dtype.itemsize,
-            "sha256": sha}
+    return {
+        "file": shard_name(shard),
+        "rows": rows,
+        "bytes": rows * self.row_dtype.itemsize,
+        "sha256": sha
+    }
 
   def _write_progress(self, shards: dict[int, dict[str, Any]]) -> None:
     state = _state(self.spec, self.positions_per_shard, shards)
@@ -483,8 +489,8 @@ class SoftLabelTable:
 
   def _shard_map(self, shard: int) -> np.memmap:
     if shard not in self._maps:
-      self._maps[shard] = np.memmap(os.path.join(self.directory, shard_name(shard)),
-                                    dtype=self.row_dtype, mode="r",
+      self._maps[shard] = np.memmap(os.path.join(self.directory,
+                                                 shard_name(shard)), dtype=self.row_dtype, mode="r",
                                     shape=(self._shard_rows(shard),))
     return self._maps[shard]
 
@@ -595,5 +601,5 @@ def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction
   """Bytes of the rows a pruned run uses: sum over images of len(kept) x bytes_per_row."""
   del seed  # Every image keeps the same number of slots; only which ones depends on the seed.
   spec = table.spec if isinstance(table, SoftLabelTable) else table
-  return spec.num_positions * num_kept_slots(spec.slots_per_image, keep_fraction) * bytes_per_row(
-      spec)
+  return spec.num_positions * num_kept_slots(spec.slots_per_image,
+                                             keep_fraction) * bytes_per_row(spec)
