@@ -44,7 +44,8 @@ class TeacherPlan:
   """Where the teacher lives, what it must be, and the config that trains it when missing."""
 
   directory: str
-  identity: dict[str, Any] | None  # None: an explicit teacher_workdir with no teacher_config
+  # None only for a given teacher_workdir that holds no finished run (and no teacher_config).
+  identity: dict[str, Any] | None
   train_config: ml_collections.ConfigDict | None
   explicit: bool
 
@@ -115,7 +116,11 @@ def _teacher_plan(config: ml_collections.ConfigDict, cache_root: str) -> Teacher
   if teacher_config is not None:
     identity = teacher_lib.identity(teacher_config, _fingerprint(teacher_config))
   if config.teacher_workdir:
-    return TeacherPlan(os.path.abspath(config.teacher_workdir), identity, teacher_config, True)
+    directory = os.path.abspath(config.teacher_workdir)
+    if identity is None and teacher_lib.is_finished(directory):
+      # A given teacher is what its own run recorded; tables and sets built from it say so.
+      identity = teacher_lib.stored_identity(directory)
+    return TeacherPlan(directory, identity, teacher_config, True)
   if teacher_config is None:
     raise ValueError("config.teacher_config: this run needs a teacher; set teacher_config (an HL "
                      "config, trained on first use) or teacher_workdir (a finished HL run)")
@@ -206,7 +211,7 @@ def _check_teacher(plan: Plan) -> None:
   teacher = plan.teacher
   if teacher_lib.is_finished(teacher.directory):
     stored = teacher_lib.stored_identity(teacher.directory)
-    if teacher.identity is not None:
+    if teacher.train_config is not None:
       diff = cache.differences(stored, teacher.identity)
       if diff:
         field = "teacher_workdir" if teacher.explicit else "cache_dir"
@@ -219,7 +224,7 @@ def _check_teacher(plan: Plan) -> None:
         raise cache.IdentityMismatchError(
             f"config.teacher_workdir: the teacher in {teacher.directory} was trained on "
             f"{stored['run'].get('dataset')!r} (fingerprint {stored['dataset_fingerprint'][:12]}),"
-            f" this run trains on {plan.config.dataset!r} (fingerprint {wanted[:12]})")
+            f" this run trains on {_base_config(plan).dataset!r} (fingerprint {wanted[:12]})")
     return
   if teacher.train_config is None:
     raise FileNotFoundError(

@@ -123,14 +123,18 @@ def test_an_explicit_teacher_that_does_not_match_is_refused_before_any_write(tmp
 
 def test_an_explicit_teacher_of_another_data_set_is_refused(tmp_path, teacher_dir):
   folder = _write_folder(tmp_path / "folder", labels_shift=0)
-  config = _student(tmp_path / "cache", teacher_workdir=teacher_dir, dataset="embedded_mnist")
-  plan.check(plan.make_plan(config, str(tmp_path / "ok")))  # the teacher's own data: accepted
-  tfds_like = _student(tmp_path / "cache", teacher_workdir=teacher_dir, dataset=folder,
-                       images_per_class=0)
-  plan.check(plan.make_plan(tfds_like, str(tmp_path / "ok")))  # a folder: classes checked later
-  with open(os.path.join(teacher_dir, "results.json")) as f:
-    fingerprint = json.load(f)["dataset_fingerprint"]
-  assert fingerprint == sources.load_source("embedded_mnist", "train").info.fingerprint
+  own = _student(tmp_path / "cache", teacher_workdir=teacher_dir)
+  plan.check(plan.make_plan(own, str(tmp_path / "ok")))  # the teacher's own split: accepted
+  folder_teacher = str(tmp_path / "folder_teacher")
+  plan.train(tiny_config(dataset=folder, images_per_class=0, budget_examples=16), folder_teacher)
+  before = _tree(folder_teacher)
+  mnist_student = _student(tmp_path / "cache", teacher_workdir=folder_teacher)
+  with pytest.raises(
+      cache.IdentityMismatchError,
+      match=r"was trained on 'imagefolder:.*' .* this run trains on 'embedded_mnist'"):
+    plan.train(mnist_student, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+  assert _tree(folder_teacher) == before
 
 
 def test_a_refused_run_leaves_workdir_and_cache_untouched(tmp_path):
