@@ -51,8 +51,8 @@ def get_config(arg=None):
   config.soft_loss_weight = config.temperature**2  # HALD switches losses (see embedded_hald.py)
   config.crops_per_image = 4
   config.hald_schedule = "S6"
-  config.cad_window, config.cad_num_windows = 2, 1  # K=3 epochs hold one window of 2
-  config.rded_factor = 2
+  config.cad_windows_shrink = True  # K=3 epochs < J + W = 8: J=2, W=1, recorded and reported
+  config.rded_factor = 1  # 28 px: one crop per image, no grid, as RDED's 32-px CIFAR scripts
   config.rded_candidates_per_class = 200
   config.log_every_steps = 1000
   config.checkpoint_every_steps = 1000
@@ -64,5 +64,5 @@ def get_config(arg=None):
     config.study_seeds = (0,)
     config.study_score_epochs = 1
     config.budget_examples = 500
-    config_schema.unset(config, "rded_candidates_per_class")  # no RDED/CA2D cells here
+    config_schema.unset(config, "rded_factor", "rded_candidates_per_class")  # no RDED/CA2D cells
   return config

@@ -1,10 +1,11 @@
 """Which images? Subset selection and distillation on the embedded MNIST under HL, same budget.
 
 `method` picks the subset of `ipc` images per class: random, el2n_easy, el2n_hard, ccs,
-cad_prune (scored by the library first, cached in `cache_dir`), or rded / ca2d (distilled grids
-of teacher-selected crops; the teacher is configs/embedded_hl.py). Every method trains the same
-student (ConvNet-D3, width 64) for the same budget (10,000 examples at ipc=10, 20,000 at ipc=50)
-with the DD evaluation crops (RandomResizedCrop scale 0.08–1).
+cad_prune (scored by the library first, cached in `cache_dir`), or rded / ca2d (teacher-selected
+crops, one per distilled image at 28 px as RDED's CIFAR scripts; RDED's come from 300 random
+images per class, CA2D's from CAD-Prune's; the teacher is configs/embedded_hl.py). Every method
+trains the same student (ConvNet-D3, width 64) for the same budget (10,000 examples at ipc=10,
+20,000 at ipc=50) with the DD evaluation crops (RandomResizedCrop scale 0.08–1).
 
   python -m hardlabel_jax.main --config configs/embedded_select.py:method=cad_prune,ipc=10,seed=0 \
       --config.cache_dir=/tmp/select/cache --workdir /tmp/select/cad_prune_ipc10_s0
@@ -14,7 +15,8 @@ with the DD evaluation crops (RandomResizedCrop scale 0.08–1).
 
 Scoring: EL2N and AUM (CCS) come from a 10-epoch run on the whole train split; CAD-Prune's run
 lasts K epochs with K·N = E_down·n (the downstream budget), i.e. 3 epochs at ipc=10 and 5 at
-ipc=50 here, so its windows are short (J=2, W=1).
+ipc=50 here, fewer than the paper's J=6, W=2 need (8), so it sets `cad_windows_shrink`: J=2, W=1
+at ipc=10 and J=4, W=1 at ipc=50, recorded in the score file and in results.json.
 """
 
 from hardlabel_jax import config_schema
@@ -28,9 +30,9 @@ def score_config(cad: bool, ipc: int, runlocal: bool):
   config = config_schema.sibling_config(__file__, "embedded_hl.py", runlocal and "runlocal")
   config.task = "score"
   config.model_kwargs.width = 64
-  config.cad_window, config.cad_num_windows = 2, 1
   if cad:
     config.score_epochs = 0  # K from K·N = E_down·n
+    config.cad_windows_shrink = True  # K = 3 or 5 < J + W = 8: the largest J, W that fit
     config.cad_subset_images_per_class = ipc
     config.cad_downstream_epochs = BUDGET[ipc] / (10 * ipc)
   else:
@@ -63,7 +65,7 @@ def get_config(arg=None):
   if args.method in ("rded", "ca2d"):
     config.teacher_config = config_schema.sibling_config(__file__, "embedded_hl.py", args.runlocal
                                                          and "runlocal")
-    config.rded_factor = 2
+    config.rded_factor = 1  # 28 px: one crop per image, as RDED's 32-px CIFAR scripts
     config.rded_crops_per_image = 5
     config.rded_candidates_per_class = 300
   config.ccs_strata = 50

@@ -2,9 +2,10 @@
 
 1. Scoring: ResNet-18 on the full train split for K epochs with K·N = E_down·n
    (N = 1,281,167, n = 10,000, E_down = 300 → K = 3). The paper's windows J=6, W=2 need
-   K ≥ 8, so at K=3 the scoring run uses J=2, W=1 (override `score_config.cad_window` etc.).
-2. CA2D: per class the top-300 images by CAD, 5 crops each scored by the teacher's CE,
-   the best 40 crops stitched into 10 images of 2×2 patches.
+   K ≥ 8, so the scoring run sets `cad_windows_shrink`: J=2, W=1 at K=3 (ipc 50 and 100 give
+   K=12, 24: J=6, W=2), recorded in the score file and results.json.
+2. CA2D: per class the 40 images CAD-Prune selects from that scoring run (ipc·factor², factor 2),
+   each contributing its lowest-CE crop of 5, stitched into 10 images of 2×2 patches.
 3. HL training of ResNet-18 on the 10,000 distilled images for 300 epochs; test on val.
 
   python -m hardlabel_jax.main --config configs/imagenet_ca2d_ipc10.py --config.data_dir=$DATA \
@@ -37,10 +38,10 @@ def get_config(arg=None):
     score.score_epochs = 0
     score.cad_subset_images_per_class = args.ipc
     score.cad_downstream_epochs = float(downstream_epochs)
-    score.cad_window, score.cad_num_windows = 2, 1
+    score.cad_windows_shrink = True  # K=3 at ipc 10: the largest J, W that fit
     config.score_config = score
   if args.method in ("rded", "ca2d"):
-    config.rded_factor = 2
+    config.rded_factor = 2  # 224 px: 2×2 grids, as RDED's ImageNet scripts (also the default)
     config.rded_crops_per_image = 5
     config.rded_candidates_per_class = 300
   if args.runlocal:

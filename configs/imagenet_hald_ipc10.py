@@ -3,8 +3,10 @@
 ResNet-18 teacher and student; 300 epochs over the 10,000 images at batch 16; AdamW lr 1e-3,
 weight decay 0.01 (none on BN/bias); cosine 0.5(1 + cos(π e / (E η))) with η = 2; T = 20;
 schedule S6 = 75 soft / 150 hard / 75 soft epochs; hard phase: CutMix α = 1 on every batch and
-label smoothing 0.8. 15 stored crops per image in `full` fp16 is 10,000 × 15 × 2,009 bytes
-≈ 301 MB, the storage scale of HALD's 285 MB.
+label smoothing 0.8. The stored crops are CutMixed (α = 1) before the teacher labels them, as in
+the SRe²L/LPLD relabelling HALD's soft labels follow, and the soft phase replays them mixed. 15
+stored crops per image in `full` fp16 with CutMix metadata is 10,000 × 15 × 2,023 bytes ≈ 303 MB,
+the storage scale of HALD's 285 MB.
 
 Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any finished HL run):
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py:task=relabel \
@@ -35,6 +37,10 @@ def get_config(arg=None):
   config.images_per_class = args.ipc
   config.crop_scale = (0.08, 1.0)
   config.random_flip = True
+  # Relabel CutMixed crops: VILA-Lab/SRe2L SRe2L/relabel/relabel.sh (`--mix-type 'cutmix'`,
+  # generate_soft_label.py `--cutmix` default 1.0) and LPLD's relabel_and_validate/cfg/reproduce/
+  # LPLD_in1k_[4k].yaml (`mix_type: cutmix`) store each crop's partner, λ and box with its label.
+  config.cutmix_alpha = 1.0
   config.model = "resnet18"
   config.temperature = 20.0
   config.label_format = "full"

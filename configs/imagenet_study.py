@@ -47,7 +47,7 @@ def get_config(arg=None):
   config.crops_per_image = 50
   config.hald_schedule = "S6"
   config.cad_window, config.cad_num_windows = 6, 2
-  config.rded_factor = 2
+  # rded_factor stays 0 (auto): 1 at <= 64 px as RDED's CIFAR scripts, 2 above as its ImageNet ones.
   config.rded_candidates_per_class = 600  # IPC100 stitches 400 crops of distinct images a class
   if args.runlocal:
     config.study_regimes = ("hl", "sl_kd")

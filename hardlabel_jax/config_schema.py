@@ -22,18 +22,28 @@ TASKS = ("train", "relabel", "drift", "score", "distill", "study")
 SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
 SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
+# CCS prunes and stratifies over the whole pool (the official code) or within each class.
+CCS_SCOPES = ("global", "per_class")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
 # Regimes that train on a stored soft-label table (and so need a relabel first).
 TABLE_REGIMES = ("sl", "hald")
 # Regimes with a teacher queried online inside the jitted step.
 ONLINE_TEACHER_REGIMES = ("kd", "sl_kd")
 LABEL_FORMATS = ("full", "topk", "topk_q8")
+# LPLD label pruning at label_keep_fraction < 1 (soft_labels.table): 'lpld_batches' keeps the first
+# stored batches and draws each step's batch from them (the official trainer); 'per_image' keeps a
+# seeded subset of every image's slots and draws one per image and epoch.
+LABEL_PRUNING_MODES = ("lpld_batches", "per_image")
 TEACHER_BN_MODES = ("eval", "batch_stats")
 DISTILLATION_LOSSES = ("kl", "kd", "dkd", "rld", "nkd", "ce")
 # Losses whose formula uses the integer label; CutMix would make that label ambiguous.
 LABEL_LOSSES = ("kd", "dkd", "rld", "nkd", "ce")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "hald", "constant")
+# Training-crop recipes: 'rrc' RandomResizedCrop (crop_scale, crop_ratio), flip, CutMix; 'rded'
+# RDED's ShufflePatches(rded_factor) → RandomResizedCrop(scale=(1/factor, 1)) → flip → CutMix;
+# 'auto' is 'rded' on RDED/CA2D distilled sets and 'rrc' on any other pool.
+TRAIN_CROP_RECIPES = ("auto", "rrc", "rded")
 
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
@@ -58,13 +68,13 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset",
              "normalization_mean", "normalization_std"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
-    "selection":
-        ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "cad_direction"),
+    "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "ccs_scope",
+                  "cad_direction"),
     "distilled_set": ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class"),
     "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
-                "cad_window", "cad_num_windows"),
-    "crops": ("image_size", "crop_scale", "crop_ratio", "random_flip", "cutmix_alpha",
-              "eval_crop_fraction"),
+                "cad_window", "cad_num_windows", "cad_windows_shrink"),
+    "crops": ("image_size", "train_crop_recipe", "crop_scale", "crop_ratio", "random_flip",
+              "cutmix_alpha", "eval_crop_fraction"),
     "model": ("model", "model_kwargs", "compute_dtype"),
     "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
     "optimizer":
@@ -73,9 +83,9 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "hard_labels": ("label_smoothing",),
     "teacher": ("teacher_workdir", "teacher_config"),
     "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
-    "soft_labels":
-        ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image", "crop_seed",
-         "soft_loss_weight", "label_keep_fraction", "teacher_bn_mode", "table_positions_per_shard"),
+    "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
+                    "crop_seed", "soft_loss_weight", "label_keep_fraction", "label_pruning",
+                    "teacher_bn_mode", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
     "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
@@ -110,17 +120,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.subset_seed = 0
   c.subset_ids_file = ""  # .npy or .json list of example ids; overrides images_per_class
   # Subset selection by difficulty (DESIGN.md §7): a method and the score file of a
-  # task='score' run (EL2N for el2n_*, AUM for ccs, CAD for cad_prune), class-balanced.
+  # task='score' run (EL2N for el2n_*, AUM for ccs, CAD for cad_prune), class-balanced (CCS:
+  # ccs_scope).
   c.selection = "random"
   c.scores_file = ""  # '' with score_config set -> <cache_dir>/scores/<identity>/scores.npz
   c.score_config = None  # a full task='score' config, run first when the score file is absent
-  c.ccs_beta = 0.1  # CCS: fraction of hardest (lowest-AUM) examples dropped per class
+  # CCS: fraction of hardest (lowest-AUM) examples dropped before stratifying; -1 -> the CCS
+  # paper's β at the run's pruning rate 1 − n/N (selection.ccs_paper_beta: 0.3 beyond 90%).
+  c.ccs_beta = -1.0
   c.ccs_strata = 50
+  c.ccs_scope = "global"  # CCS_SCOPES: over the whole set (the official code) or 'per_class'
   c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
   # RDED / CA2D distilled sets (selection='rded'|'ca2d'), built on first use in cache_dir.
-  c.rded_factor = 2  # factor×factor patches per distilled image
+  # factor×factor patches per distilled image; 0 -> run_data.rded_factor: 1 up to 64 px (RDED's
+  # CIFAR and Tiny-ImageNet scripts), 2 above (its ImageNet scripts).
+  c.rded_factor = 0
   c.rded_crops_per_image = 5
-  c.rded_candidates_per_class = 0  # mipc; 0 -> min(300, smallest class)
+  c.rded_candidates_per_class = 0  # RDED's mipc; 0 -> min(300, smallest class). Unused by CA2D
 
   # Scoring runs (task='score'): HL training on the pool for K epochs, statistics every epoch.
   c.score_epochs = 0  # K; 0 -> CAD-Prune's K·N = E_down·n from the two fields below
@@ -128,6 +144,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.cad_downstream_epochs = 0.0  # E_down of the downstream run
   c.cad_window = 6  # J: epochs per dynamic-uncertainty window
   c.cad_num_windows = 2  # W: windows averaged into CAD
+  # K < J + W is an error unless this is set; then the scoring run uses the largest J >= 2, then
+  # W >= 1, that fit in K and records them (cad_window_used, cad_num_windows_used).
+  c.cad_windows_shrink = False
 
   # Crops (torchvision RandomResizedCrop semantics) and evaluation view.
   c.image_size = 28
@@ -135,6 +154,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.crop_ratio = (3 / 4, 4 / 3)
   c.random_flip = True
   c.cutmix_alpha = 0.0  # 0 disables CutMix
+  # How training crops are drawn (TRAIN_CROP_RECIPES): 'auto' trains RDED/CA2D sets with RDED's
+  # own recipe (ShufflePatches, then crop scale 1/rded_factor–1), every other pool with 'rrc'.
+  c.train_crop_recipe = "auto"
   c.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
 
   # Model.
@@ -175,6 +197,9 @@ def default_config() -> ml_collections.ConfigDict:
   # between CE and KL, whose gradients differ by ~T² in scale, so its soft phase may use T².
   c.soft_loss_weight = 1.0
   c.label_keep_fraction = 1.0  # LPLD label pruning: fraction of stored crops a run may use
+  # How a fraction below 1 prunes (LABEL_PRUNING_MODES): LPLD's own granularity, stored batches
+  # (DESIGN.md §9), or 'per_image' (each image keeps round(f·slots) of its slots).
+  c.label_pruning = "lpld_batches"
   c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
   c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
 
@@ -242,7 +267,8 @@ _ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GRO
                          + FIELD_GROUPS["run_control"]
                          + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
-_DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs")
+_DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
+             "train_crop_recipe", "label_keep_fraction")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -269,6 +295,14 @@ _SCORE_SETS = frozenset({
 _NESTED_RUNS = {"teacher_config": ("train", "hl"), "score_config": ("score", "hl")}
 
 
+def train_crop_recipe(run: Mapping[str, Any]) -> str:
+  """The training-crop recipe a run (config, or its deciding fields) uses: 'rrc' or 'rded'."""
+  recipe = run["train_crop_recipe"]
+  if recipe == "auto":
+    return "rded" if run["selection"] in DISTILLED_SELECTIONS else "rrc"
+  return recipe
+
+
 def _optimizer_reads(run: Mapping[str, Any]) -> set[str]:
   """optim.make_optimizer and optim.learning_rate_schedule."""
   read = {"optimizer", "learning_rate", "weight_decay", "schedule", "warmup_epochs"}
@@ -293,15 +327,19 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   if selection in SCORED_SELECTIONS:
     read |= {"scores_file", "score_config"}
   if selection == "ccs":
-    read |= {"ccs_beta", "ccs_strata"}
+    read |= {"ccs_beta", "ccs_strata", "ccs_scope"}
   if selection in ("cad_prune", "ca2d"):
     read.add("cad_direction")
   if selection in DISTILLED_SELECTIONS:  # distill: teacher CE of seeded crops, stitched
     read |= {*FIELD_GROUPS["distilled_set"], *FIELD_GROUPS["teacher"], "crop_seed"}
+  if train_crop_recipe(run) == "rded":  # run_data.crop_spec: the factor fixes shuffle and scale
+    read = (read - {"crop_scale", "crop_ratio"}) | {"rded_factor"}
   if task in TEACHER_TASKS or (trains and regime != "hl"):
     read |= set(FIELD_GROUPS["teacher"])
   if trains:
     read |= _optimizer_reads(run) | _REGIME_READS.get(regime, frozenset())
+  if trains and regime in TABLE_REGIMES and run["label_keep_fraction"] < 1:
+    read.add("label_pruning")  # trainer.training_examples: only a fraction below 1 prunes
   if task == "relabel" or (trains and regime in TABLE_REGIMES):
     read |= _TABLE_READS
     if run["label_format"] != "full":
@@ -309,7 +347,7 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   if task == "drift":
     read |= _DRIFT_READS
   if task == "score":  # scoring.scoring_epochs, scores_from_statistics
-    read |= {"score_epochs", "cad_window", "cad_num_windows"}
+    read |= {"score_epochs", "cad_window", "cad_num_windows", "cad_windows_shrink"}
     if not run["score_epochs"]:
       read |= {"cad_subset_images_per_class", "cad_downstream_epochs"}
   return read
@@ -399,7 +437,9 @@ def _readers_hint(config: ml_collections.ConfigDict, field: str) -> str:
       "optimizer": OPTIMIZERS,
       "schedule": SCHEDULES,
       "label_format": LABEL_FORMATS,
-      "score_epochs": (0,)
+      "score_epochs": (0,),
+      "train_crop_recipe": TRAIN_CROP_RECIPES,
+      "label_keep_fraction": (0.5,)
   }
   run = {k: config[k] for k in _DECIDERS}
   hints = []
@@ -485,15 +525,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "score_config to run one)")
   _require(config.selection == "random" or config.images_per_class > 0, "images_per_class",
            f"selection {config.selection!r} needs a positive number of images per class")
-  _require(config.rded_factor >= 1, "rded_factor", "must be >= 1")
+  _require(config.rded_factor >= 0, "rded_factor", "must be >= 0 (0: by image size)")
   _require(config.rded_crops_per_image >= 1, "rded_crops_per_image", "must be >= 1")
   _require(config.rded_candidates_per_class >= 0, "rded_candidates_per_class", "must be >= 0")
-  _require(0 <= config.ccs_beta < 1, "ccs_beta", "must be in [0, 1)")
+  _require(config.ccs_beta == -1 or 0 <= config.ccs_beta < 1, "ccs_beta",
+           "must be in [0, 1), or -1 for the CCS paper's β at the pruning rate")
+  _require_choice(config, "ccs_scope", CCS_SCOPES)
   _require(config.ccs_strata >= 1, "ccs_strata", "must be >= 1")
   _require_choice(config, "cad_direction", CAD_DIRECTIONS)
   _require(config.score_epochs >= 0, "score_epochs", "must be >= 0")
   _require(config.cad_window >= 2, "cad_window", "must be >= 2 (a standard deviation)")
   _require(config.cad_num_windows >= 1, "cad_num_windows", "must be >= 1")
+  _require(isinstance(config.cad_windows_shrink, bool), "cad_windows_shrink", "must be a bool")
   if config.task == "score":
     # Per-example training dynamics of the HL run (DESIGN.md §7): no teacher, no table.
     _require(config.regime == "hl", "regime", f"{config.regime!r}: a scoring run trains under "
@@ -514,6 +557,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.learning_rate > 0, "learning_rate", "must be positive")
   _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
   _require(config.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
+  _require_choice(config, "train_crop_recipe", TRAIN_CROP_RECIPES)
   _require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
   _require(0 <= config.adam_b1 < 1 and 0 <= config.adam_b2 < 1, "adam_b2",
            "Adam's b1 and b2 must lie in [0, 1)")
@@ -538,6 +582,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.crops_per_image >= 1, "crops_per_image", "must be >= 1")
   _require(config.crop_seed >= 0, "crop_seed", "must be >= 0")
   _require(0 < config.label_keep_fraction <= 1, "label_keep_fraction", "must be in (0, 1]")
+  _require_choice(config, "label_pruning", LABEL_PRUNING_MODES)
   _require_choice(config, "teacher_bn_mode", TEACHER_BN_MODES)
   _require(config.table_positions_per_shard >= 0, "table_positions_per_shard", "must be >= 0")
   _require(0 <= config.hald_hard_fraction <= 1, "hald_hard_fraction", "must be in [0, 1]")

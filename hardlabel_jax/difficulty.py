@@ -11,8 +11,8 @@ rather than a silently wrong finite score. Everything is computed from log-softm
 the dtype's most negative finite value, never −inf, so scores stay finite for logits of 1e4.
 
 Score directions (what "hard" means) differ: EL2N, GraNd, forgetting, dynamic uncertainty/CAD and
-teacher CE/entropy are higher for harder examples; AUM, margin, true-class probability and teacher
-confidence are lower for harder examples.
+teacher CE/entropy are higher for harder examples; AUM (logit or probability margins), margin,
+true-class probability and teacher confidence are lower for harder examples.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ __all__ = [
     "find_final_layer",
     "forgetting_events",
     "grand",
+    "probability_margin",
     "teacher_ce",
     "teacher_confidence",
     "teacher_entropy",
+    "training_aum",
 ]
 
 Array = jax.Array
@@ -118,6 +120,14 @@ def _margin(z: Array, y: Array) -> Array:
   return class_indexing.gather_class(z, y) - jnp.max(others, axis=-1)
 
 
+def _probability_margin(z: Array, y: Array) -> Array:
+  """p_y − max_{i≠y} p_i of softmax(z) over the last axis."""
+  p = jnp.exp(jax.nn.log_softmax(z, axis=-1))
+  # Probabilities are >= 0, so −1 masks the true class out of the max without −inf.
+  others = jnp.where(class_indexing.one_hot_mask(y, z.shape[-1]), -1.0, p)
+  return class_indexing.gather_class(p, y) - jnp.max(others, axis=-1)
+
+
 def _float32(x: Array) -> Array:
   """Scores are float32 whatever the logits' dtype (bf16 logits would lose small margins)."""
   return x.astype(jnp.float32)
@@ -138,6 +148,21 @@ def _el2n_kernel(z: Array, y: Array) -> Array:
 def _aum_kernel(z: Array, y: Array) -> Array:
   """Compiled `aum`."""
   return jnp.mean(_margin(_float32(z), y), axis=0)
+
+
+@jax.jit
+def _probability_margin_kernel(z: Array, y: Array) -> Array:
+  """Compiled `probability_margin`."""
+  return _probability_margin(_float32(z), y)
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples",))
+def _training_aum_kernel(positions: Array, margins: Array, num_examples: int) -> Array:
+  """Compiled `training_aum`."""
+  sums = jax.ops.segment_sum(_float32(margins), positions, num_segments=num_examples)
+  counts = jax.ops.segment_sum(jnp.ones_like(positions, jnp.float32), positions,
+                               num_segments=num_examples)
+  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), jnp.nan)
 
 
 @jax.jit
@@ -177,6 +202,7 @@ def _epoch_statistics_kernel(z: Array, y: Array) -> dict[str, Array]:
       "true_prob": jnp.exp(class_indexing.gather_class(log_p, y)),
       "el2n": _el2n(z, y),
       "margin": _margin(z, y),
+      "prob_margin": _probability_margin(z, y),
       "correct": jnp.argmax(z, axis=-1) == y,
   }
 
@@ -220,9 +246,46 @@ def el2n_mean(logits_per_run: ArrayLike, labels: ArrayLike) -> Array:
 
 
 def aum(logits_per_epoch: ArrayLike, labels: ArrayLike) -> Array:
-  """Area under the margin: mean over epochs of z_y − max_{i≠y} z_i, `[n]` (lower = harder)."""
+  """Mean over epochs of the logit margin z_y − max_{i≠y} z_i, `[n]` (lower = harder).
+
+  Pleiss et al.'s margin on logits; a scoring run stores it, on eval-mode centre views, as
+  `aum_eval_logit`. CCS ranks by `training_aum` (probabilities of the training batches) instead.
+  """
   z = _check_float("logits_per_epoch", logits_per_epoch, "epochs, n, classes")
   return _aum_kernel(z, _check_labels(labels, z.shape[2], z.shape[1]))
+
+
+def probability_margin(logits: ArrayLike, labels: ArrayLike) -> Array:
+  """p_y − max_{i≠y} p_i of softmax(z) per example, `[n]` in [−1, 1] (lower = harder).
+
+  What the official CCS code records for every example of every training mini-batch of its
+  scoring run (see `training_aum`).
+  """
+  z = _check_float("logits", logits, "n, classes")
+  return _probability_margin_kernel(z, _check_labels(labels, z.shape[1], z.shape[0]))
+
+
+def training_aum(positions: ArrayLike, margins: ArrayLike, num_examples: int) -> Array:
+  """CCS's AUM: the mean of each example's recorded training-batch margins, `[num_examples]`.
+
+  `positions[r]` (in [0, num_examples)) is the example of record r and `margins[r]` its
+  `probability_margin` in the training mini-batch it was drawn in, for every batch of the scoring
+  run. The official code (haizhongzheng/Coverage-centric-coreset-selection,
+  generate_importance_score.py L91–108 over the batches Trainer.py L42–49 logs) sums these; with
+  every example drawn once an epoch the mean is that sum over the epoch count, the same ranks and
+  the same CCS strata. An example never recorded gets NaN.
+  """
+  p = array_checks.as_array(positions)
+  m = _check_float("margins", margins, "records")
+  n = _check_int("num_examples", num_examples, 1)
+  if p.shape != m.shape or not jnp.issubdtype(p.dtype, jnp.integer):
+    raise ValueError(f"positions must be integers shaped like margins {m.shape}, got "
+                     f"{p.dtype} {p.shape}")
+  if array_checks.is_concrete(positions):
+    host = np.asarray(p)
+    if host.size and (host.min() < 0 or host.max() >= n):
+      raise ValueError(f"positions must lie in [0, {n}), got [{host.min()}, {host.max()}]")
+  return _training_aum_kernel(p, m, n)
 
 
 def forgetting_events(correct_per_epoch: ArrayLike) -> Array:
@@ -263,7 +326,7 @@ def cad_scores(true_prob_per_epoch: ArrayLike, window: int = 6, num_windows: int
 
 
 def epoch_statistics(logits: ArrayLike, labels: ArrayLike) -> dict[str, Array]:
-  """What a scoring run records per epoch: true_prob, el2n, margin (float32) and correct (bool)."""
+  """What a scoring run records per epoch: true_prob, el2n, margin, prob_margin, correct (bool)."""
   z = _check_float("logits", logits, "n, classes")
   return _epoch_statistics_kernel(z, _check_labels(labels, z.shape[1], z.shape[0]))
 

@@ -1,16 +1,21 @@
 """RDED and CA2D distilled sets (DESIGN.md §7): teacher-scored crops stitched into grids.
 
-RDED: per class `mipc` random real images; 5 RandomResizedCrops each (scale 0.08–1, ratio 1),
-scored by teacher cross-entropy on the crop; each image keeps its lowest-CE crop; per class the
-`ipc·factor²` best crops, downsampled to `size/factor`, are stitched into `ipc` images of
+RDED (LINs-lab/RDED synthesize/main.py, synthesize/utils.py): per class `mipc` random real
+images; 5 RandomResizedCrops each (scale 0.08–1, ratio 1) made at `size/factor`, scored by the
+teacher's cross-entropy on the crop normalised and zero-padded, centred, to `size`; each image keeps
+its lowest-CE crop; per class the `ipc·factor²` lowest-CE crops are stitched into `ipc` images of
 `factor×factor` patches (patches j, j+ipc, j+2·ipc, … of class-sorted crops fill image j in
-row-major order). CA2D: the same crop/select/stitch on the CAD-Prune-ranked pool instead of
-random images. The set is written as an image folder (`<dir>/train/<class>/<i>.png`, the format
-of the PyTorch RDED code) with `provenance.json`, so the trainer reads it like any data set.
+row-major order). The factor is `run_data.rded_factor`: 1 up to 64 px, as the official CIFAR and
+Tiny-ImageNet scripts (one crop per image, no stitching), 2 above, as its ImageNet scripts.
+CA2D (Hard Truths): the images are those CAD-Prune selects at the compute budget, `ipc·factor²` per
+class, and each contributes its own lowest-CE crop; no class-wide CE filter (`candidate_pool`).
+The set is written as an image folder (`<dir>/train/<class>/<i>.png`, the format of the PyTorch
+RDED code) with `provenance.json`, so the trainer reads it like any data set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +36,7 @@ from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
+from hardlabel_jax.data.source import ImageSource
 
 METHODS = ("rded", "ca2d")
 PROVENANCE_FILE = "provenance.json"
@@ -42,18 +48,26 @@ def candidates_per_class(config: ml_collections.ConfigDict, smallest_class: int)
   return config.rded_candidates_per_class or min(300, smallest_class)
 
 
-def candidate_pool(config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
-  """The real images crops are drawn from: random (RDED) or top-mipc by CAD (CA2D), per class."""
+def cad_prune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `cad_prune` run whose training pool is CA2D's images: `ipc·factor²` per class.
+
+  A distilled image holds factor² patches, each from its own real image, so CA2D takes CAD-Prune's
+  selection of `ipc·factor²` images per class from the same score file and direction (at factor 1
+  exactly the images `selection='cad_prune'` with the same `images_per_class` trains on).
+  """
+  out = config.copy_and_resolve_references()
+  out.selection = "cad_prune"
+  out.images_per_class = config.images_per_class * run_data.rded_factor(config)**2
+  return out
+
+
+def candidate_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.ndarray:
+  """The real images crops are drawn from: `mipc` random per class (RDED) or CAD-Prune's (CA2D)."""
+  if config.selection == "ca2d":
+    return run_data.scored_pool(cad_prune_config(config), train)
+  labels = np.asarray(train.labels())
   mipc = candidates_per_class(config, int(np.bincount(labels).min()))
-  if config.selection == "rded":
-    return selection.class_balanced_random(labels, mipc, config.subset_seed)
-  scored = selection.load_scores(config.scores_file)
-  if "cad" not in scored.scores:
-    raise ValueError(f"config.scores_file: {config.scores_file} has no CAD scores; score with "
-                     "at least cad_window + cad_num_windows epochs")
-  chosen = selection.select("cad_prune", labels[scored.ids], mipc, scores=scored.scores["cad"],
-                            direction=config.cad_direction)
-  return np.sort(scored.ids[chosen]).astype(np.int64)
+  return selection.class_balanced_random(labels, mipc, config.subset_seed)
 
 
 def select_crops(pool_labels: np.ndarray, crop_ce: np.ndarray, images_per_class: int,
@@ -61,7 +75,8 @@ def select_crops(pool_labels: np.ndarray, crop_ce: np.ndarray, images_per_class:
   """Per class, the `ipc·factor²` images whose best crop has the lowest CE, and those slots.
 
   `crop_ce` is `[pool, crops]`; returns pool positions (class-major, ascending CE within a class)
-  and the chosen slot of each.
+  and the chosen slot of each. A CA2D pool holds exactly `ipc·factor²` images per class, so every
+  image is kept with its own best crop and the CE only orders the patches (RDED's stitching order).
   """
   best_slot = np.argmin(crop_ce, axis=1)
   best_ce = crop_ce[np.arange(len(crop_ce)), best_slot]
@@ -92,12 +107,47 @@ def stitch(patches: np.ndarray, images_per_class: int, factor: int) -> np.ndarra
   return out
 
 
+def pad_center(image: np.ndarray, size: int) -> np.ndarray:
+  """`[h, w, C]` → `[size, size, C]` with zeros around, the odd pixel below and right."""
+  top, left = (size - image.shape[0]) // 2, (size - image.shape[1]) // 2
+  out = np.zeros((size, size, image.shape[-1]), image.dtype)
+  out[top:top + image.shape[0], left:left + image.shape[1]] = image
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddedNormalizer:
+  """RDED's scoring view of a patch: normalised, then zero-padded, centred, to the full size.
+
+  As `selector` in LINs-lab/RDED synthesize/utils.py: the crops are normalised at `size/factor`
+  and `pad` adds zeros, so the border is the mean colour, not black.
+  """
+
+  normalizer: pipeline.Normalizer
+  size: int
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    return pad_center(self.normalizer(image), self.size)
+
+
+def scoring_example(config: ml_collections.ConfigDict, train: ImageSource, pool: np.ndarray,
+                    normalizer: pipeline.Normalizer) -> pipeline.CropExample:
+  """(pool position, slot) → RDED's crop at `size/factor` and its padded, normalised view.
+
+  `MultiRandomCrop` in LINs-lab/RDED synthesize/utils.py: RandomResizedCrop(size // factor, ratio
+  (1, 1), default scale 0.08–1, bilinear, antialiased) of the image; its `raw_crop` is the patch
+  that is stitched, pure in (crop_seed, id, slot).
+  """
+  spec = crops.CropSpec(output_size=config.image_size // run_data.rded_factor(config),
+                        scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
+  return pipeline.CropExample(train, pool, spec, config.crop_seed,
+                              PaddedNormalizer(normalizer, config.image_size))
+
+
 def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
                         teacher: teacher_lib.Teacher, mesh) -> tuple[np.ndarray, Any]:
   """Teacher CE of `rded_crops_per_image` crops of every candidate, `[pool, crops]`."""
-  spec = crops.CropSpec(output_size=config.image_size, scale=(0.08, 1.0), ratio=(1.0, 1.0),
-                        flip=False)
-  example = pipeline.CropExample(data.train, pool, spec, config.crop_seed, data.normalizer)
+  example = scoring_example(config, data.train, pool, data.normalizer)
   slots = config.rded_crops_per_image
   predict = inference.log_probs_fn(teacher.model, mesh, 1.0, "eval")
   ce = np.zeros((len(pool), slots), np.float32)
@@ -118,7 +168,7 @@ def identity(config: ml_collections.ConfigDict, fingerprint: str, teacher_digest
       "fingerprint": fingerprint,
       "teacher": teacher_digest,
       "ipc": config.images_per_class,
-      "factor": config.rded_factor,
+      "factor": run_data.rded_factor(config),
       "mipc": config.rded_candidates_per_class,
       "crops": config.rded_crops_per_image,
       "crop_seed": config.crop_seed,
@@ -141,28 +191,27 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
                teacher: teacher_lib.Teacher, example: pipeline.CropExample, labels: np.ndarray,
                pool: np.ndarray, positions: np.ndarray, slots: np.ndarray, ce: np.ndarray) -> None:
   """Stitches the chosen crops into `directory` (PNGs + provenance), atomically."""
-  patch_size = config.image_size // config.rded_factor
+  factor = run_data.rded_factor(config)
   partial = directory + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   provenance = {"identity": ident, "teacher": teacher.describe(), "images": []}
-  per_class = config.images_per_class * config.rded_factor**2
+  per_class = config.images_per_class * factor**2
   for start in range(0, len(positions), per_class):
-    chunk = range(start, start + per_class)
+    # The scored crops themselves, already at size/factor (the official code stitches those).
     patches = np.stack([
-        crops.resized_crop(
-            example.raw_crop(int(positions[k]), int(slots[k]))[0], 0, 0, config.image_size,
-            config.image_size, patch_size) for k in chunk
+        example.raw_crop(int(positions[k]), int(slots[k]))[0]
+        for k in range(start, start + per_class)
     ])
     label = int(labels[pool[positions[start]]])
     class_dir = os.path.join(partial, _SPLIT, f"class_{label:05d}")
     os.makedirs(class_dir, exist_ok=True)
-    for j, image in enumerate(stitch(patches, config.images_per_class, config.rded_factor)):
+    for j, image in enumerate(stitch(patches, config.images_per_class, factor)):
       if image.shape[0] != config.image_size:  # size not divisible by factor
         image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1], config.image_size)
       name = f"{j:05d}.png"
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
           os.path.join(class_dir, name))
-      members = [start + j + r * config.images_per_class for r in range(config.rded_factor**2)]
+      members = [start + j + r * config.images_per_class for r in range(factor**2)]
       provenance["images"].append({
           "file": f"{_SPLIT}/class_{label:05d}/{name}",
           "label": label,
@@ -188,14 +237,15 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
           data: run_data.RunData, teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh) -> str:
   """Writes the RDED/CA2D set `ident` describes into `directory` (whole train split as `data`)."""
   labels = np.asarray(data.train.labels())
-  pool = candidate_pool(config, labels)
+  pool = candidate_pool(config, data.train)
   ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
-  positions, slots = select_crops(labels[pool], ce, config.images_per_class, config.rded_factor)
+  factor = run_data.rded_factor(config)
+  positions, slots = select_crops(labels[pool], ce, config.images_per_class, factor)
   if jax.process_index() == 0:  # every process scored the crops; one writes the set
     _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots, ce)
   mesh_lib.sync_processes("distilled set written")
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
-                       f"{config.rded_factor}×{config.rded_factor} patches) in {directory}")
+                       f"{factor}×{factor} patches) in {directory}")
   return directory
 
 
@@ -213,6 +263,12 @@ def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_col
   out.test_dataset = config.test_dataset or config.dataset
   out.dataset = f"imagefolder:{directory}"
   out.train_split = _SPLIT
+  # The set's crop recipe and factor are fixed here: 'auto' is RDED's own recipe on a distilled
+  # set (config_schema.train_crop_recipe), but the selection this run keeps ('random') would
+  # resolve it to the generic crop.
+  out.train_crop_recipe = "rded" if config.train_crop_recipe == "auto" else config.train_crop_recipe
+  if out.train_crop_recipe == "rded":
+    out.rded_factor = run_data.rded_factor(config)
   out.selection, out.images_per_class, out.scores_file = "random", 0, ""
   out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
   out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)

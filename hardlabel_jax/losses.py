@@ -324,10 +324,10 @@ def _rld_kernel(s: Array, t: Array, y: Array, alpha: Array, beta: Array, tempera
 
 
 @_kernel
-def _nkd_kernel(s: Array, t: Array, y: Array, temperature: Array, gamma: Array,
+def _nkd_kernel(s: Array, t: Array, y: Array, temperature: Array, gamma: Array, ce_weight: Array,
                 logit_standardization: bool) -> Array:
   """Compiled `nkd_loss`."""
-  _, s, t = _prepare(s, t, logit_standardization)
+  s_raw, s, t = _prepare(s, t, logit_standardization)
   # Target term at T = 1 whatever `temperature` is (DESIGN §6, as in the NKD reference).
   pt_y = jnp.exp(class_indexing.gather_class(jax.nn.log_softmax(t, axis=-1), y))
   loss_target = -jnp.mean(pt_y * class_indexing.gather_class(jax.nn.log_softmax(s, axis=-1), y))
@@ -336,7 +336,7 @@ def _nkd_kernel(s: Array, t: Array, y: Array, temperature: Array, gamma: Array,
   log_pt = _masked_log_softmax(t / temperature, gt)
   log_ps = _masked_log_softmax(s / temperature, gt)
   cross = jnp.mean(jnp.sum(jnp.exp(log_pt) * log_ps, axis=-1))
-  return loss_target - gamma * temperature**2 * cross
+  return ce_weight * _ce(s_raw, y) + loss_target - gamma * temperature**2 * cross
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,13 +430,19 @@ def rld_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: Array
 
 
 def nkd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike,
-             temperature: float = 1.0, gamma: float = 1.5, *,
+             temperature: float = 1.0, gamma: float = 1.5, *, ce_weight: float = 1.0,
              logit_standardization: bool = False) -> Array:
-  """NKD: −mean(pt_y log ps_y) − γT² mean Σ_{i≠y} p̂t_i log p̂s_i, no CE term (DESIGN §6)."""
+  """ce_weight·CE + NKD: −mean(pt_y log ps_y) − γT² mean Σ_{i≠y} p̂t_i log p̂s_i (DESIGN §6, §9)."""
+  # CE has weight 1 by default because the reference trainer trains on both: yzd-v/cls_KD
+  # mmcls/models/classifiers/distiller.py `ClassificationDistiller.loss` returns the student
+  # head's CE as `ori_loss` (CrossEntropyLoss, loss_weight=1.0, configs/_base_/models/resnet18.py)
+  # next to `loss_nkd` (mmcls/models/dis_losses/nkd.py), and mmengine sums every returned loss.
+  # `ce_weight=0` is the pure NKD term.
   s, t, y = _check_distillation_inputs(student_logits, teacher_logits, labels)
   _check_number("temperature", temperature, positive=True)
   _check_number("gamma", gamma)
-  return _nkd_kernel(s, t, y, temperature, gamma,
+  _check_number("ce_weight", ce_weight)
+  return _nkd_kernel(s, t, y, temperature, gamma, ce_weight,
                      logit_standardization=_check_flag(logit_standardization))
 
 

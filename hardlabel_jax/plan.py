@@ -159,7 +159,8 @@ def _data_identity(config: ml_collections.ConfigDict, fingerprint: str, scores_i
                         and os.path.exists(config.subset_ids_file) else "")
   else:
     pool.update(scores=scores_identity, subset_seed=config.subset_seed, ccs_beta=config.ccs_beta,
-                ccs_strata=config.ccs_strata, cad_direction=config.cad_direction)
+                ccs_strata=config.ccs_strata, ccs_scope=config.ccs_scope,
+                cad_direction=config.cad_direction)
   return {
       "fingerprint": fingerprint,
       "pool": pool,
@@ -332,14 +333,18 @@ def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict[str, Any]:
 
 
 def _run(plan: Plan, artefacts: Artefacts, *, step_hook: Callable[[int], None] | None = None,
-         epoch_hook: Callable | None = None) -> trainer.RunOutput:
+         epoch_hook: Callable | None = None,
+         batch_hook: trainer.BatchHook | None = None) -> trainer.RunOutput:
   """The training loop on built artefacts; writes results.json (its last file)."""
   teacher = None
   if artefacts.teacher is not None and plan.config.regime != "hl":
     teacher = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
   output = trainer.train(plan.config, plan.workdir, artefacts.data, artefacts.mesh, teacher=teacher,
-                         table=artefacts.table, step_hook=step_hook, epoch_hook=epoch_hook)
+                         table=artefacts.table, step_hook=step_hook, epoch_hook=epoch_hook,
+                         batch_hook=batch_hook)
   output.results.update(_teacher_summary(artefacts.teacher if teacher is not None else None))
+  # The CAD windows the run's score file used (shrunk or not), for the study report.
+  output.results.update(scoring.cad_record(_base_config(plan)))
   path = os.path.join(plan.workdir, RESULTS_FILE)
   if _is_writer():
     metrics_log.write_json_atomic(path, output.results)
@@ -358,15 +363,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def score(config: ml_collections.ConfigDict, workdir: str, *,
-          devices: list[jax.Device] | None = None) -> dict[str, Any]:
+          devices: list[jax.Device] | None = None,
+          step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
   """`task='score'`: an HL run recording per-example statistics, then `<workdir>/scores.npz`."""
   plan, artefacts = prepare(config, workdir, "score", devices=devices)
   metrics_log.log_line(f"scoring {len(artefacts.data.pool_ids)} examples over "
                        f"{plan.score_epochs} epochs")
   recorder = scoring.EpochRecorder(config, artefacts.data, artefacts.mesh, plan.workdir)
-  output = _run(plan, artefacts, epoch_hook=recorder)
+  margins = scoring.TrainingMargins(artefacts.data.pool_ids, plan.workdir)
+  output = _run(plan, artefacts, step_hook=step_hook, epoch_hook=recorder, batch_hook=margins)
   return scoring.write_scores(config, plan.workdir, artefacts.data, recorder, plan.score_epochs,
-                              output.state, output.results["test_top1"])
+                              output.state, output.results["test_top1"], margins)
 
 
 def relabel_table(config: ml_collections.ConfigDict, workdir: str, *,

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from hardlabel_jax import cache
+from hardlabel_jax import config_schema
 from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
@@ -47,7 +48,11 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
           "scale": list(spec.scale),
           "ratio": list(spec.ratio),
           "flip": bool(spec.flip),
-          "cutmix_alpha": float(spec.cutmix_alpha)
+          "cutmix_alpha": float(spec.cutmix_alpha),
+          # A table of one recipe is never served to a run of the other (the shuffle is not in
+          # a row's stored box, so only the header can tell them apart).
+          "recipe": config_schema.train_crop_recipe(config),
+          "shuffle_factor": int(spec.shuffle_factor)
       },
       temperature=float(config.temperature),
       label_format=config.label_format,
@@ -61,8 +66,13 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
                    teacher_digest: str) -> dict[str, Any]:
   """What a table's rows depend on: its data and pool, its teacher, its crops and format."""
   fields = ("temperature", "label_format", "crops_per_image", "crop_seed", "teacher_bn_mode",
-            "image_size", "crop_scale", "crop_ratio", "random_flip", "cutmix_alpha")
+            "image_size", "random_flip", "cutmix_alpha")
   recipe = {k: config[k] for k in fields}
+  recipe["train_crop_recipe"] = config_schema.train_crop_recipe(config)  # 'auto' resolved
+  if recipe["train_crop_recipe"] == "rded":  # run_data.crop_spec: the factor sets the crops
+    recipe["rded_factor"] = run_data.rded_factor(config)
+  else:
+    recipe.update(crop_scale=config.crop_scale, crop_ratio=config.crop_ratio)
   recipe["topk"] = config.topk if config.label_format != "full" else 0
   if config.teacher_bn_mode == "batch_stats":
     recipe["eval_batch_size"] = config.eval_batch_size  # BSSL statistics are per relabel batch

@@ -7,6 +7,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import config_schema
 from hardlabel_jax import selection
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
@@ -44,8 +45,27 @@ def scored_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.nda
   chosen = selection.select(config.selection, labels, config.images_per_class,
                             scores=scored.scores[name], seed=config.subset_seed,
                             beta=config.ccs_beta, num_strata=config.ccs_strata,
-                            direction=config.cad_direction)
+                            direction=config.cad_direction, ccs_scope=config.ccs_scope,
+                            dataset=config.dataset)
   return np.sort(scored.ids[chosen]).astype(np.int64)
+
+
+def rded_factor(config: ml_collections.ConfigDict) -> int:
+  """`config.rded_factor`, 0 ('auto') resolved: 1 at images of at most 64 px, else 2."""
+  if config.rded_factor:
+    return int(config.rded_factor)
+  # RDED's CIFAR-10/100 and Tiny-ImageNet scripts use factor 1, its ImageNet ones factor 2.
+  return 1 if config.image_size <= 64 else 2
+
+
+def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
+  """The training crops of a run, by `config_schema.train_crop_recipe`: 'rrc' or RDED's."""
+  if config_schema.train_crop_recipe(config) == "rded":
+    return crops.rded_spec(config.image_size, rded_factor(config), flip=config.random_flip,
+                           cutmix_alpha=config.cutmix_alpha)
+  return crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
+                        ratio=tuple(config.crop_ratio), flip=config.random_flip,
+                        cutmix_alpha=config.cutmix_alpha)
 
 
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
@@ -58,9 +78,7 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
                                        seed=config.subset_seed, ids_file=config.subset_ids_file)
   else:
     pool_ids = scored_pool(config, train)
-  spec = crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
-                        ratio=tuple(config.crop_ratio), flip=config.random_flip,
-                        cutmix_alpha=config.cutmix_alpha)
+  spec = crop_spec(config)
   mean = tuple(config.normalization_mean) or tuple(train.info.mean)
   std = tuple(config.normalization_std) or tuple(train.info.std)
   return RunData(train, test, pool_ids, spec, pipeline.Normalizer(mean, std))

@@ -71,6 +71,20 @@ def training_pool(labels: np.ndarray, *, images_per_class: int, seed: int,
 # Unless told otherwise a score means "higher = harder"; AUM (CCS) is the exception.
 
 SELECTORS: tuple[str, ...] = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune")
+# CCS prunes and stratifies over the whole data set (the official code) or within each class.
+CCS_SCOPES: tuple[str, ...] = ("global", "per_class")
+# `beta` meaning "the hard cutoff rate the CCS paper uses at this pruning rate" (`ccs_paper_beta`).
+CCS_PAPER_BETA = -1.0
+# CCS's hard cutoff rate β (the fraction of lowest-AUM examples pruned before stratifying) at each
+# pruning rate, as (pruning rate, β) rows. Sources: CIFAR-10, Zheng et al. (ICLR 2023, arXiv
+# 2210.15809) Appendix B: 30% and 50% → 0, 70% and 80% → 0.1, 90% → 0.3 (the official README's
+# CIFAR-10 command at 90% passes --mis-ratio 0.3). ImageNet-1K: the official README's commands,
+# 80% → --mis-ratio 0.2 and 90% → 0.3; below 80% (no published command) the CIFAR-10 row. Every
+# other data set (CIFAR-100 included, whose row could not be checked here) uses the CIFAR-10 row.
+_CCS_BETA_ROWS = {
+    "cifar10": ((0.3, 0.0), (0.5, 0.0), (0.7, 0.1), (0.8, 0.1), (0.9, 0.3)),
+    "imagenet": ((0.3, 0.0), (0.5, 0.0), (0.7, 0.1), (0.8, 0.2), (0.9, 0.3)),
+}
 # Pools built from real images by the distillation task; `select` names them in its error.
 _DISTILLATION_METHODS: tuple[str, ...] = ("rded", "ca2d")
 CAD_DIRECTIONS: tuple[str, ...] = ("hardest", "easiest")
@@ -233,25 +247,51 @@ def ccs_budgets(strata_sizes: np.ndarray, budget: int) -> np.ndarray:
   return taken
 
 
-def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int, beta: float = 0.1,
-               num_strata: int = 50, seed: int = 0, *, higher_is_harder: bool = False,
-               class_balanced: bool = True) -> np.ndarray:
-  """Coverage-centric coreset selection (Zheng et al. 2023, Alg. 1), per class; sorted ids.
+def ccs_paper_beta(pruning_rate: float, dataset: str = "") -> float:
+  """The CCS paper's hard cutoff rate β at a pruning rate 1 − n/N (`_CCS_BETA_ROWS`).
 
-  Drops the ⌊β·n⌋ hardest examples of each class — by AUM the LOWEST scores (set
-  `higher_is_harder=True` for scores such as forgetting or EL2N) — splits the remaining score
-  range into `num_strata` equal-width strata and fills the budget smallest stratum first
-  (`ccs_budgets`), sampling at random inside each stratum. Infinite scores sort as the
-  extreme they are, so the pruning step removes them first; any that survive it are clipped to
-  the most extreme finite survivor and land in the outermost stratum.
+  A rate between two tabulated ones takes the lower one's β; a rate above 90% (every images-per-
+  class setting of dataset distillation) the 90% β, one below 30% none. `dataset` names the row:
+  ImageNet-1K's for a name containing 'imagenet' (not Tiny-ImageNet), else CIFAR-10's.
   """
-  if not 0 <= beta < 1:
-    raise ValueError(f"beta must lie in [0, 1), got {beta}")
+  if not 0 <= pruning_rate < 1:
+    raise ValueError(f"pruning_rate must lie in [0, 1), got {pruning_rate}")
+  name = dataset.lower()
+  rows = _CCS_BETA_ROWS["imagenet" if "imagenet" in name and "tiny" not in name else "cifar10"]
+  beta = 0.0
+  for rate, value in rows:
+    if pruning_rate >= rate - 1e-9:  # 1 − 5000/50000 must count as 90%
+      beta = value
+  return beta
+
+
+def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int,
+               beta: float = CCS_PAPER_BETA, num_strata: int = 50, seed: int = 0, *,
+               higher_is_harder: bool = False, class_balanced: bool = False,
+               dataset: str = "") -> np.ndarray:
+  """Coverage-centric coreset selection (Zheng et al. 2023, Alg. 1); sorted ids.
+
+  As the official code (haizhongzheng/Coverage-centric-coreset-selection, train.py L135–141,
+  core/data/Coreset.py `mislabel_mask` and `stratified_sampling`), over the whole data set:
+  drops the ⌊β·N⌋ hardest examples — by AUM the LOWEST scores (set `higher_is_harder=True` for
+  scores such as forgetting or EL2N) — splits the remaining score range into `num_strata`
+  equal-width strata and fills the budget of `images_per_class` × classes smallest stratum first
+  (`ccs_budgets`), sampling at random inside each stratum. `class_balanced=True` does all of it
+  within each class instead, `images_per_class` from each. `beta=CCS_PAPER_BETA` takes the
+  paper's β at the pruning rate 1 − n/N (`ccs_paper_beta` for `dataset`). Infinite scores sort as
+  the extreme they are, so the pruning step removes them first; any that survive it are clipped
+  to the most extreme finite survivor and land in the outermost stratum.
+  """
+  if beta != CCS_PAPER_BETA and not 0 <= beta < 1:
+    raise ValueError(f"beta must lie in [0, 1) (or be CCS_PAPER_BETA={CCS_PAPER_BETA}), got {beta}")
   num_strata = int(num_strata)
   if num_strata < 1:
     raise ValueError(f"num_strata must be >= 1, got {num_strata}")
   labels = _check_labels_1d(labels)
   scores = _check_scores(aum_scores, labels)
+  if beta == CCS_PAPER_BETA:
+    subset = int(images_per_class) * np.unique(labels).size
+    beta = ccs_paper_beta(max(0.0, 1.0 - subset / labels.size), dataset)
   rng = np.random.default_rng(seed)
   chosen = []
   for ids, budget, what in _groups(labels, images_per_class, class_balanced):
@@ -273,9 +313,14 @@ def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int
 
 
 def select(method: str, labels: np.ndarray, images_per_class: int, *,
-           scores: np.ndarray | None = None, seed: int = 0, beta: float = 0.1, num_strata: int = 50,
-           direction: str = "hardest", class_balanced: bool = True) -> np.ndarray:
-  """Config name → sorted ids. `scores`: EL2N for el2n_*, AUM for ccs, CAD for cad_prune."""
+           scores: np.ndarray | None = None, seed: int = 0, beta: float = CCS_PAPER_BETA,
+           num_strata: int = 50, direction: str = "hardest", class_balanced: bool = True,
+           ccs_scope: str = "global", dataset: str = "") -> np.ndarray:
+  """Config name → sorted ids. `scores`: EL2N for el2n_*, AUM for ccs, CAD for cad_prune.
+
+  `class_balanced` applies to every method but CCS, whose `ccs_scope` says whether it selects over
+  the whole set ('global', the official code) or within each class ('per_class').
+  """
   if method in _DISTILLATION_METHODS:
     raise ValueError(f"{method!r} is built by the distillation task (crops of real images), "
                      f"not a selector; valid selectors: {', '.join(SELECTORS)}")
@@ -290,8 +335,10 @@ def select(method: str, labels: np.ndarray, images_per_class: int, *,
   if method == "el2n_hard":
     return select_hardest(scores, labels, images_per_class, class_balanced=class_balanced)
   if method == "ccs":
+    if ccs_scope not in CCS_SCOPES:
+      raise ValueError(f"unknown ccs_scope {ccs_scope!r}; valid: {', '.join(CCS_SCOPES)}")
     return select_ccs(scores, labels, images_per_class, beta, num_strata, seed,
-                      class_balanced=class_balanced)
+                      class_balanced=ccs_scope == "per_class", dataset=dataset)
   if direction not in CAD_DIRECTIONS:
     raise ValueError(f"unknown cad_prune direction {direction!r}; valid: {CAD_DIRECTIONS}")
   # The paper keeps the highest-CAD (most uncertain in the scoring run's last windows) examples.

@@ -27,6 +27,8 @@ from hardlabel_jax import distill
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import plan as plan_lib
+from hardlabel_jax import run_data
+from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
 from hardlabel_jax.data import sources
@@ -196,20 +198,24 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
       _fail(
           "study_images_per_class", f"{ipc} images per class is more than class "
           f"{int(class_counts.argmin())} has ({smallest})")
-    needed = ipc * config.rded_factor**2
+    needed = ipc * run_data.rded_factor(config)**2
     candidates = min(distill.candidates_per_class(config, smallest), smallest)
-    if distilled and needed > candidates:
+    if "rded" in distilled and needed > candidates:
       _fail(
-          "study_images_per_class", f"{', '.join(sorted(distilled))} at {ipc} images per "
-          f"class stitch {needed} crops of as many real images per class; only "
-          f"{candidates} candidates (rded_candidates_per_class)")
+          "study_images_per_class", f"rded at {ipc} images per class stitch {needed} crops of "
+          f"as many real images per class; only {candidates} candidates "
+          "(rded_candidates_per_class)")
+    if "ca2d" in distilled and needed > smallest:
+      # CA2D builds from CAD-Prune's ipc·f² images of every class, whatever mipc says.
+      _fail(
+          "study_images_per_class", f"ca2d at {ipc} images per class needs {needed} real "
+          f"images of every class; class {int(class_counts.argmin())} has {smallest}")
     if set(config.study_methods) & set(CAD_METHODS):
       epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
-      if epochs < config.cad_window + config.cad_num_windows:
-        _fail(
-            "cad_window", f"CAD-Prune at {ipc} images per class scores for K={epochs} epochs "
-            f"(K·N = E_down·n), fewer than cad_window + cad_num_windows = "
-            f"{config.cad_window + config.cad_num_windows}; lower them or raise the budget")
+      # The scoring run gets K as score_epochs, so it cannot refuse a K its windows do not fit
+      # (an EL2N run may be as short): the study refuses it here, naming the fields.
+      scoring.check_cad_windows(config, epochs,
+                                f"CAD-Prune at {ipc} images per class scores (K·N = E_down·n) for")
 
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:

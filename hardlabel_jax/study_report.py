@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
+import json
 import math
 import os
 from typing import Any, Iterable, Sequence
+
+from hardlabel_jax import selection
 
 FULL = "full"
 RANDOM = "random"
@@ -23,6 +27,8 @@ FLOAT_FIELDS = ("test_top1", "test_loss", "epochs", "wall_seconds")
 REGIME_NAMES = {"hl": "HL", "sl": "SL", "sl_kd": "SL+KD", "hald": "HALD", "kd": "KD"}
 PLOTS = ("accuracy_vs_ipc.png", "gain_over_random.png", "accuracy_vs_label_bytes.png")
 REPORT_FILE = "report.md"
+CELLS_DIR = "cells"  # study.CELLS_DIR: each cell's workdir, with its results.json
+CAD_SELECTIONS = ("cad_prune", "ca2d")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +332,42 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
   _save(fig, path)
 
 
+def _cad_windows_of(results: dict[str, Any]) -> dict[str, Any] | None:
+  """The CAD windows a cell's scores used: its results.json's record, else its score file's."""
+  if results.get("cad_window_used") is not None:
+    return results
+  config = results.get("config", {})
+  path = config.get("scores_file", "")
+  if config.get("selection") not in CAD_SELECTIONS or not path or not os.path.exists(path):
+    return None
+  header = selection.load_scores(path).header
+  if header.get("cad_window_used") is None:
+    return None
+  return {**header, "cad_scoring_epochs": header["epochs"]}
+
+
+def cad_windows_line(out_dir: str) -> str | None:
+  """One sentence: which J, W the CAD scores of the study's cells used (None without CAD cells)."""
+  used = {}
+  for path in sorted(glob.glob(os.path.join(out_dir, CELLS_DIR, "*", "results.json"))):
+    with open(path) as f:
+      record = _cad_windows_of(json.load(f))
+    if record is not None:
+      key = (record["cad_scoring_epochs"], record["cad_window_used"],
+             record["cad_num_windows_used"], record["cad_window"], record["cad_num_windows"])
+      used[key] = bool(record.get("cad_windows_shrink"))
+  if not used:
+    return None
+  parts = []
+  for (epochs, window, num_windows, asked_window, asked_num), shrink in sorted(used.items()):
+    part = f"J={window}, W={num_windows} over K={epochs} scoring epochs"
+    if (window, num_windows) != (asked_window, asked_num):
+      part += (f" (shrunk from J={asked_window}, W={asked_num} by cad_windows_shrink)"
+               if shrink else f" (configured J={asked_window}, W={asked_num})")
+    parts.append(part)
+  return "CAD scores used " + "; ".join(parts) + "."
+
+
 def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
   """Writes report.md and the three plots into `out_dir`; returns the text and paths."""
   summary = summarize(rows)
@@ -339,7 +381,9 @@ def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
       "",
       spread_table(summary), "", "## Findings", ""
   ]
-  lines += [f"- {sentence}" for sentence in findings(summary)] + [""]
+  cad_line = cad_windows_line(out_dir)
+  lines += [f"- {sentence}" for sentence in findings(summary) + ([cad_line] if cad_line else [])]
+  lines += [""]
   lines += [f"![{name}]({name})" for name in PLOTS]
   markdown = "\n".join(lines) + "\n"
   report_path = os.path.join(out_dir, REPORT_FILE)

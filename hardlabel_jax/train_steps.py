@@ -11,9 +11,13 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
+from hardlabel_jax import difficulty
 from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax.train_state import TrainState
+
+# The metrics key of a step's per-example outputs (`[batch]` arrays, not scalars to log).
+PER_EXAMPLE = "per_example"
 
 
 def hard_label_targets(batch: dict[str, jax.Array], num_classes: int,
@@ -37,11 +41,15 @@ def _apply_train(model: nn.Module, state: TrainState, params: Any, images: jax.A
   return model.apply(variables, images, train=True, rngs={"dropout": rng}), state.batch_stats
 
 
-def _update(state: TrainState, batch: dict[str, jax.Array], loss_of_logits: Callable[[jax.Array],
-                                                                                     jax.Array], *,
-            model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-            base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """Forward, backward and optimizer update shared by every regime's step."""
+def _update(state: TrainState, batch: dict[str, jax.Array],
+            loss_of_logits: Callable[[jax.Array], jax.Array], *, model: nn.Module,
+            tx: optax.GradientTransformation, schedule: optax.Schedule, base_rng: jax.Array,
+            per_example: Callable[[jax.Array], dict] | None = None) -> tuple[TrainState, dict]:
+  """Forward, backward and optimizer update shared by every regime's step.
+
+  `per_example(logits)`, when given, adds per-example outputs of the training forward pass to the
+  metrics under `PER_EXAMPLE`.
+  """
   rng = jax.random.fold_in(base_rng, state.step)
 
   def loss_fn(params):
@@ -59,16 +67,29 @@ def _update(state: TrainState, batch: dict[str, jax.Array], loss_of_logits: Call
       "grad_norm": optax.tree.norm(grads),
       "learning_rate": schedule(state.step),
   }
+  if per_example is not None:
+    metrics[PER_EXAMPLE] = per_example(jax.lax.stop_gradient(logits))
   return new_state, metrics
 
 
 def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                   tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
-                  label_smoothing: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """One step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy."""
+                  label_smoothing: float, base_rng: jax.Array,
+                  record_margins: bool = False) -> tuple[TrainState, dict]:
+  """One step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy.
+
+  `record_margins` adds `{id, margin}` per example under `PER_EXAMPLE`: the probability margin
+  p_y − max_{i≠y} p_i of the train-mode forward pass the gradient comes from (a scoring run's AUM).
+  """
   targets = hard_label_targets(batch, num_classes, label_smoothing)
+  per_example = None
+  if record_margins:
+    per_example = lambda logits: {
+        "id": batch["id"],
+        "margin": difficulty.probability_margin(logits, batch["label"])
+    }
   return _update(state, batch, lambda logits: losses.soft_cross_entropy(logits, targets),
-                 model=model, tx=tx, schedule=schedule, base_rng=base_rng)
+                 model=model, tx=tx, schedule=schedule, base_rng=base_rng, per_example=per_example)
 
 
 def sl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
@@ -35,6 +36,8 @@ from hardlabel_jax.data import replay
 from hardlabel_jax.soft_labels import table as table_lib
 
 RESULTS_FILE = "results.json"
+# `batch_hook(step, per_example, checkpoint)`: see `train`.
+BatchHook = Callable[[int, dict[str, np.ndarray], bool], None]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,6 +117,15 @@ def _check_finite(step: int, metrics: dict) -> None:
                              "or check the data)")
 
 
+def _settle(outputs: tuple[int, dict, Any], batch_hook: BatchHook | None,
+            checkpoint: bool = False) -> None:
+  """Checks a step's loss and hands its per-example outputs to `batch_hook` (reads the device)."""
+  step, metrics, per_example = outputs
+  _check_finite(step, metrics)
+  if batch_hook is not None:
+    batch_hook(step, jax.tree.map(np.asarray, per_example), checkpoint)
+
+
 def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, budget: Budget,
                          teacher: FrozenModel, common: dict) -> Callable:
   """KD (any registry loss) or SL+KD (KL at T against the teacher on the same crop)."""
@@ -135,13 +147,20 @@ def _online_teacher_step(config: ml_collections.ConfigDict, mesh: jax.sharding.M
 
 def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng: jax.Array,
                 mesh: jax.sharding.Mesh, budget: Budget, num_classes: int,
-                teacher: FrozenModel | None) -> dict[str, Callable]:
+                teacher: FrozenModel | None, record_margins: bool = False) -> dict[str, Callable]:
   """The compiled train step of each phase of the configured regime, as `step(state, batch)`."""
   common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
+  if record_margins and config.regime != "hl":
+    raise ValueError(f"config.regime: per-example training margins are recorded by the HL step "
+                     f"only, not under {config.regime!r}")
   if config.regime in config_schema.ONLINE_TEACHER_REGIMES:
     return {hald.TRAIN: _online_teacher_step(config, mesh, budget, teacher, common)}
-  hard = lambda smoothing: train_steps.jit_train_step(
-      train_steps.hl_train_step, mesh, num_classes=num_classes, label_smoothing=smoothing, **common)
+
+  def hard(smoothing: float) -> Callable:
+    return train_steps.jit_train_step(train_steps.hl_train_step, mesh, num_classes=num_classes,
+                                      label_smoothing=smoothing, record_margins=record_margins,
+                                      **common)
+
   if config.regime == "hl":
     return {hald.TRAIN: hard(config.label_smoothing)}
   soft = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=config.temperature,
@@ -182,7 +201,12 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
     return pipeline.FreshCrops(fresh, order)
   stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                 data.normalizer)
-  soft = replay.TableCrops(stored, order, table.directory, config.seed, config.label_keep_fraction)
+  # LPLD's stored batches are built here so that a pool smaller than a batch, or a fraction that
+  # keeps no batch, stops the run before its first step.
+  batches = table_lib.lpld_batches(table.spec, config.label_pruning, config.label_keep_fraction,
+                                   config.global_batch_size)
+  soft = replay.TableCrops(stored, order, table.directory, config.seed, config.label_keep_fraction,
+                           batches)
   if config.regime == "sl" or phases.schedule.is_hybrid:
     return soft
   hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=config.hald_cutmix_alpha)
@@ -197,27 +221,41 @@ def _label_summary(config: ml_collections.ConfigDict,
   """`label_bytes` (soft-label bytes the run used; 0 without a table) and the table's identity."""
   if table is None:
     return {"label_bytes": 0}
-  return {
-      "label_bytes": table_lib.kept_label_bytes(table, config.seed, config.label_keep_fraction),
+  batches = table_lib.lpld_batches(table.spec, config.label_pruning, config.label_keep_fraction,
+                                   config.global_batch_size)
+  summary = {
+      "label_bytes": table_lib.kept_label_bytes(table, config.seed, config.label_keep_fraction,
+                                                config.label_pruning, config.global_batch_size),
       "table_dir": os.path.abspath(table.directory),
       "table_bytes": table.table_bytes,
       "table_label_bytes": table.label_bytes,
       "label_format": table.spec.label_format,
       "crops_per_image": table.spec.slots_per_image,
-      "label_keep_fraction": config.label_keep_fraction
+      "label_keep_fraction": config.label_keep_fraction,
+      # 'none' at a fraction of 1, where either mode replays every crop.
+      "label_pruning": config.label_pruning if config.label_keep_fraction < 1 else "none"
   }
+  if batches is not None:
+    summary.update(stored_batches=batches.num_batches, kept_batches=batches.num_kept,
+                   drawable_batches=int(batches.drawable().size))
+  return summary
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
           mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
           table: table_lib.SoftLabelTable | None = None,
           step_hook: Callable[[int], None] | None = None,
-          epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None) -> RunOutput:
+          epoch_hook: Callable[[int, train_state_lib.TrainState], None] | None = None,
+          batch_hook: BatchHook | None = None) -> RunOutput:
   """Trains under the configured regime for the budget and evaluates on the test split.
 
   The caller (the plan) has validated the config and checked the workdir. `epoch_hook(epoch,
   state)` runs after the step that completes each (0-based) epoch, before the next step (scoring
-  runs record per-example statistics there).
+  runs record per-example statistics there). `batch_hook(step, per_example, checkpoint)` (HL only)
+  gets every step's `{id, margin}` host arrays (`train_steps.hl_train_step`), in step order, a step
+  late so that dispatch stays asynchronous; `checkpoint=True` marks a step on the checkpoint
+  interval or the last one, whose checkpoint is saved after the call, so what the hook persists
+  there is on disk before a resumed run restarts from that step.
   """
   run_start = time.perf_counter()
   budget = budget_from_config(config, len(data.pool_ids))
@@ -249,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
   start_step = int(state.step)
 
   step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
-                         teacher)
+                         teacher, record_margins=batch_hook is not None)
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
   progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
   metrics_log.log_line(
@@ -259,13 +297,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       f"{mesh.size} devices; starting at step {start_step}")
 
   start_time = time.perf_counter()
-  pending = None  # the previous step's metrics, checked one step late to keep dispatch async
+  pending = None  # the previous step's outputs, read one step late to keep dispatch async
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
+    outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
     if pending is not None:
-      _check_finite(*pending)
-    pending = (step, metrics)
+      _settle(pending, batch_hook)
+    pending = outputs
     if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
       _check_finite(step, metrics)
       scalars = {k: float(v) for k, v in metrics.items()}
@@ -276,11 +315,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       done_before = (step - 1) * config.global_batch_size // budget.pool_size
       for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
         epoch_hook(epoch, state)
+    if batch_hook is not None and (step % config.checkpoint_every_steps == 0
+                                   or step == budget.steps):
+      # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
+      # waits for this step's state anyway.
+      _settle(pending, batch_hook, checkpoint=True)
+      pending = None
     checkpointer.save(step, state, iterator)
     if step_hook is not None:
       step_hook(step)
   if pending is not None:
-    _check_finite(*pending)
+    _settle(pending, batch_hook, checkpoint=True)
   checkpointer.save(budget.steps, state, iterator, force=checkpointer.latest_step() != budget.steps)
   checkpointer.wait()
   train_seconds = time.perf_counter() - start_time

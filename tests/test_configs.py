@@ -8,7 +8,9 @@ import pytest
 
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald
+from hardlabel_jax import run_data
 from hardlabel_jax import study
+from hardlabel_jax.soft_labels import table as table_lib
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
@@ -307,3 +309,67 @@ def test_bad_selection_fields_name_the_field(overrides, field):
     config[key] = value
   with pytest.raises(ValueError, match=f"config.{field}"):
     config_schema.validate(config)
+
+
+def test_label_pruning_is_read_where_a_fraction_is_pruned_and_defaults_to_lpld_batches():
+  assert config_schema.default_config().label_pruning == "lpld_batches"
+  sl = dict(regime="sl", teacher_workdir="/t")
+  assert "label_pruning" not in config_schema.fields_read(_config(**sl))  # f = 1: nothing pruned
+  assert "label_pruning" in config_schema.fields_read(_config(**sl, label_keep_fraction=0.5))
+  assert "label_pruning" in config_schema.fields_read(
+      _config(regime="hald", teacher_workdir="/t", label_keep_fraction=0.5))
+  config_schema.validate(_config(**sl, label_keep_fraction=0.5, label_pruning="per_image"))
+  with pytest.raises(
+      ValueError, match=r"config\.label_pruning: set to 'per_image' but .*never "
+      r"reads it.*label_keep_fraction=0\.5"):
+    config_schema.validate(_config(**sl, label_pruning="per_image"))
+  with pytest.raises(ValueError, match=r"config\.label_pruning: 'batch' is not one of"):
+    config_schema.validate(_config(**sl, label_keep_fraction=0.5, label_pruning="batch"))
+  # A study's regime may prune on its own: its override decides what its cells read.
+  study_config = _config(
+      task="study", study_regimes=("hl", "sl"), teacher_workdir="/t", budget_examples=1000,
+      study_regime_overrides={"sl": {
+          "label_keep_fraction": 0.5,
+          "label_pruning": "per_image"
+      }})
+  config_schema.validate(study_config)
+
+
+def test_cad_windows_shrink_is_a_scoring_field_and_the_cad_configs_set_it():
+  assert config_schema.default_config().cad_windows_shrink is False
+  assert (config_schema.default_config().cad_window,
+          config_schema.default_config().cad_num_windows) == (6, 2)
+  config_schema.validate(_config(task="score", score_epochs=2, cad_windows_shrink=True))
+  with pytest.raises(ValueError, match=r"config\.cad_windows_shrink: set to True .*task=score"):
+    config_schema.validate(_config(cad_windows_shrink=True))
+  # Configs whose compute-matched K is below J + W = 8 shrink explicitly, at the paper's J, W.
+  for name, arg in (("embedded_select.py", "method=cad_prune,ipc=10"),
+                    ("embedded_select.py", "method=ca2d,ipc=50"), ("imagenet_ca2d_ipc10.py",
+                                                                   "method=ca2d,ipc=10")):
+    score = config_schema.load_config_file(os.path.join(CONFIG_DIR, name), arg).score_config
+    assert (score.cad_window, score.cad_num_windows, score.cad_windows_shrink) == (6, 2, True)
+  el2n = config_schema.load_config_file(os.path.join(CONFIG_DIR, "embedded_select.py"),
+                                        "method=el2n_hard").score_config
+  assert (el2n.cad_window, el2n.cad_num_windows, el2n.cad_windows_shrink) == (6, 2, False)
+  demo = config_schema.load_config_file(os.path.join(CONFIG_DIR, "demo.py"))
+  assert (demo.cad_window, demo.cad_num_windows, demo.cad_windows_shrink) == (6, 2, True)
+
+
+def test_imagenet_hald_table_stores_cutmix_partners_as_sre2l_relabels():
+  # VILA-Lab/SRe2L SRe2L/relabel/relabel.sh relabels with `--mix-type 'cutmix'` (alpha 1.0):
+  # each stored row carries the CutMix partner, lambda and box next to its soft label.
+  for arg in (None, "task=relabel", "regime=sl"):
+    config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "imagenet_hald_ipc10.py"), arg)
+    spec = run_data.crop_spec(config)
+    assert spec.cutmix_alpha == 1.0 and config.hald_cutmix_alpha == 1.0
+  table_spec = table_lib.TableSpec(dataset_name="imagenet2012", dataset_fingerprint="fp",
+                                   ids=np.arange(10_000), num_classes=1000, teacher_fingerprint="t",
+                                   crop_seed=config.crop_seed,
+                                   crop_spec={"cutmix_alpha": spec.cutmix_alpha},
+                                   temperature=config.temperature, label_format=config.label_format,
+                                   slots_per_image=config.crops_per_image)
+  assert table_spec.cutmix
+  assert {"partner_id", "mix_lambda", "cut_box"} <= set(table_lib.row_dtype(table_spec).names)
+  # 23 bytes of crop and CutMix metadata + 1,000 fp16 probabilities per row; 15 rows per image.
+  assert table_lib.bytes_per_row(table_spec) == 2_023
+  assert table_spec.num_rows * table_lib.bytes_per_row(table_spec) == 303_450_000

@@ -101,3 +101,94 @@ def test_bad_input_is_refused():
     crops.crop_params(-1, 0, 0, (8, 8), SPEC)
   with pytest.raises(ValueError, match="uint8"):
     crops.apply_crop(np.zeros((8, 8, 1), np.float32), crops.CropParams(0, 0, 8, 8, False), 8)
+
+
+# RDED's training recipe, as LINs-lab/RDED validation/main.py builds it (lines 115-126):
+# ShufflePatches(factor) (validation/utils.py, class ShufflePatches), then
+# RandomResizedCrop(size, scale=(1/factor, max_scale_crops=1)), flip; CutMix on the batch.
+
+
+def _patch_image(factor=2, patch=3):
+  """A [f·p, f·p, 1] image whose patch (r, c) holds the value 10·(r·f + c) + 1 everywhere."""
+  values = 10 * np.arange(factor * factor).reshape(factor, factor) + 1
+  return np.kron(values, np.ones((patch, patch), int)).astype(np.uint8)[..., None]
+
+
+def _patches(image, factor):
+  """The f×f grid of patch values of an image made by `_patch_image`."""
+  size = image.shape[0] // factor
+  return image[::size, ::size, 0][:factor, :factor]
+
+
+def test_permute_patches_moves_whole_column_then_row_strips_as_the_official_code():
+  image = _patch_image()
+  # Columns swapped, rows kept: [[1, 11], [21, 31]] → [[11, 1], [31, 21]], every pixel exact.
+  out = crops.permute_patches(image, 2, np.array([1, 0]), np.array([0, 1]))
+  np.testing.assert_array_equal(out, np.concatenate([image[:, 3:], image[:, :3]], axis=1))
+  out = crops.permute_patches(image, 2, np.array([1, 0]), np.array([1, 0]))
+  np.testing.assert_array_equal(_patches(out, 2), [[31, 21], [11, 1]])
+  # Over many keys: the multiset of patches is kept, each patch stays whole, and the orders are
+  # the official ones (a column permutation times a row permutation): 4 of the 24 arrangements.
+  seen = set()
+  for slot in range(64):
+    out = crops.shuffle_patches(image, 0, 7, slot, 2)
+    grid = _patches(out, 2)
+    np.testing.assert_array_equal(out, np.kron(grid, np.ones((3, 3), int))[..., None])
+    assert sorted(grid.ravel()) == [1, 11, 21, 31]
+    columns, rows = crops.patch_orders(0, 7, slot, 2)
+    np.testing.assert_array_equal(grid, _patches(image, 2)[rows][:, columns])
+    seen.add(tuple(grid.ravel()))
+  assert seen == {(1, 11, 21, 31), (11, 1, 31, 21), (21, 31, 1, 11), (31, 21, 11, 1)}
+
+
+def test_permute_patches_drops_a_remainder_as_the_official_code():
+  # validation/utils.py cuts strips of width // factor, the last one as wide as the others.
+  image = np.arange(25, dtype=np.uint8).reshape(5, 5, 1)
+  out = crops.permute_patches(image, 2, np.array([0, 1]), np.array([0, 1]))
+  np.testing.assert_array_equal(out, image[:4, :4])
+
+
+def test_shuffle_patches_is_a_pure_function_of_the_key_and_the_identity_at_factor_1():
+  image = _patch_image(factor=3)
+  a = [crops.shuffle_patches(image, 1, 5, slot, 3) for slot in range(10)]
+  b = [crops.shuffle_patches(image, 1, 5, slot, 3) for slot in range(10)]
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert len({x.tobytes() for x in a}) > 5  # slots draw different orders
+  for seed, example_id in ((1, 6), (2, 5)):  # another id or seed: other orders
+    other = [
+        crops.shuffle_patches(image, seed, example_id, slot, 3).tobytes() for slot in range(10)
+    ]
+    assert other != [x.tobytes() for x in a]
+  assert crops.shuffle_patches(image, 1, 5, 0, 1) is image
+
+
+def test_the_shuffle_does_not_move_the_crop_box():
+  plain = crops.CropSpec(output_size=8, scale=(0.5, 1.0), cutmix_alpha=1.0)
+  shuffled = crops.rded_spec(8, 2, cutmix_alpha=1.0)
+  assert dataclasses.replace(shuffled, shuffle_factor=1) == plain
+  for slot in range(20):
+    assert _as_tuple(crops.crop_params(0, 3, slot, (24, 24), plain, 5)) == _as_tuple(
+        crops.crop_params(0, 3, slot, (24, 24), shuffled, 5))
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_rded_recipe_box_lies_within_scale_one_over_factor_to_one(factor):
+  spec = crops.rded_spec(12, factor, cutmix_alpha=1.0)
+  assert spec.scale == (1 / factor, 1.0) and spec.ratio == (3 / 4, 4 / 3)
+  image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+  areas = []
+  for slot in range(100):
+    pixels, params, boxed_hw = crops.crop_image(image, 0, 9, slot, spec, pool_size=4)
+    assert boxed_hw == (24, 24) and pixels.shape == (12, 12, 3)
+    assert params.top + params.height <= 24 and params.left + params.width <= 24
+    areas.append(params.height * params.width / 576)
+    # The crop is the box of the key's patch-shuffled image, flipped as the key says.
+    shuffled = crops.shuffle_patches(image, 0, 9, slot, factor)
+    np.testing.assert_array_equal(pixels, crops.apply_crop(shuffled, params, 12))
+  # Side lengths are rounded to pixels, which widens the range slightly.
+  assert min(areas) >= 0.9 / factor and max(areas) <= 1.0
+  if factor == 1:  # scale (1, 1): the whole image, as the official CIFAR runs (factor 1)
+    assert set(areas) == {1.0}
+  else:
+    assert min(areas) < (1 / factor + 1) / 2  # the range is used, not only whole images

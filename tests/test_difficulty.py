@@ -51,6 +51,58 @@ def test_aum_finite_at_extreme_logits():
   np.testing.assert_allclose(difficulty.aum(logits, np.array([1])), [-2e4], rtol=1e-6)
 
 
+def _official_accumulated_margin(batches, targets):
+  """haizhongzheng/Coverage-centric-coreset-selection generate_importance_score.py L91–108."""
+  accumulated = np.zeros(len(targets))
+  for index, output in batches:  # output: the batch's softmax probabilities, as the code exps
+    output = np.array(output, dtype=np.float64)
+    label = targets[index]
+    rows = np.arange(output.shape[0])
+    target_prob = output[rows, label].copy()
+    output[rows, label] = 0
+    np.add.at(accumulated, index, target_prob - output.max(axis=1))
+  return accumulated
+
+
+def test_training_aum_of_two_epochs_of_training_batches():
+  # CCS's AUM: p_y − max_{i≠y} p_i of every example in every training mini-batch (official
+  # core/training/Trainer.py L42–49 logs them, generate_importance_score.py L91–108 sums them).
+  # Three examples with labels 0, 1, 2; epoch 0 draws batches [2, 0] and [1], epoch 1 [0, 1], [2].
+  labels = np.array([0, 1, 2])
+  batches = [
+      (np.array([2, 0]), _f32([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])),  # 0.5−0.3, 0.6−0.3
+      (np.array([1]), _f32([[0.5, 0.25, 0.25]])),  # 0.25−0.5
+      (np.array([0, 1]), _f32([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2]])),  # 0.8−0.1, 0.7−0.2
+      (np.array([2]), _f32([[0.4, 0.4, 0.2]])),  # 0.2−0.4
+  ]
+  margins = [difficulty.probability_margin(np.log(p), labels[i]) for i, p in batches]
+  for got, want in zip(margins, [[0.2, 0.3], [-0.25], [0.7, 0.5], [-0.2]], strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  positions = np.concatenate([i for i, _ in batches])
+  aum = difficulty.training_aum(positions, np.concatenate(margins), 3)
+  # Example 0: (0.3 + 0.7)/2; example 1: (−0.25 + 0.5)/2; example 2: (0.2 − 0.2)/2.
+  np.testing.assert_allclose(aum, [0.5, 0.125, 0.0], atol=1e-6)
+  # The official sum is the mean times the two epochs: the same ranks and CCS strata.
+  np.testing.assert_allclose(2 * np.asarray(aum), _official_accumulated_margin(batches, labels),
+                             atol=1e-6)
+
+
+def test_training_aum_marks_undrawn_examples_and_checks_positions():
+  aum = difficulty.training_aum(np.array([0, 0]), _f32([0.5, 0.25]), 2)
+  np.testing.assert_allclose(aum[0], 0.375)
+  assert np.isnan(aum[1])
+  with pytest.raises(ValueError, match=r"positions must lie in \[0, 2\)"):
+    difficulty.training_aum(np.array([2]), _f32([0.5]), 2)
+  with pytest.raises(ValueError, match="shaped like margins"):
+    difficulty.training_aum(np.array([0, 1]), _f32([0.5]), 2)
+
+
+def test_probability_margin_finite_at_extreme_logits():
+  logits = _f32([[1e4, -1e4, 0.0], [0.0, 0.0, 0.0]])
+  np.testing.assert_allclose(difficulty.probability_margin(logits, np.array([1, 0])), [-1.0, 0.0],
+                             atol=1e-6)
+
+
 def test_teacher_scores_hand_values():
   logits = _f32([[0.0, LN3], [1e4, 0.0]])
   np.testing.assert_allclose(difficulty.teacher_ce(logits, np.array([0, 0])), [math.log(4), 0.0],
@@ -68,6 +120,7 @@ def test_epoch_statistics_hand_values():
   e2 = math.exp(2.0)
   np.testing.assert_allclose(stats["true_prob"], [0.25, e2 / (1 + e2)], rtol=1e-6)
   np.testing.assert_allclose(stats["margin"], [-LN3, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(stats["prob_margin"], [-0.5, (e2 - 1) / (1 + e2)], rtol=1e-6)
   np.testing.assert_allclose(stats["el2n"],
                              [3 * math.sqrt(2) / 4, math.sqrt(2) / (1 + e2)], rtol=1e-6)
   np.testing.assert_array_equal(stats["correct"], [False, True])
@@ -237,7 +290,7 @@ def test_scores_sharded_equal_single_device():
 
   got_stats = jax.jit(difficulty.epoch_statistics)(sharded(logits), sharded(labels))
   want_stats = difficulty.epoch_statistics(local(logits), local(labels))
-  for key in ("true_prob", "el2n", "margin", "correct"):
+  for key in ("true_prob", "el2n", "margin", "prob_margin", "correct"):
     np.testing.assert_allclose(got_stats[key], want_stats[key], rtol=1e-6, err_msg=key)
 
   x = rng.normal(size=(n, 4)).astype(np.float32)

@@ -8,7 +8,9 @@ from PIL import Image
 import pytest
 
 from hardlabel_jax import distill
+from hardlabel_jax import inference
 from hardlabel_jax import plan
+from hardlabel_jax import run_data
 from hardlabel_jax import selection
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
@@ -48,7 +50,7 @@ def distill_config(tmp_path, teacher_dir, **overrides):
 
 @pytest.mark.slow
 def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
-  config = distill_config(tmp_path, teacher_dir)
+  config = distill_config(tmp_path, teacher_dir, rded_factor=2)
   results = plan.train(config, str(tmp_path / "run"))
   assert results.results["pool_size"] == 20 and results.results["dataset"].startswith(
       "imagefolder:")
@@ -61,14 +63,14 @@ def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
   for entry in provenance["images"]:
     assert len(entry["patches"]) == 4
     assert all(labels[p["id"]] == entry["label"] for p in entry["patches"])
-  # Rebuild one stitched image from its provenance: crops are pure functions of (seed, id, slot).
+  # Rebuild one stitched image from its provenance: crops are pure functions of (seed, id, slot),
+  # made at size/factor as RDED's MultiRandomCrop (LINs-lab/RDED synthesize/utils.py).
   entry = provenance["images"][3]
-  spec = crops.CropSpec(output_size=28, scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
+  spec = crops.CropSpec(output_size=14, scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
   patches = []
   for p in entry["patches"]:
     example = pipeline.CropExample(train, np.array([p["id"]]), spec, config.crop_seed, None)
-    pixels = example.raw_crop(0, p["slot"])[0]
-    patches.append(crops.resized_crop(pixels, 0, 0, 28, 28, 14))
+    patches.append(example.raw_crop(0, p["slot"])[0])
   expected = np.zeros((28, 28), np.uint8)
   for r, patch in enumerate(patches):
     row, col = divmod(r, 2)
@@ -79,33 +81,113 @@ def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
   assert results.results["config"]["test_dataset"] == "embedded_mnist"
 
 
-def test_ca2d_draws_from_the_cad_ranked_pool(tmp_path, teacher_dir):
-  train = sources.load_source("embedded_mnist", "train")
-  ids = np.arange(len(train))
+def _cad_scores(tmp_path, train):
+  """A hand-made score file: a seeded random CAD per train example."""
   cad = np.random.default_rng(0).random(len(train)).astype(np.float32)
   scores_file = str(tmp_path / "scores.npz")
-  selection.save_scores(scores_file, {"cad": cad}, ids, {
+  selection.save_scores(scores_file, {"cad": cad}, np.arange(len(train)), {
       "dataset": "embedded_mnist",
       "fingerprint": train.info.fingerprint
   })
-  config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file)
-  directory = plan.distill_set(config, str(tmp_path / "run"))
+  return scores_file, cad
+
+
+def _source_ids(directory: str) -> list[tuple[int, int]]:
+  """(real image id, label) of every patch of a distilled set, from its provenance."""
   provenance = json.loads(open(os.path.join(directory, distill.PROVENANCE_FILE)).read())
+  return [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
+
+
+@pytest.mark.parametrize("factor,direction", [(1, "easiest"), (2, "hardest")])
+def test_ca2d_uses_the_images_cad_prune_selects(tmp_path, teacher_dir, factor, direction):
+  # Hard Truths (DESIGN.md §7): CA2D distils the images CAD-Prune keeps at the compute budget, one
+  # best crop per image; ipc·factor² of them per class, one per patch (LINs-lab/RDED
+  # synthesize/main.py stitches ipc·factor² crops into ipc images).
+  train = sources.load_source("embedded_mnist", "train")
+  scores_file, cad = _cad_scores(tmp_path, train)
+  config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file,
+                          rded_factor=factor, cad_direction=direction)
+  directory = plan.distill_set(config, str(tmp_path / "run"))
+  used = _source_ids(directory)
   labels = train.labels()
-  top = {
-      c: set(ids[labels == c][np.argsort(-cad[labels == c], kind="stable")[:10]].tolist())
+  per_class = 2 * factor**2
+  expected = selection.select("cad_prune", labels, per_class, scores=cad, direction=direction)
+  assert sorted(i for i, _ in used) == expected.tolist()  # each image once
+  assert all(labels[i] == c for i, c in used)
+  # By hand: the per_class highest (hardest) or lowest (easiest) CAD of every class.
+  sign = -1 if direction == "hardest" else 1
+  by_hand = np.concatenate([
+      np.flatnonzero(labels == c)[np.argsort(sign * cad[labels == c], kind="stable")[:per_class]]
       for c in range(10)
-  }
-  used = [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
-  assert len(used) == 80 and all(i in top[c] for i, c in used)
+  ])
+  np.testing.assert_array_equal(np.sort(by_hand), expected)
+  if factor == 1:  # exactly the pool a cad_prune run with the same ipc trains on
+    cad_prune = tiny_config(selection="cad_prune", images_per_class=2, scores_file=scores_file,
+                            cad_direction=direction)
+    np.testing.assert_array_equal(run_data.load_run_data(cad_prune).pool_ids, expected)
   # The same config reuses the set.
   assert plan.distill_set(config, str(tmp_path / "run")) == directory
+
+
+def test_rded_factor_follows_the_image_size_as_the_official_scripts():
+  # LINs-lab/RDED scripts/cifar10_*.sh, cifar100_*.sh (32 px) and tinyimagenet_*.sh (64 px) pass
+  # --factor 1; scripts/imagenet-*.sh (128 and 224 px) pass --factor 2.
+  for size, factor in ((28, 1), (32, 1), (64, 1), (128, 2), (224, 2)):
+    assert run_data.rded_factor(tiny_config(image_size=size, rded_factor=0)) == factor
+  assert run_data.rded_factor(tiny_config(image_size=28, rded_factor=3)) == 3  # explicit wins
+  assert run_data.rded_factor(tiny_config(image_size=224, rded_factor=1)) == 1
+  # A set's identity (and directory) holds the resolved factor.
+  ident = distill.identity(tiny_config(selection="rded", rded_factor=0), "fp", "teacher", "")
+  assert ident["factor"] == 1 and "-f1-" in distill.set_directory("/c", ident)
+
+
+class _OneImage:
+  """A source of one hand-made image."""
+
+  def __init__(self, image):
+    self.image = image
+
+  def __getitem__(self, index):
+    return {"image": self.image, "label": 0, "id": index}
+
+
+@pytest.mark.parametrize("size,factor,offset", [(9, 2, 2), (8, 2, 2), (12, 3, 4), (9, 1, 0)])
+def test_rded_scores_the_patch_normalised_then_zero_padded(size, factor, offset):
+  # LINs-lab/RDED synthesize/utils.py: MultiRandomCrop is RandomResizedCrop(size // factor,
+  # ratio (1, 1)) on the image, `normalize` runs on that patch (synthesize/main.py), and `selector`
+  # scores pad(patch, size): zeros, top = (size - size // factor) // 2 (the odd pixel below and
+  # right). At factor 1 the input is the full-size crop itself.
+  image = (np.arange(size * size * 3) * 7 % 256).astype(np.uint8).reshape(size, size, 3)
+  config = tiny_config(image_size=size, rded_factor=factor, crop_seed=3)
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  example = distill.scoring_example(config, _OneImage(image), np.array([7]),
+                                    pipeline.Normalizer(mean, std))
+  patch = size // factor
+  rows = inference.CropRows(example, slots=5, first_row=0, num_rows=5)
+  for slot in range(5):
+    scored = rows(slot)["image"]
+    assert scored.shape == (size, size, 3)
+    # The box of RandomResizedCrop (scale 0.08–1, ratio 1) keyed by (seed, id, slot), resized
+    # bilinearly straight to size // factor.
+    spec = crops.CropSpec(output_size=patch, scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
+    box = crops.crop_params(3, 7, slot, (size, size), spec)
+    top, left, height, width = box.top, box.left, box.height, box.width
+    assert height == width and not box.flip
+    pixels = np.asarray(
+        Image.fromarray(image).resize((patch, patch), Image.BILINEAR,
+                                      box=(left, top, left + width, top + height)))
+    expected = np.zeros((size, size, 3), np.float32)
+    expected[offset:offset + patch, offset:offset
+             + patch] = ((pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std))
+    np.testing.assert_allclose(scored, expected, rtol=0, atol=1e-6)
+    # The stitched patch is the scored one, unpadded.
+    np.testing.assert_array_equal(example.raw_crop(0, slot)[0], pixels)
 
 
 def test_distillation_needs_its_inputs(tmp_path, teacher_dir):
   with pytest.raises(ValueError, match="config.scores_file"):
     plan.train(distill_config(tmp_path, teacher_dir, selection="ca2d"), str(tmp_path / "a"))
-  with pytest.raises(ValueError, match="fewer than"):
-    plan.train(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5),
+  with pytest.raises(ValueError, match="fewer than"):  # 2·2² patches per class from 5 images
+    plan.train(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5, rded_factor=2),
                str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -99,14 +99,16 @@ def np_rld(s, t, y, alpha, beta, T, Ta, wf):
   return float(ce + wf * (alpha * scd.mean() + beta * mcd.mean()))
 
 
-def np_nkd(s, t, y, T, gamma):
+def np_nkd(s, t, y, T, gamma, ce_weight=1.0):
+  """The student's CE (weight 1 in the reference trainer) plus the NKD loss."""
   l_t, l_non = [], []
   for i in range(len(y)):
     l_t.append(-np_softmax(t[i])[y[i]] * np_log_softmax(s[i])[y[i]])
     rest = [c for c in range(len(s[i])) if c != y[i]]
     qt, log_ps = np_softmax(t[i][rest] / T), np_log_softmax(s[i][rest] / T)
     l_non.append(np.sum(qt * log_ps))
-  return float(np.mean(l_t) - gamma * T**2 * np.mean(l_non))
+  ce = np.mean([np_ce(s[i], y[i]) for i in range(len(y))])
+  return float(ce_weight * ce + np.mean(l_t) - gamma * T**2 * np.mean(l_non))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +212,35 @@ def test_rld_parts_reference_and_edge_cases():
 def test_nkd_reference(T, gamma):
   for s, t, y in CASES:
     close(losses.nkd_loss(s, t, y, temperature=T, gamma=gamma), np_nkd(s, t, y, T, gamma))
+    close(losses.nkd_loss(s, t, y, temperature=T, gamma=gamma, ce_weight=0.0),
+          np_nkd(s, t, y, T, gamma, ce_weight=0.0))
+
+
+def test_nkd_adds_the_students_cross_entropy_as_the_reference_trainer_does():
+  # yzd-v/cls_KD mmcls/models/classifiers/distiller.py `ClassificationDistiller.loss` returns
+  # `ori_loss` (the student head's CE, loss_weight=1.0) and `loss_nkd` (dis_losses/nkd.py:
+  # `loss_t + loss_non`); mmengine sums both. Hand-made: 2 classes, one example, label 0, T = 1,
+  # student logits (0, 0), teacher (log 3, 0) so pt = (3/4, 1/4).
+  s = np.array([[0.0, 0.0]], np.float32)
+  t = np.array([[np.log(3.0), 0.0]], np.float32)
+  y = np.array([0], np.int32)
+  ce = np.log(2.0)  # −log ps_0 with ps = (1/2, 1/2)
+  loss_t = 0.75 * np.log(2.0)  # −pt_0 · log ps_0
+  loss_non = 0.0  # one non-target class: log softmax over it is log 1 = 0
+  pure = losses.nkd_loss(s, t, y, ce_weight=0.0)
+  close(pure, loss_t - 1.5 * loss_non)
+  close(losses.nkd_loss(s, t, y), ce + loss_t)  # ≈ 1.21301
+  close(losses.nkd_loss(s, t, y), 1.75 * np.log(2.0))
+  close(losses.get_distillation_loss("nkd", ce_weight=0.0)(s, t, y), float(pure))
+  # 3 classes: the non-target term is γ·(−Σ p̂t_i log p̂s_i) over classes 1, 2.
+  s = np.array([[0.0, 0.0, np.log(3.0)]], np.float32)  # ps = (1/5, 1/5, 3/5)
+  t = np.array([[0.0, np.log(2.0), np.log(2.0)]], np.float32)  # pt = (1/5, 2/5, 2/5)
+  # p̂t over {1, 2} = (1/2, 1/2); p̂s = (1/4, 3/4).
+  non = -(0.5 * np.log(0.25) + 0.5 * np.log(0.75))
+  expected_pure = -0.2 * np.log(0.2) + 1.5 * non
+  close(losses.nkd_loss(s, t, y, ce_weight=0.0), expected_pure)
+  close(losses.nkd_loss(s, t, y), -np.log(0.2) + expected_pure)
+  close(losses.nkd_loss(s, t, y, ce_weight=0.5), -0.5 * np.log(0.2) + expected_pure)
 
 
 def test_standardize_logits_reference_and_constant_rows():

@@ -1,9 +1,14 @@
 """The Grain training stream: deterministic, epoch-reshuffled, and independent of workers/hosts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import distill
+from hardlabel_jax import relabel
+from hardlabel_jax import run_data
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.array_source import ArraySource
@@ -148,3 +153,91 @@ def test_evaluation_batches_cover_split_once_with_padding_masked():
 def test_batch_must_split_over_processes():
   with pytest.raises(ValueError, match="not divisible by the process count"):
     pipeline.check_batch_split(10, 4)
+
+
+# RDED's training recipe (LINs-lab/RDED validation/main.py lines 115-126): ShufflePatches(factor),
+# RandomResizedCrop(scale=(1/factor, 1)), flip; CutMix over the batch of augmented images.
+
+
+def test_rded_recipe_crop_is_the_shuffled_box_with_a_shuffled_partner():
+  source, pool = _source(), np.arange(24)
+  spec = crops.rded_spec(8, 2, cutmix_alpha=1.0)
+  example = pipeline.CropExample(source, pool, spec, 3, pipeline.Normalizer((0.5,) * 3,
+                                                                            (0.25,) * 3))
+  plain = pipeline.CropExample(source, pool, dataclasses.replace(spec, shuffle_factor=1), 3,
+                               example.normalizer)
+  differs = 0
+  for position, slot in ((0, 0), (5, 1), (17, 2), (23, 7)):
+    pixels, fields, metadata = example.raw_crop(position, slot)
+    own, params, boxed_hw = crops.crop_image(source[position]["image"], 3, position, slot, spec, 24)
+    partner_id = int(metadata["partner_id"])
+    assert partner_id == params.partner_position >= 0  # pool ids are positions here
+    partner, _, _ = crops.crop_image(source[partner_id]["image"], 3, partner_id, slot,
+                                     dataclasses.replace(spec, cutmix_alpha=0.0))
+    np.testing.assert_array_equal(pixels, crops.paste_cutmix(own, partner, params))
+    np.testing.assert_array_equal(metadata["box"], params.box_fractions(boxed_hw))
+    assert fields["mix_lambda"] == np.float32(params.mix_lambda)
+    # Same box and flip as without the shuffle (separate random streams), other pixels.
+    _, _, plain_metadata = plain.raw_crop(position, slot)
+    np.testing.assert_array_equal(metadata["box"], plain_metadata["box"])
+    differs += not np.array_equal(pixels, plain.raw_crop(position, slot)[0])
+  assert differs > 0
+
+
+def _config_with(**overrides):
+  config = config_schema.default_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _rded_config(**overrides):
+  return _config_with(**{"selection": "rded", "images_per_class": 2, "rded_factor": 2, **overrides})
+
+
+def test_crop_recipe_follows_the_config_and_survives_the_distilled_set_rewrite():
+  generic = crops.CropSpec(output_size=28, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True)
+  assert run_data.crop_spec(config_schema.default_config()) == generic  # 'auto' on real images
+  rded = _rded_config()
+  assert run_data.crop_spec(rded) == crops.rded_spec(28, 2)  # 'auto' on a distilled set
+  # The run on the set keeps selection='random' but the resolved recipe and factor.
+  trained = distill.training_config(rded, "/a/distilled/set")
+  assert trained.selection == "random" and trained.train_crop_recipe == "rded"
+  assert trained.rded_factor == 2 and run_data.crop_spec(trained) == crops.rded_spec(28, 2)
+  rrc = distill.training_config(_rded_config(train_crop_recipe="rrc"), "/a/distilled/set")
+  assert rrc.train_crop_recipe == "rrc" and run_data.crop_spec(rrc) == generic
+  # Asked for by name on any pool; rded_factor 0 ('auto') is 1 up to 64 px, else 2.
+  named = config_schema.default_config()
+  named.train_crop_recipe, named.rded_factor = "rded", 3
+  assert run_data.crop_spec(named) == crops.rded_spec(28, 3)
+  named.rded_factor = 0
+  assert run_data.crop_spec(named).shuffle_factor == 1
+  named.image_size = 96
+  assert run_data.crop_spec(named) == crops.rded_spec(96, 2)
+
+
+def test_rded_recipe_reads_the_factor_and_refuses_a_crop_scale_it_ignores():
+  assert "rded_factor" in config_schema.fields_read(
+      _rded_config(selection="random", images_per_class=0, train_crop_recipe="rded"))
+  assert "crop_scale" not in config_schema.fields_read(_rded_config())
+  with pytest.raises(ValueError, match=r"config\.crop_scale: .*train_crop_recipe=rrc"):
+    config_schema.validate(_rded_config(crop_scale=(0.2, 1.0)))
+  with pytest.raises(ValueError, match=r"config\.rded_factor: .*train_crop_recipe=rded"):
+    config_schema.validate(_config_with(rded_factor=3))
+  config_schema.validate(_config_with(rded_factor=3, train_crop_recipe="rded"))
+  with pytest.raises(ValueError, match=r"config\.train_crop_recipe: 'fancy' is not one of"):
+    config_schema.validate(_config_with(train_crop_recipe="fancy"))
+
+
+def test_table_identity_names_the_resolved_recipe_and_factor():
+
+  def recipe(config):
+    return relabel.table_identity(config, {"data": 1}, "teacher")["recipe"]
+
+  generic = recipe(config_schema.default_config())
+  assert generic["train_crop_recipe"] == "rrc" and generic["crop_scale"] == [0.08, 1.0]
+  on_set = recipe(distill.training_config(_rded_config(), "/a/distilled/set"))
+  assert on_set["train_crop_recipe"] == "rded" and on_set["rded_factor"] == 2
+  assert "crop_scale" not in on_set
+  three = recipe(distill.training_config(_rded_config(rded_factor=3), "/a/distilled/set"))
+  assert len({str(generic), str(on_set), str(three)}) == 3

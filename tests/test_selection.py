@@ -105,7 +105,7 @@ def test_too_few_candidates_names_the_class():
   labels = np.array([0] * 5 + [1] * 3 + [2] * 5)
   for call in (lambda: selection.select_random(labels, 4, 0),
                lambda: selection.select_hardest(np.zeros(13), labels, 4),
-               lambda: selection.select_ccs(np.zeros(13), labels, 4),
+               lambda: selection.select_ccs(np.zeros(13), labels, 4, class_balanced=True),
                lambda: selection.select("cad_prune", labels, 4, scores=np.zeros(13))):
     with pytest.raises(ValueError, match="class 1 has 3 candidates"):
       call()
@@ -170,9 +170,84 @@ def test_select_ccs_class_balanced_with_infinite_scores():
   scores = np.random.default_rng(0).normal(size=60)
   scores[[0, 3]] = np.inf  # forgetting-style never-learned examples of class 0
   got = selection.select_ccs(scores, labels, 5, beta=0.05, num_strata=5, seed=0,
-                             higher_is_harder=True)
+                             higher_is_harder=True, class_balanced=True)
   np.testing.assert_array_equal(np.bincount(labels[got]), [5, 5, 5])
   assert 0 not in got  # ⌊0.05·20⌋ = 1: the first infinite one (lower id on the tie) is dropped
+
+
+# The official code prunes and stratifies over the whole data set (haizhongzheng/
+# Coverage-centric-coreset-selection train.py L135–141: `mislabel_mask` drops int(mis_ratio ·
+# total) lowest-AUM examples of the whole set, `stratified_sampling` in core/data/Coreset.py
+# L53–109 fills int(coreset_ratio · total) from 50 strata of the survivors). An unbalanced toy set:
+# class 0 holds ids 0–5, class 1 ids 6–7; the scores are spaced so that 50 strata put every
+# survivor in a stratum of its own, where the allocation (smallest first, ⌊left / strata left⌋)
+# takes the highest-AUM strata: the result does not depend on the sampling seed.
+_UNBALANCED_LABELS = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+_UNBALANCED_AUM = np.array([-3.0, 1.0, 2.0, 3.0, 4.0, 5.0, -2.0, 0.0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_select_ccs_global_and_per_class_scopes(seed):
+  # Global (the official default): n = 2 × 2 classes = 4 over the set; β = 0.25 drops ⌊0.25·8⌋ = 2,
+  # ids 0 and 6; the survivors 7, 1, 2, 3, 4, 5 are singleton strata and the four highest fill it,
+  # all from class 0.
+  global_ids = selection.select_ccs(_UNBALANCED_AUM, _UNBALANCED_LABELS, 2, beta=0.25, seed=seed)
+  np.testing.assert_array_equal(global_ids, [2, 3, 4, 5])
+  # Per class: class 0 drops ⌊0.25·6⌋ = 1 (id 0) and takes its two highest, 4 and 5; class 1
+  # drops ⌊0.25·2⌋ = 0 and takes both of its examples, 6 included, which the global cut removed.
+  per_class = selection.select_ccs(_UNBALANCED_AUM, _UNBALANCED_LABELS, 2, beta=0.25, seed=seed,
+                                   class_balanced=True)
+  np.testing.assert_array_equal(per_class, [4, 5, 6, 7])
+  # The dispatcher: `ccs_scope` 'global' by default, 'per_class' on request.
+  np.testing.assert_array_equal(
+      selection.select("ccs", _UNBALANCED_LABELS, 2, scores=_UNBALANCED_AUM, beta=0.25, seed=seed),
+      global_ids)
+  np.testing.assert_array_equal(
+      selection.select("ccs", _UNBALANCED_LABELS, 2, scores=_UNBALANCED_AUM, beta=0.25, seed=seed,
+                       ccs_scope="per_class"), per_class)
+  with pytest.raises(ValueError, match="unknown ccs_scope"):
+    selection.select("ccs", _UNBALANCED_LABELS, 2, scores=_UNBALANCED_AUM, ccs_scope="class")
+
+
+@pytest.mark.parametrize(
+    "rate, dataset, beta",
+    [
+        # CIFAR-10, CCS paper Appendix B (the official README's 90% command: --mis-ratio 0.3).
+        (0.3, "tfds:cifar10", 0.0),
+        (0.5, "tfds:cifar10", 0.0),
+        (0.7, "tfds:cifar10", 0.1),
+        (0.8, "tfds:cifar10", 0.1),
+        (0.9, "tfds:cifar10", 0.3),
+        (1 - 5000 / 50000, "tfds:cifar10", 0.3),  # 90% in floating point
+        (0.85, "tfds:cifar10", 0.1),  # between rates: the lower one's β
+        (0.998, "tfds:cifar10", 0.3),  # IPC 10 of CIFAR-10: beyond the table, its 90% β
+        (0.2, "tfds:cifar10", 0.0),
+        # ImageNet-1K, the official README's commands: 80% → 0.2, 90% → 0.3.
+        (0.8, "tfds:imagenet2012", 0.2),
+        (0.992, "tfds:imagenet2012", 0.3),
+        (0.7, "tfds:imagenet2012", 0.1),
+        (0.8, "tfds:tiny_imagenet", 0.1),  # not ImageNet-1K: the CIFAR-10 row
+        (0.8, "embedded_mnist", 0.1),
+    ])
+def test_ccs_paper_beta_table(rate, dataset, beta):
+  assert selection.ccs_paper_beta(rate, dataset) == beta
+
+
+def test_select_ccs_paper_beta_follows_the_pruning_rate():
+  # 20 examples of one class, 2 kept: a 90% pruning rate, β = 0.3 drops the 6 lowest.
+  labels = np.zeros(20, dtype=np.int64)
+  scores = np.arange(20, dtype=np.float64)
+  for seed in range(3):
+    got = selection.select_ccs(scores, labels, 2, seed=seed)
+    np.testing.assert_array_equal(got, selection.select_ccs(scores, labels, 2, beta=0.3, seed=seed))
+  with pytest.raises(ValueError, match="keeps 14 examples after dropping the beta=0.3"):
+    selection.select_ccs(scores, labels, 15, beta=0.3)
+  # No pruning: β = 0, nothing dropped before stratifying.
+  np.testing.assert_array_equal(selection.select_ccs(scores, labels, 20), np.arange(20))
+  with pytest.raises(ValueError, match="pruning_rate must lie"):
+    selection.ccs_paper_beta(1.0)
+  with pytest.raises(ValueError, match="beta must lie"):
+    selection.select_ccs(scores, labels, 2, beta=-0.5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Relabel → table → SL / SL+KD / HALD runs: replay fidelity, label bytes, errors, resumption."""
 
+import dataclasses
 import os
 
 import jax
@@ -77,9 +78,10 @@ def test_regimes_report_the_label_bytes_they_used(tmp_path, teacher_dir):
   assert sl.results["regime"] == "sl" and sl.results["label_bytes"] == 300 * table.bytes_per_row
   assert table.bytes_per_row == 2 * 10 + 9  # full fp16 labels + box/flip metadata
   assert sl.results["phase_steps"] == {"soft": 6}
-  # LPLD: keep 1 of 3 crops per image → a third of the bytes, same table.
-  pruned = plan.train(soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3),
-                      str(tmp_path / "pruned"))
+  # Per-image pruning: keep 1 of 3 crops per image → a third of the bytes, same table.
+  pruned = plan.train(
+      soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3, label_pruning="per_image"),
+      str(tmp_path / "pruned"))
   assert pruned.results["label_bytes"] == 100 * table.bytes_per_row
   assert pruned.results["table_dir"] == sl.results["table_dir"]
   hald_run = plan.train(
@@ -218,3 +220,116 @@ def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
   slots = {crops.slot_for(7, epoch) for epoch in range(60)}
   kept = table_lib.kept_slots(3, int(data.pool_ids[7]), 3, 2 / 3)
   assert slots == set(kept.tolist()) and len(kept) == 2
+
+
+def test_rded_recipe_table_replays_its_shuffled_crops_and_refuses_the_other_recipe(
+    tmp_path, teacher_dir, monkeypatch):
+  # RDED's training crops (LINs-lab/RDED validation/main.py: ShufflePatches, then
+  # RandomResizedCrop(scale=(1/factor, 1)), flip, CutMix): the teacher labels the shuffled crop.
+  seen = {}
+  original = inference.log_probs_fn
+
+  def recording(model, mesh, temperature, bn_mode):
+    predict = original(model, mesh, temperature, bn_mode)
+
+    def wrapped(variables, batch):
+      for row, image in zip(np.asarray(batch["row"]), np.asarray(batch["image"]), strict=True):
+        seen.setdefault(int(row), image)
+      return predict(variables, batch)
+
+    return wrapped
+
+  monkeypatch.setattr(inference, "log_probs_fn", recording)
+  config = soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0, crop_scale=(0.08, 1.0),
+                       train_crop_recipe="rded", rded_factor=2)
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
+  assert table.spec.crop_spec["recipe"] == "rded" and table.spec.crop_spec["shuffle_factor"] == 2
+  assert table.spec.crop_spec["scale"] == [0.5, 1.0]
+  data = run_data.load_run_data(config)
+  assert data.crop_spec.shuffle_factor == 2
+  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                data.normalizer)
+  unshuffled = dataclasses.replace(stored, spec=dataclasses.replace(data.crop_spec,
+                                                                    shuffle_factor=1))
+  crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0)
+  differs = 0
+  for row in (0, 1, 2, 5, 151, 299):
+    position, slot = divmod(row, 3)
+    example = crops.replay(position, slot)  # checks the stored box, flip and CutMix partner
+    np.testing.assert_array_equal(example["image"], seen[row])  # bit-identical pixels
+    differs += not np.array_equal(example["image"], unshuffled((position, slot))["image"])
+  assert differs > 0  # the stored labels are of shuffled pixels
+
+  # A run asking for the generic crop is refused this table: by its identity record ...
+  rrc = soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0, label_table_dir=table.directory)
+  with pytest.raises(cache.IdentityMismatchError, match="train_crop_recipe: saved 'rded' vs now "
+                     "'rrc'"):
+    plan.train(rrc, str(tmp_path / "run_rrc"))
+  # ... and, without it, by the table header's crop spec.
+  os.remove(os.path.join(table.directory, cache.IDENTITY_FILE))
+  with pytest.raises(table_lib.TableMismatchError, match="crop_spec"):
+    plan.train(rrc, str(tmp_path / "run_rrc"))
+  assert not os.path.exists(tmp_path / "run_rrc")
+
+
+def test_lpld_batch_pruning_trains_on_the_kept_stored_batches(tmp_path, teacher_dir):
+  # LPLD's official trainer (he-y/soft-label-pruning-for-dataset-distillation,
+  # relabel_and_validate/train_FKD_label_pruning_batch.py `main`) keeps the first
+  # int((1 - r) * total) stored batches and draws every step's batch from them with replacement.
+  config = soft_config(tmp_path, teacher_dir, label_keep_fraction=1 / 3)
+  assert config.label_pruning == "lpld_batches"  # the default wherever a fraction is pruned
+  run = plan.train(config, str(tmp_path / "lpld"))
+  table = table_lib.SoftLabelTable.open(_table_dir(tmp_path))
+  # 100 images in batches of 16: 7 stored batches per slot (the 7th holds 4 images), 21 in all;
+  # 1/3 keeps 7 (slot 0's) and never draws the short 7th: 6 full batches, 96 rows.
+  assert run.results["label_bytes"] == 96 * table.bytes_per_row
+  assert (run.results["label_pruning"], run.results["stored_batches"], run.results["kept_batches"],
+          run.results["drawable_batches"]) == ("lpld_batches", 21, 7, 6)
+  # Each step's 16 examples are one drawn stored batch, in its order, with its stored labels.
+  data = run_data.load_run_data(config)
+  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                data.normalizer)
+  batches = table_lib.lpld_batches(table.spec, "lpld_batches", 1 / 3, 16)
+  crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0,
+                            keep_fraction=1 / 3, batches=batches)
+  drawn = set()
+  for step in range(6):
+    index = batches.draw(0, step)
+    positions, slot = batches.batch(index)
+    examples = [crops(step * 16 + i) for i in range(16)]
+    assert [int(e["id"]) for e in examples] == data.pool_ids[positions].tolist()
+    assert {int(e["slot"]) for e in examples} == {slot} == {0}
+    np.testing.assert_array_equal(examples[3]["soft_label"], table.probs(int(positions[3]), 0))
+    drawn.add(index)
+  assert drawn <= set(range(6))
+  # A fraction of 1 keeps every crop: no batches, the per-image replay, all the bytes.
+  assert table_lib.lpld_batches(table.spec, "lpld_batches", 1.0, 16) is None
+
+
+def test_sl_and_hald_replay_cutmixed_stored_crops(tmp_path, teacher_dir):
+  # SRe²L/LPLD relabel CutMixed crops (VILA-Lab/SRe2L SRe2L/relabel/relabel.sh, `--mix-type
+  # 'cutmix'`): the table stores each row's partner, lambda and box, and a soft phase replays the
+  # mixed crop (check_same_crop compares the rebuilt partner and box with the stored ones).
+  config = soft_config(tmp_path, teacher_dir, regime="hald", cutmix_alpha=1.0,
+                       budget_examples=16 * 25)
+  hald_run = plan.train(config, str(tmp_path / "hald"))
+  table = table_lib.SoftLabelTable.open(_table_dir(tmp_path))
+  assert table.spec.cutmix and table.bytes_per_row == 23 + 2 * 10
+  partners = table.gather(np.arange(100), np.zeros(100, np.int64))["partner_id"]
+  assert (partners >= 0).all() and len(set(partners.tolist())) > 10
+  assert hald_run.results["label_bytes"] == 300 * table.bytes_per_row
+  assert set(hald_run.results["phase_steps"]) == {"soft", "hard"}
+  sl_run = plan.train(soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0), str(tmp_path / "sl"))
+  assert sl_run.results["table_dir"] == hald_run.results["table_dir"]
+  assert np.isfinite(sl_run.results["test_loss"]) and np.isfinite(hald_run.results["test_loss"])
+  data = run_data.load_run_data(config)
+  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                data.normalizer)
+  crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0)
+  example = crops(5)
+  position, epoch = pipeline.EpochShuffle(100, 0)(5)
+  slot = crops.slot_for(position, epoch)
+  stored_row = table.metadata(position, slot)
+  assert int(example["partner_label"]) == int(
+      data.train[stored_row["partner_id"]]["label"]) and stored_row["partner_id"] >= 0
+  np.testing.assert_array_equal(example["soft_label"], table.probs(position, slot))

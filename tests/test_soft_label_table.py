@@ -449,3 +449,77 @@ def test_kept_label_bytes(tmp_path):
   assert tbl.kept_label_bytes(table, seed=0, keep_fraction=1.0) == table.label_bytes
   expected = sum(tbl.kept_slots(0, int(i), 10, 0.3).size for i in spec.ids) * table.bytes_per_row
   assert tbl.kept_label_bytes(spec, 0, 0.3) == expected
+
+
+# LPLD's official trainer (he-y/soft-label-pruning-for-dataset-distillation,
+# relabel_and_validate/train_FKD_label_pruning_batch.py, `main`): `pool = list(range(total_steps))
+# [:int((1 - prune_ratio) * total_steps)]`, then per epoch `torch.randint(0, len(pool))` for each
+# of `batch_num_per_epoch` batches, a drawn last batch of an epoch replaced by `batch_idx - 1`.
+
+
+def test_lpld_stored_batches_kept_pool_and_draws_on_a_hand_made_grid():
+  # 5 images x 3 slots in batches of 2: 3 batches per slot (the last holds 1 image), 9 in all.
+  batches = tbl.StoredBatches(num_positions=5, slots=3, batch_size=2, seed=7, keep_fraction=0.5)
+  assert (batches.batches_per_slot, batches.num_batches) == (3, 9)
+  assert batches.num_kept == 4  # floor(0.5 x 9): batches 0-3, i.e. slot 0 and slot 1's first
+  expected = [([4, 1], 0), ([3, 0], 0), ([2], 0), ([1, 4], 1), ([3, 0], 1), ([2], 1), ([3, 4], 2),
+              ([0, 2], 2), ([1], 2)]
+  for index, (positions, slot) in enumerate(expected):
+    got_positions, got_slot = batches.batch(index)
+    assert (got_positions.tolist(), got_slot) == (positions, slot)
+  for slot in range(3):  # each slot's batches partition the pool: every stored crop once
+    rows = np.concatenate([batches.batch(3 * slot + k)[0] for k in range(3)])
+    assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
+  # Batch 2 (slot 0's last) is never drawn: the official code draws batch 1 in its place.
+  np.testing.assert_array_equal(batches.drawable(), [0, 1, 3])
+  draws = [batches.draw(3, step) for step in range(12)]
+  assert draws == [3, 1, 3, 1, 1, 1, 3, 0, 1, 1, 1, 0]
+  assert draws == [batches.draw(3, step) for step in range(12)]  # pure: a resumed run redraws
+  counts = np.bincount([batches.draw(3, step) for step in range(3000)], minlength=9)
+  assert set(np.flatnonzero(counts)) == {0, 1, 3}
+  assert 1.8 < counts[1] / counts[0] < 2.2 and 0.85 < counts[3] / counts[0] < 1.15
+  # Stream positions 2 s, 2 s + 1 are step s's two rows of its drawn batch: (position, slot).
+  assert [batches.row(3, p) for p in range(6)] == [(1, 1), (4, 1), (3, 0), (0, 0), (1, 1), (4, 1)]
+  assert batches.kept_rows == 3 * 2
+  assert tbl.StoredBatches(5, 3, 2, 8, 0.5).batch(0)[0].tolist() != [4, 1]  # seeded grouping
+
+
+def test_lpld_kept_batches_match_the_official_int_of_the_ratio():
+  # ImageNet-1K IPC10 as LPLD ran it: 10,000 images, batch 128, 300 stored epochs, 79 batches each.
+  for ratio in (0.95, 0.97, 0.975):  # main_table_in1k.sh: 20x, 30x, 40x
+    batches = tbl.StoredBatches(10_000, 300, 128, 0, round(1 - ratio, 6))
+    assert batches.num_kept == int((1 - ratio) * 300 * 79)
+  # (1 - 0.9) * 23700 is 2369.99... in floating point; a kept fraction of 0.1 keeps 2370.
+  assert tbl.StoredBatches(10_000, 300, 128, 0, 0.1).num_kept == 2370
+  assert tbl.StoredBatches(1000, 1, 10, 0, 0.29).num_kept == 29  # 100 batches, not 28.999...
+  # One full batch per slot (N = B): no batch before it, every kept batch is drawn.
+  whole = tbl.StoredBatches(4, 6, 4, 0, 0.5)
+  np.testing.assert_array_equal(whole.drawable(), [0, 1, 2])
+  assert {whole.draw(0, s) for s in range(100)} == {0, 1, 2}
+  with pytest.raises(ValueError, match="smaller than one global batch"):
+    tbl.StoredBatches(3, 6, 4, 0, 0.5)
+  with pytest.raises(ValueError, match=r"label_keep_fraction.*keeps floor"):
+    tbl.StoredBatches(5, 3, 2, 0, 0.1)  # floor(0.9) = 0 batches
+
+
+def test_lpld_label_bytes_are_the_drawable_batches_rows(tmp_path):
+  spec = _spec(slots_per_image=10)  # 7 images, 20 bytes a row
+  table = _write(str(tmp_path / "table"), spec, positions_per_shard=4).finalize()
+  # Batches of 2: 4 per slot (the last holds 1 image), 40 stored; 0.3 keeps 12, of which slots
+  # 0-2 end in a last batch (3, 7, 11): 9 drawable full batches = 18 rows.
+  assert tbl.kept_label_bytes(table, 0, 0.3, tbl.LPLD_BATCHES, global_batch=2) == 18 * 20
+  batches = tbl.lpld_batches(spec, tbl.LPLD_BATCHES, 0.3, 2)
+  assert (batches.num_kept, batches.drawable().size, batches.seed) == (12, 9, spec.crop_seed)
+  rows = set()
+  for index in batches.drawable():
+    positions, slot = batches.batch(int(index))
+    rows |= {(int(p), slot) for p in positions}
+  assert len(rows) * table.bytes_per_row == 18 * 20  # distinct stored crops
+  # Batches of 7 (the whole pool): one full batch per slot, 3 kept = 21 rows.
+  assert tbl.kept_label_bytes(table, 0, 0.3, tbl.LPLD_BATCHES, global_batch=7) == 21 * 20
+  # A fraction of 1 keeps every crop whatever the mode; per image keeps round(0.3 x 10) slots.
+  assert tbl.kept_label_bytes(table, 0, 1.0, tbl.LPLD_BATCHES, 2) == table.label_bytes
+  assert tbl.lpld_batches(spec, tbl.LPLD_BATCHES, 1.0, 2) is None
+  assert tbl.kept_label_bytes(table, 0, 0.3, tbl.PER_IMAGE, 2) == 7 * 3 * 20
+  with pytest.raises(ValueError, match="pruning"):
+    tbl.kept_label_bytes(table, 0, 0.3, "per_batch", 2)

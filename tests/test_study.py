@@ -3,12 +3,16 @@
 import csv
 import json
 import os
+import types
 
 import numpy as np
 import pytest
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import difficulty
+from hardlabel_jax import scoring
+from hardlabel_jax import selection
 from hardlabel_jax import study
 from hardlabel_jax import study_report
 from helpers import Killed
@@ -123,8 +127,8 @@ def test_killed_study_reruns_only_missing_cells_and_gives_the_same_csv(
     }}), "config.study_regime_overrides.hl.temperature: set to 4.0 but the hl cells"),
     (dict(study_regimes=("hl", "sl_kd")), "config.crops_per_image: set to 2 but task=study"),
     (dict(study_methods=("random", "cad_prune")), "config.cad_window: CAD-Prune at 5 images"),
-    (dict(study_methods=("rded",), rded_candidates_per_class=10, study_images_per_class=(5,)),
-     "config.study_images_per_class: rded at 5 images per class stitch 20 crops"),
+    (dict(study_methods=("rded",), rded_candidates_per_class=10, study_images_per_class=(5,),
+          rded_factor=2), "config.study_images_per_class: rded at 5 images per class stitch 20"),
     (dict(learning_rate=-1.0), "config.learning_rate"),
 ])
 def test_invalid_grid_fails_before_training_naming_the_field(overrides, field, tmp_path,
@@ -280,3 +284,142 @@ def test_cifar100_study_runs_end_to_end_on_mock_data(tmp_path):
   assert [r["pool_size"] for r in rows] == [100, 1000, 100, 1000]
   assert rows[2]["label_bytes"] == 100 * (9 + 2 * 100)  # one fp16 crop row per image
   assert all(0 <= r["test_top1"] <= 1 for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# CAD-Prune's windows: J=6, W=2 unless K is too short and `cad_windows_shrink` says to shrink.
+
+
+def test_cad_windows_used_are_the_configured_ones_or_the_largest_that_fit():
+  assert scoring.cad_windows(8, 6, 2, shrink=False) == (6, 2)
+  assert scoring.cad_windows(30, 6, 2, shrink=True) == (6, 2)  # K fits: no shrink
+  assert scoring.cad_windows(7, 6, 2, shrink=False) is None
+  assert scoring.cad_windows(3, 6, 2, shrink=True) == (2, 1)
+  assert scoring.cad_windows(5, 6, 2, shrink=True) == (4, 1)
+  assert scoring.cad_windows(7, 6, 2, shrink=True) == (6, 1)
+  assert scoring.cad_windows(5, 3, 4, shrink=True) == (3, 2)
+  assert scoring.cad_windows(2, 6, 2, shrink=True) is None  # J >= 2 and W >= 1 need K >= 3
+
+
+def test_a_study_whose_cad_run_is_shorter_than_its_windows_needs_the_shrink_flag():
+  # 12,000 examples at 10 images per class on 4,000 images: K = 12,000 / 4,000 = 3 < 6 + 2.
+  config = tiny_study("/teacher", "/cache", study_methods=("random", "cad_prune"),
+                      study_images_per_class=(10,), budget_examples=12_000)
+  with pytest.raises(
+      ValueError, match=r"config\.cad_window: CAD-Prune at 10 images per class scores .* for "
+      r"K=3 epochs, fewer than cad_window \+ cad_num_windows = 6 \+ 2 = 8.*cad_windows_shrink"):
+    study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+  config.cad_windows_shrink = True
+  configs = study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+  score = configs[study.Cell("hl", "cad_prune", 10, 0)].score_config
+  assert (score.score_epochs, score.cad_window, score.cad_num_windows) == (3, 6, 2)
+  assert score.cad_windows_shrink  # the scoring run shrinks to J=2, W=1 and records it
+  # K = 1 (64 examples at 5 images per class) holds no window even when shrinking.
+  short = tiny_study("/teacher", "/cache", study_methods=("cad_prune",), cad_windows_shrink=True)
+  with pytest.raises(ValueError, match=r"config\.cad_windows_shrink: .* K=1 epochs, too few"):
+    study.validate_study(short, EMBEDDED_COUNTS, "/cache")
+
+
+def test_a_compute_matched_scoring_run_refuses_windows_that_do_not_fit():
+  config = tiny_config(task="score", images_per_class=0, score_epochs=0,
+                       cad_subset_images_per_class=10, cad_downstream_epochs=120.0)
+  with pytest.raises(ValueError, match=r"config\.cad_window: .* K=3 epochs, fewer than"):
+    scoring.scoring_epochs(config, 4000, 10)  # 120 × 100 / 4,000 = 3
+  config.cad_windows_shrink = True
+  assert scoring.scoring_epochs(config, 4000, 10) == 3
+  config.score_epochs = 2  # an explicit K (EL2N): CAD is left out, nothing refused
+  assert scoring.scoring_epochs(config, 4000, 10) == 2
+
+
+class _Recorder:
+  """Per-epoch statistics files, as scoring.EpochRecorder leaves them."""
+
+  def __init__(self, directory, true_prob):
+    self.directory = directory
+    for epoch, probs in enumerate(true_prob):
+      np.savez(self.path(epoch), true_prob=probs, el2n=1 - probs, margin=2 * probs - 1,
+               prob_margin=2 * probs - 1, correct=probs > 0.5)
+
+  def path(self, epoch):
+    return os.path.join(self.directory, f"epoch_{epoch}.npz")
+
+
+def _score_file(tmp_path, shrink, epochs=3):
+  rng = np.random.default_rng(0)
+  true_prob = rng.uniform(0, 1, (epochs, 6)).astype(np.float32)
+  config = tiny_config(task="score", images_per_class=0, score_epochs=epochs,
+                       cad_windows_shrink=shrink)
+  info = types.SimpleNamespace(name="toy", fingerprint="fp")
+  data = types.SimpleNamespace(train=types.SimpleNamespace(info=info), pool_ids=np.arange(6))
+  workdir = tmp_path / f"scores-{shrink}"
+  workdir.mkdir()
+  margins = types.SimpleNamespace(aum=lambda step: np.zeros(6, np.float32))  # CCS's, unused here
+  scores = scoring.write_scores(config, str(workdir), data, _Recorder(str(workdir), true_prob),
+                                epochs, types.SimpleNamespace(step=9), 0.5, margins)
+  return os.path.join(workdir, scoring.SCORES_FILE), scores, true_prob
+
+
+def test_the_score_file_records_the_cad_windows_it_used(tmp_path):
+  path, scores, true_prob = _score_file(tmp_path, shrink=True)
+  header = selection.load_scores(path).header
+  assert (header["cad_window"], header["cad_num_windows"], header["cad_windows_shrink"]) == (6, 2,
+                                                                                             True)
+  assert (header["cad_window_used"], header["cad_num_windows_used"], header["epochs"]) == (2, 1, 3)
+  np.testing.assert_allclose(scores["cad"], difficulty.cad_scores(true_prob, 2, 1), rtol=1e-6)
+  # CAD with J=2, W=1 over K=3: U_0, the (sample) std of epochs 0 and 1 (k = K - J - W = 0).
+  np.testing.assert_allclose(scores["cad"], np.std(true_prob[:2], axis=0, ddof=1), rtol=1e-5)
+  config = tiny_config(selection="cad_prune", images_per_class=1, scores_file=path)
+  assert scoring.cad_record(config) == {
+      "cad_window": 6,
+      "cad_num_windows": 2,
+      "cad_windows_shrink": True,
+      "cad_window_used": 2,
+      "cad_num_windows_used": 1,
+      "cad_scoring_epochs": 3
+  }
+  assert scoring.cad_record(tiny_config()) == {}  # random ranks by no score
+  # Without the flag an explicit short K scores no CAD, and the header says none was used.
+  path, scores, _ = _score_file(tmp_path, shrink=False)
+  header = selection.load_scores(path).header
+  assert "cad" not in scores and header["cad_window_used"] is None
+
+
+def test_the_study_report_says_which_cad_windows_were_used(tmp_path):
+  path, _, _ = _score_file(tmp_path, shrink=True)
+  workdir = tmp_path / "study"
+  # A CAD-Prune cell found through its score file; a CA2D cell (its training config names no
+  # score file) through the record the plan writes into results.json.
+  for name, results in (("hl-cad_prune-ipc10-s0", {
+      "config": {
+          "selection": "cad_prune",
+          "scores_file": path
+      }
+  }), ("hl-ca2d-ipc10-s0", {
+      "config": {
+          "selection": "random",
+          "scores_file": ""
+      },
+      **scoring.cad_record(tiny_config(selection="cad_prune", images_per_class=1, scores_file=path))
+  }), ("hl-random-ipc10-s0", {
+      "config": {
+          "selection": "random",
+          "scores_file": ""
+      }
+  })):
+    os.makedirs(workdir / study.CELLS_DIR / name)
+    with open(workdir / study.CELLS_DIR / name / "results.json", "w") as f:
+      json.dump(results, f)
+  line = ("CAD scores used J=2, W=1 over K=3 scoring epochs (shrunk from J=6, W=2 by "
+          "cad_windows_shrink).")
+  assert study_report.cad_windows_line(str(workdir)) == line
+  rows = [{
+      **row, "test_loss": 1.0,
+      "examples_seen": 64,
+      "steps": 4,
+      "epochs": 1.0,
+      "pool_size": 100,
+      "wall_seconds": 2.5
+  } for row in SATURATED]
+  report = study_report.write_report(rows, str(workdir))
+  assert f"- {line}\n" in report.markdown
+  assert study_report.cad_windows_line(str(tmp_path / "no_cells")) is None

@@ -1,9 +1,10 @@
 """Crops as pure functions of `(seed, example id, slot)` (DESIGN.md §2).
 
-The relabel step and every training pipeline call `crop_params` with the same key, so a stored
-soft label can always be matched to the exact pixels it was computed on. Randomness comes from a
-counter-style key (NumPy's `SeedSequence` hashes the key tuple), never from a stateful generator,
-so results do not depend on worker count, process count or iteration order.
+The relabel step and every training pipeline call `crop_image` (RDED's patch shuffle when the spec
+asks for it, then `crop_params`) with the same key, so a stored soft label can always be matched to
+the exact pixels it was computed on. Randomness comes from a counter-style key (NumPy's
+`SeedSequence` hashes the key tuple), never from a stateful generator, so results do not depend on
+worker count, process count or iteration order.
 """
 
 from __future__ import annotations
@@ -14,24 +15,28 @@ import math
 import numpy as np
 from PIL import Image
 
-# Separate streams so that switching CutMix on does not move the crop box, and vice versa.
+# Separate streams so that switching CutMix or the patch shuffle on does not move the crop box.
 _STREAM_CROP = 0
 _STREAM_CUTMIX = 1
+_STREAM_SHUFFLE = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class CropSpec:
-  """How training crops are drawn: torchvision's RandomResizedCrop, flip and CutMix."""
+  """How training crops are drawn: [ShufflePatches,] RandomResizedCrop, flip and CutMix."""
 
   output_size: int
   scale: tuple[float, float] = (0.08, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip: bool = True
   cutmix_alpha: float = 0.0  # 0 disables CutMix
+  shuffle_factor: int = 1  # RDED's ShufflePatches(factor) before the box; 1 is the identity
 
   def __post_init__(self):
     if self.output_size <= 0:
       raise ValueError(f"crop output_size must be positive, got {self.output_size}")
+    if self.shuffle_factor < 1:
+      raise ValueError(f"crop shuffle_factor must be >= 1, got {self.shuffle_factor}")
     lo, hi = self.scale
     if not 0 < lo <= hi <= 1:
       raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {self.scale}")
@@ -109,9 +114,67 @@ def cutmix_box(rng: np.random.Generator, size: int,
   return int(y0), int(x0), int(y1 - y0), int(x1 - x0), float(mix_lambda)
 
 
+def rded_spec(output_size: int, factor: int, flip: bool = True,
+              cutmix_alpha: float = 0.0) -> CropSpec:
+  """RDED's training crops: ShufflePatches(f), RandomResizedCrop scale (1/f, 1), flip, CutMix.
+
+  As LINs-lab/RDED validation/main.py builds them (torchvision's default ratio 3/4–4/3; the
+  upper scale is its `--max-scale-crops`, default 1). At factor 1 the shuffle is the identity and
+  the box of a square image is the whole image, as in the official CIFAR/Tiny-ImageNet runs.
+  """
+  return CropSpec(output_size=output_size, scale=(1.0 / factor, 1.0), flip=flip,
+                  cutmix_alpha=cutmix_alpha, shuffle_factor=factor)
+
+
+def patch_orders(seed: int, example_id: int, slot: int,
+                 factor: int) -> tuple[np.ndarray, np.ndarray]:
+  """The column-strip order, then the row-strip order, of ShufflePatches for a crop key."""
+  rng = _rng(seed, example_id, slot, _STREAM_SHUFFLE)
+  return rng.permutation(factor), rng.permutation(factor)
+
+
+def _shuffle_columns(image: np.ndarray, factor: int, order: np.ndarray) -> np.ndarray:
+  """Cuts the width into `factor` strips and concatenates them in `order` (one pass of RDED's)."""
+  width = image.shape[1] // factor
+  strips = []
+  for k in range(factor):
+    start = k * width
+    # As the official code, which compares the pixel offset (not k) with factor - 1: strips are
+    # `width` wide and a remainder of the width is dropped (unless an offset equals factor - 1,
+    # which only tiny images reach: that strip runs to the edge).
+    stop = None if start == factor - 1 else start + width
+    strips.append(image[:, start:stop])
+  return np.concatenate([strips[i] for i in order], axis=1)
+
+
+def permute_patches(image: np.ndarray, factor: int, column_order: np.ndarray,
+                    row_order: np.ndarray) -> np.ndarray:
+  """RDED's ShufflePatches with given orders: column strips permuted, then row strips.
+
+  LINs-lab/RDED validation/utils.py `ShufflePatches.forward` shuffles the width strips of a
+  [C, H, W] tensor, transposes H and W, shuffles again and transposes back: the patch at grid
+  (r, c) of the output is the input's patch (row_order[r], column_order[c]).
+  """
+  out = _shuffle_columns(image, factor, column_order)
+  out = _shuffle_columns(out.transpose(1, 0, 2), factor, row_order).transpose(1, 0, 2)
+  return np.ascontiguousarray(out)
+
+
+def shuffle_patches(image: np.ndarray, seed: int, example_id: int, slot: int,
+                    factor: int) -> np.ndarray:
+  """ShufflePatches(factor) of an [H, W, C] image for a crop key; the image itself at factor 1."""
+  if factor == 1:
+    return image
+  return permute_patches(image, factor, *patch_orders(seed, example_id, slot, factor))
+
+
 def crop_params(seed: int, example_id: int, slot: int, image_hw: tuple[int, int], spec: CropSpec,
                 pool_size: int = 0) -> CropParams:
-  """The crop of `example_id` at `slot`: a pure function of its arguments."""
+  """The crop of `example_id` at `slot`: a pure function of its arguments.
+
+  `image_hw` is the size of the image the box is cut from: after ShufflePatches, when the spec
+  shuffles (`crop_image` does both).
+  """
   rng = _rng(seed, example_id, slot, _STREAM_CROP)
   top, left, height, width = random_resized_box(rng, image_hw, spec.scale, spec.ratio)
   flip = bool(spec.flip and rng.random() < 0.5)
@@ -146,6 +209,18 @@ def apply_crop(image: np.ndarray, params: CropParams, size: int) -> np.ndarray:
   """Applies the box and the flip of `params`; CutMix is pasted separately."""
   out = resized_crop(image, params.top, params.left, params.height, params.width, size)
   return out[:, ::-1] if params.flip else out
+
+
+def crop_image(image: np.ndarray, seed: int, example_id: int, slot: int, spec: CropSpec,
+               pool_size: int = 0) -> tuple[np.ndarray, CropParams, tuple[int, int]]:
+  """A keyed training crop before CutMix: uint8 pixels, parameters, size of the image boxed.
+
+  The box is a part of the patch-shuffled image when the spec shuffles, so its fractions are of
+  that image's size (a multiple of the factor).
+  """
+  shuffled = shuffle_patches(image, seed, example_id, slot, spec.shuffle_factor)
+  params = crop_params(seed, example_id, slot, shuffled.shape[:2], spec, pool_size)
+  return apply_crop(shuffled, params, spec.output_size), params, shuffled.shape[:2]
 
 
 def paste_cutmix(crop: np.ndarray, partner_crop: np.ndarray, params: CropParams) -> np.ndarray:

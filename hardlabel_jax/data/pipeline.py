@@ -74,21 +74,20 @@ class CropExample:
   normalizer: Normalizer
 
   def raw_crop(self, pool_position: int,
-               slot: int) -> tuple[np.ndarray, dict[str, Any], crops.CropParams]:
-    """The uint8 crop of a pool example at `slot`, its label fields and its crop parameters."""
+               slot: int) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+    """The uint8 crop of a pool example at `slot`, its label fields and its stored metadata."""
     example_id = int(self.pool_ids[pool_position])
     record = self.source[example_id]
-    image = record["image"]
-    params = crops.crop_params(self.seed, example_id, slot, image.shape[:2], self.spec,
-                               pool_size=len(self.pool_ids))
-    pixels = crops.apply_crop(image, params, self.spec.output_size)
+    pixels, params, boxed_hw = crops.crop_image(record["image"], self.seed, example_id, slot,
+                                                self.spec, pool_size=len(self.pool_ids))
     partner_label, partner_id = int(record["label"]), -1
     if params.partner_position >= 0:
       partner_id = int(self.pool_ids[params.partner_position])
       partner = self.source[partner_id]
-      partner_params = crops.crop_params(self.seed, partner_id, slot, partner["image"].shape[:2],
-                                         dataclasses.replace(self.spec, cutmix_alpha=0.0))
-      partner_pixels = crops.apply_crop(partner["image"], partner_params, self.spec.output_size)
+      # The partner's own training crop at this slot (its own patch shuffle, box and flip), as
+      # CutMix over a batch of already augmented images mixes in the official code.
+      partner_pixels, _, _ = crops.crop_image(partner["image"], self.seed, partner_id, slot,
+                                              dataclasses.replace(self.spec, cutmix_alpha=0.0))
       pixels = crops.paste_cutmix(pixels, partner_pixels, params)
       partner_label = int(partner["label"])
     fields = {
@@ -99,7 +98,7 @@ class CropExample:
         "slot": np.int32(slot),
     }
     metadata = {
-        "box": params.box_fractions(image.shape[:2]),
+        "box": params.box_fractions(boxed_hw),
         "flip": np.uint8(params.flip),
         "partner_id": np.int32(partner_id),
         "cut_box": np.array([params.cut_top, params.cut_left, params.cut_height, params.cut_width],

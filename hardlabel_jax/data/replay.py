@@ -1,10 +1,13 @@
 """Soft-label replay: training examples that rebuild a stored crop and attach its table label.
 
 SL (DESIGN.md §3) trains on exactly the crops the teacher labelled: the stream position picks an
-image (reshuffled per epoch), a slot is drawn from the image's kept slots (LPLD pruning, with
-replacement across epochs), and the crop is rebuilt by the same pure function relabel used. The
+image (reshuffled per epoch) and a slot is drawn from the image's kept slots, or, under LPLD's
+batch pruning, the position's step draws a kept stored batch (`table.StoredBatches`) that names
+image and slot; the crop is rebuilt by the same pure function relabel used. The
 rebuilt crop's box, flip and CutMix partner are checked against the ones stored in the table, so a
-changed crop function or spec is an error, never silently mismatched labels.
+changed crop function or spec is an error, never silently mismatched labels. RDED's patch shuffle
+(recipe 'rded') is not stored per row: it is re-derived from the same key, and the table header's
+crop spec names the recipe and factor, so a table of the other recipe is refused when opened.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class TableCrops:
   table_dir: str
   draw_seed: int
   keep_fraction: float = 1.0
+  # LPLD batch pruning: each step replays one kept stored batch; None prunes per image.
+  batches: table_lib.StoredBatches | None = None
 
   @functools.cached_property
   def table(self) -> table_lib.SoftLabelTable:
@@ -79,6 +84,8 @@ class TableCrops:
     }
 
   def __call__(self, position: int) -> dict[str, np.ndarray]:
+    if self.batches is not None:
+      return self.replay(*self.batches.row(self.draw_seed, position))
     pool_position, epoch = self.order(position)
     return self.replay(pool_position, self.slot_for(pool_position, epoch))
 

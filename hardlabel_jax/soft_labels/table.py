@@ -13,6 +13,7 @@ data, teacher and settings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,14 @@ CUTMIX_METADATA = (("partner_id", "<i4"), ("mix_lambda", "<f2"), ("cut_box", "<u
 # A stream tag keeps the pruning draws independent of any other use of (seed, example_id).
 _KEEP_STREAM = 0x4B455054  # "KEPT"
 _DRAW_STREAM = 0x44524157  # "DRAW"
+_BATCH_ORDER_STREAM = 0x424F5244  # "BORD"
+_BATCH_DRAW_STREAM = 0x42445257  # "BDRW"
+
+# Label pruning (DESIGN.md §4, §9): LPLD's stored batches (its official granularity, the default
+# wherever a fraction below 1 is kept) or a per-image subset of each image's slots.
+LPLD_BATCHES = "lpld_batches"
+PER_IMAGE = "per_image"
+LABEL_PRUNING_MODES = (LPLD_BATCHES, PER_IMAGE)
 
 
 class TableError(ValueError):
@@ -597,9 +606,129 @@ def draw_slot(seed: int, example_id: int, epoch: int, kept: np.ndarray) -> int:
   return int(kept[rng.integers(kept.size)])
 
 
-def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction: float) -> int:
-  """Bytes of the rows a pruned run uses: sum over images of len(kept) x bytes_per_row."""
-  del seed  # Every image keeps the same number of slots; only which ones depends on the seed.
+def uses_lpld_batches(pruning: str, keep_fraction: float) -> bool:
+  """Whether a run draws LPLD's stored batches: `pruning='lpld_batches'` and a fraction below 1."""
+  # A fraction of 1 keeps every crop in either mode and replays them per image, as LPLD's own
+  # script does at ratio 0 (main_table_in1k.sh: `--prune_metric order --granularity epoch`).
+  if pruning not in LABEL_PRUNING_MODES:
+    raise ValueError(f"pruning: must be one of {LABEL_PRUNING_MODES}, got {pruning!r}")
+  _check_keep_fraction(keep_fraction)
+  return pruning == LPLD_BATCHES and keep_fraction < 1.0
+
+
+@functools.lru_cache(maxsize=8)
+def _slot_order(seed: int, num_positions: int, slot: int) -> np.ndarray:
+  # A step's rows all come from one stored batch, so a few cached orders serve a whole step.
+  rng = np.random.default_rng(np.random.SeedSequence([seed, slot, _BATCH_ORDER_STREAM]))
+  order = rng.permutation(num_positions)
+  order.setflags(write=False)
+  return order
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBatches:
+  """LPLD's stored batches over a table's (position, slot) grid, the kept ones and a run's draws."""
+
+  # Official (he-y/soft-label-pruning-for-dataset-distillation, relabel_and_validate/
+  # train_FKD_label_pruning_batch.py `main`; utils_pruning.py `EpochBatchSampler`; utils_fkd.py
+  # `get_img2batch_idx_list`): relabelling stores epoch after epoch of seeded shuffled batches
+  # (`drop_last=False`), numbered across epochs, `bpe = ceil(N / B)` per epoch; training keeps the
+  # pool `range(total)[:int((1 - r) * total)]` and builds each epoch of `bpe` steps from
+  # `torch.randint(len(pool))` draws, with replacement, a drawn last batch of an epoch replaced by
+  # the batch before it ("drop last batch"). Here slot `s` plays relabel epoch `s`: stored batch
+  # `b` is slot `b // bpe` of the positions `order_s[k B:(k + 1) B]`, `k = b % bpe`, `order_s` a
+  # permutation that is a pure function of `(seed, s)`.
+
+  num_positions: int
+  slots: int
+  batch_size: int
+  seed: int  # of the batch grouping: the table's crop seed, so the kept rows are the table's
+  keep_fraction: float
+
+  def __post_init__(self):
+    _check_keep_fraction(self.keep_fraction)
+    if self.slots < 1 or self.batch_size < 1:
+      raise ValueError(f"slots and batch_size: must be >= 1, got {self.slots}, {self.batch_size}")
+    if self.num_positions < self.batch_size:
+      raise ValueError(f"label_pruning='lpld_batches': the pool of {self.num_positions} images "
+                       f"is smaller than one global batch of {self.batch_size}, so no stored "
+                       "batch fills a step; use label_pruning='per_image'")
+    if self.num_kept < 1:
+      raise ValueError(f"keep_fraction (config.label_keep_fraction) {self.keep_fraction} keeps "
+                       f"floor({self.keep_fraction} x {self.num_batches}) = 0 of the "
+                       f"{self.num_batches} stored batches ({self.slots} slots x "
+                       f"{self.batches_per_slot} batches of {self.batch_size}); raise it")
+
+  @property
+  def batches_per_slot(self) -> int:
+    return -(-self.num_positions // self.batch_size)
+
+  @property
+  def num_batches(self) -> int:
+    return self.slots * self.batches_per_slot
+
+  @property
+  def num_kept(self) -> int:
+    """`floor(keep_fraction x num_batches)`: the official `int((1 - r) * total)`."""
+    # The epsilon absorbs the binary representation of a decimal fraction (0.29 x 100 -> 28.99).
+    return int(np.floor(self.keep_fraction * self.num_batches + 1e-9))
+
+  def _is_last_of_slot(self, index: np.ndarray) -> np.ndarray:
+    index = np.asarray(index)
+    if self.batches_per_slot == 1:
+      # No batch before it to replace it with, and it is full (N = B): it stays drawable.
+      return np.zeros(index.shape, dtype=bool)
+    return index % self.batches_per_slot == self.batches_per_slot - 1
+
+  def drawable(self) -> np.ndarray:
+    """The kept batches a draw can return: the kept pool less each slot's last batch."""
+    kept = np.arange(self.num_kept, dtype=np.int64)
+    return kept[~self._is_last_of_slot(kept)]
+
+  @property
+  def kept_rows(self) -> int:
+    """Rows (distinct stored crops) of the drawable batches: each is a full batch."""
+    return int(self.drawable().size) * self.batch_size
+
+  def batch(self, index: int) -> tuple[np.ndarray, int]:
+    """The pool positions and the slot of stored batch `index` (the last of a slot may be short)."""
+    if not 0 <= index < self.num_batches:
+      raise IndexError(f"stored batch {index} out of range [0, {self.num_batches})")
+    slot, k = divmod(int(index), self.batches_per_slot)
+    order = _slot_order(self.seed, self.num_positions, slot)
+    return order[k * self.batch_size:(k + 1) * self.batch_size], slot
+
+  def draw(self, draw_seed: int, step: int) -> int:
+    """The stored batch training step `step` replays; a pure function of (draw_seed, step)."""
+    # Every step draws independently and uniformly, so an epoch (`bpe` steps) needs no state of
+    # its own and a resumed run redraws exactly the batches it would have drawn.
+    rng = np.random.default_rng(np.random.SeedSequence([draw_seed, step, _BATCH_DRAW_STREAM]))
+    index = int(rng.integers(self.num_kept))
+    return index - 1 if bool(self._is_last_of_slot(index)) else index
+
+  def row(self, draw_seed: int, position: int) -> tuple[int, int]:
+    """Global stream position -> the (pool position, slot) it replays."""
+    step, within = divmod(int(position), self.batch_size)
+    positions, slot = self.batch(self.draw(draw_seed, step))
+    return int(positions[within]), slot
+
+
+def lpld_batches(spec: TableSpec, pruning: str, keep_fraction: float,
+                 global_batch: int) -> StoredBatches | None:
+  """The table's stored batches for a run with `global_batch`, or None unless LPLD prunes."""
+  if not uses_lpld_batches(pruning, keep_fraction):
+    return None
+  return StoredBatches(spec.num_positions, spec.slots_per_image, global_batch, spec.crop_seed,
+                       keep_fraction)
+
+
+def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction: float,
+                     pruning: str = PER_IMAGE, global_batch: int = 0) -> int:
+  """Exact bytes of the rows a run can use: its kept crops (per image, or LPLD's batches) x row."""
+  del seed  # Only which rows are kept depends on a seed, never how many.
   spec = table.spec if isinstance(table, SoftLabelTable) else table
+  batches = lpld_batches(spec, pruning, keep_fraction, global_batch)
+  if batches is not None:
+    return batches.kept_rows * bytes_per_row(spec)
   return spec.num_positions * num_kept_slots(spec.slots_per_image,
                                              keep_fraction) * bytes_per_row(spec)
