@@ -226,15 +226,21 @@ def test_summary_gains_and_spreads_on_hand_worked_rows():
   assert sentences[2].startswith("SL+KD, ipc 10: no method beats random")
 
 
-def test_report_round_trips_through_the_csv(tmp_path):
-  rows = [{
-      **row, "test_loss": 1.0,
+def _saturated_csv_rows() -> list[dict]:
+  """SATURATED's rows with every other CSV column filled in."""
+  filled = {
+      "test_loss": 1.0,
       "examples_seen": 64,
       "steps": 4,
       "epochs": 1.0,
       "pool_size": 100,
       "wall_seconds": 2.5
-  } for row in SATURATED]
+  }
+  return [{**row, **filled} for row in SATURATED]
+
+
+def test_report_round_trips_through_the_csv(tmp_path):
+  rows = _saturated_csv_rows()
   path = str(tmp_path / "results.csv")
   study.write_csv(rows, path)
   assert study_report.read_csv(path) == rows
@@ -412,14 +418,7 @@ def test_the_study_report_says_which_cad_windows_were_used(tmp_path):
   line = ("CAD scores used J=2, W=1 over K=3 scoring epochs (shrunk from J=6, W=2 by "
           "cad_windows_shrink).")
   assert study_report.cad_windows_line(str(workdir)) == line
-  rows = [{
-      **row, "test_loss": 1.0,
-      "examples_seen": 64,
-      "steps": 4,
-      "epochs": 1.0,
-      "pool_size": 100,
-      "wall_seconds": 2.5
-  } for row in SATURATED]
+  rows = _saturated_csv_rows()
   report = study_report.write_report(rows, str(workdir))
   assert f"- {line}\n" in report.markdown
   assert study_report.cad_windows_line(str(tmp_path / "no_cells")) is None
