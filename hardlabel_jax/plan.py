@@ -182,17 +182,16 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None 
     scores = _score_plan(config, cache_root)
     resolved.scores_file = scores.path
   fingerprint = _fingerprint(config)
+  scores_identity = _scores_identity(resolved, scores)
   distilled = None
   if config.selection in distill.METHODS:
-    ident = distill.identity(resolved, fingerprint, teacher.digest,
-                             _scores_identity(resolved, scores))
+    ident = distill.identity(resolved, fingerprint, teacher.digest, scores_identity)
     distilled = SetPlan(distill.set_directory(cache_root, ident), ident, resolved)
     if task != "distill":  # the distill task's product is the set; every other task trains on it
       resolved = distill.training_config(resolved, distilled.directory)
   table = None
   if task == "relabel" or (task == "train" and config.regime in config_schema.TABLE_REGIMES):
-    data_identity = _data_identity(config, fingerprint, _scores_identity(resolved, scores),
-                                   distilled)
+    data_identity = _data_identity(config, fingerprint, scores_identity, distilled)
     identity = relabel.table_identity(resolved, data_identity, teacher.digest)
     table = TablePlan(relabel.table_directory(resolved, cache_root, identity), identity)
   score_epochs = 0
@@ -293,13 +292,12 @@ def build(plan: Plan, *, devices: list[jax.Device] | None = None,
     if _is_writer():
       cache.write_identity(plan.scores.directory, plan.scores.identity)
     mesh_lib.sync_processes("score identity written")
-  teacher = None
-  if plan.teacher is not None:
-    teacher = _teacher(plan, _source_data(plan), mesh, devices)
+  source = _source_data(plan) if plan.teacher is not None or plan.task == "distill" else None
+  teacher = _teacher(plan, source, mesh, devices) if plan.teacher is not None else None
   if plan.distilled is not None and not distill.is_built(plan.distilled.directory):
-    distill.build(plan.distilled.config, plan.distilled.directory, plan.distilled.identity,
-                  _source_data(plan), teacher, mesh)
-  data = (_source_data(plan) if plan.task == "distill" else run_data.load_run_data(plan.config))
+    distill.build(plan.distilled.config, plan.distilled.directory, plan.distilled.identity, source,
+                  teacher, mesh)
+  data = source if plan.task == "distill" else run_data.load_run_data(plan.config)
   table = None
   if plan.table is not None:
     table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
