@@ -18,8 +18,9 @@ import ml_collections
 from hardlabel_jax import hald
 from hardlabel_jax import models
 
-TASKS = ("train", "relabel", "drift", "score", "distill", "study")
-SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d")
+TASKS = ("train", "relabel", "drift", "score", "distill", "synthesize", "study")
+SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d", "sre2l",
+              "cda")
 SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
 # CCS prunes and stratifies over the whole pool (the official code) or within each class.
@@ -44,6 +45,14 @@ SCHEDULES = ("cosine", "step", "hald", "constant")
 # RDED's ShufflePatches(rded_factor) → RandomResizedCrop(scale=(1/factor, 1)) → flip → CutMix;
 # 'auto' is 'rded' on RDED/CA2D distilled sets and 'rrc' on any other pool.
 TRAIN_CROP_RECIPES = ("auto", "rrc", "rded")
+# SRe²L-family synthesis (hardlabel_jax.synthesize): batches mix classes (SRe²L, CDA) or hold one
+# class each (LPLD's class-wise recover); per-iteration augmentation of the images optimised.
+SYNTH_BATCHINGS = ("mixed", "class")
+# 'crop_flip': RandomResizedCrop + flip, then the roll (the ImageNet and Tiny-ImageNet recover
+# scripts); 'roll': the roll only (SRe²L's recover_cifar.py); 'auto': 'roll' up to 32 px, else
+# 'crop_flip', as the official scripts choose by data set.
+SYNTH_AUGMENTS = ("auto", "crop_flip", "roll")
+SYNTH_IMAGE_FORMATS = ("jpeg", "png")
 
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
@@ -65,12 +74,15 @@ RESUMABLE_FIELDS = frozenset({
 # fields a task, regime and selection read, and `validate` refuses a changed field none of them do.
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "task": ("task", "regime", "seed"),
-    "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset",
+    "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset", "class_order",
              "normalization_mean", "normalization_std"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
     "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "ccs_scope",
                   "cad_direction"),
     "distilled_set": ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class"),
+    "synthesis": ("synth_iterations", "synth_lr", "synth_r_bn", "synth_first_bn_multiplier",
+                  "synth_batch_size", "synth_jitter", "synth_batching", "synth_augment",
+                  "cda_milestone", "synth_image_format"),
     "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
                 "cad_window", "cad_num_windows", "cad_windows_shrink"),
     "crops": ("image_size", "train_crop_recipe", "crop_scale", "crop_ratio", "random_flip",
@@ -96,9 +108,11 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
 # Tasks that train a network on the config itself (a scoring run is a training run that records
 # per-example statistics every epoch) and tasks that only run a teacher over the pool.
 TRAINING_TASKS = ("train", "score")
-TEACHER_TASKS = ("relabel", "drift", "distill")
+TEACHER_TASKS = ("relabel", "drift", "distill", "synthesize")
 # Selections that build a distilled set from teacher-scored crops (hardlabel_jax.distill.METHODS).
 DISTILLED_SELECTIONS = ("rded", "ca2d")
+# Selections that synthesise images from a BN teacher (hardlabel_jax.synthesize.METHODS).
+SYNTHESIZED_SELECTIONS = ("sre2l", "cda")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -114,6 +128,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.test_split = "test"
   c.data_dir = ""  # '' -> $HARDLABEL_DATA_DIR or ~/.cache/hardlabel_jax/tfds
   c.test_dataset = ""  # '' -> dataset; a distilled set is tested on the original test split
+  # How an image folder's class directories map to label ids (hardlabel_jax.data.class_order):
+  # '' their names sorted; 'index' the number in each name (new000, class_00012); 'test_names'
+  # the test set's class names (ImageNet synsets); else a text file of folder names in label order.
+  c.class_order = ""
   c.normalization_mean = ()  # () -> the training source's; distilled sets use the original's
   c.normalization_std = ()
   c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
@@ -137,6 +155,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.rded_factor = 0
   c.rded_crops_per_image = 5
   c.rded_candidates_per_class = 0  # RDED's mipc; 0 -> min(300, smallest class). Unused by CA2D
+  # SRe²L / CDA synthesis (selection='sre2l'|'cda', task='synthesize'), built on first use in
+  # cache_dir from a BatchNorm teacher; defaults are VILA-Lab/SRe2L recover.sh and CDA's README.
+  c.synth_iterations = 1000  # 1K (SRe²L's small-data and CDA-Tiny scripts) or 4K (ImageNet)
+  c.synth_lr = 0.25  # Adam(betas 0.5, 0.9), cosine decay to 0 over the iterations
+  c.synth_r_bn = 0.01  # weight of the BN-matching term
+  c.synth_first_bn_multiplier = 10.0  # extra weight of the first BN layer's term
+  c.synth_batch_size = 100  # images optimised together (their BN statistics are matched)
+  c.synth_jitter = -1  # max roll in pixels; -1 -> 4 up to 64 px, 32 above (the official scripts)
+  c.synth_batching = "mixed"  # SYNTH_BATCHINGS: 'class' is LPLD's one class per batch
+  c.synth_augment = "auto"  # SYNTH_AUGMENTS: 'roll' up to 32 px, else crop and flip, then roll
+  c.cda_milestone = 1.0  # CDA: min crop scale cosine-annealed 1 -> 0.08 over this share of iters
+  c.synth_image_format = "jpeg"  # the official code saves JPEG (PIL quality 75); or 'png'
 
   # Scoring runs (task='score'): HL training on the pool for K epochs, statistics every epoch.
   c.score_epochs = 0  # K; 0 -> CAD-Prune's K·N = E_down·n from the two fields below
@@ -332,6 +362,10 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
     read.add("cad_direction")
   if selection in DISTILLED_SELECTIONS:  # distill: teacher CE of seeded crops, stitched
     read |= {*FIELD_GROUPS["distilled_set"], *FIELD_GROUPS["teacher"], "crop_seed"}
+  if selection in SYNTHESIZED_SELECTIONS:  # synthesize.identity
+    read |= {*FIELD_GROUPS["synthesis"], *FIELD_GROUPS["teacher"]}
+    if selection != "cda":
+      read.discard("cda_milestone")
   if train_crop_recipe(run) == "rded":  # run_data.crop_spec: the factor fixes shuffle and scale
     read = (read - {"crop_scale", "crop_ratio"}) | {"rded_factor"}
   if task in TEACHER_TASKS or (trains and regime != "hl"):
@@ -528,6 +562,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.rded_factor >= 0, "rded_factor", "must be >= 0 (0: by image size)")
   _require(config.rded_crops_per_image >= 1, "rded_crops_per_image", "must be >= 1")
   _require(config.rded_candidates_per_class >= 0, "rded_candidates_per_class", "must be >= 0")
+  _require(config.synth_iterations >= 1, "synth_iterations", "must be >= 1 (1000 or 4000 in the "
+           "official scripts)")
+  _require(config.synth_lr > 0, "synth_lr", "must be positive")
+  _require(config.synth_r_bn >= 0, "synth_r_bn", "must be >= 0")
+  _require(config.synth_first_bn_multiplier >= 0, "synth_first_bn_multiplier", "must be >= 0")
+  _require(config.synth_batch_size >= 1, "synth_batch_size", "must be >= 1")
+  _require(config.synth_jitter >= -1, "synth_jitter", "must be >= 0, or -1 for the official "
+           "scripts' (4 up to 64 px, 32 above)")
+  _require_choice(config, "synth_batching", SYNTH_BATCHINGS)
+  _require_choice(config, "synth_augment", SYNTH_AUGMENTS)
+  _require(0 <= config.cda_milestone <= 1, "cda_milestone", "must be in [0, 1]")
+  _require_choice(config, "synth_image_format", SYNTH_IMAGE_FORMATS)
   _require(config.ccs_beta == -1 or 0 <= config.ccs_beta < 1, "ccs_beta",
            "must be in [0, 1), or -1 for the CCS paper's β at the pruning rate")
   _require_choice(config, "ccs_scope", CCS_SCOPES)

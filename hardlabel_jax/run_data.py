@@ -10,6 +10,7 @@ import numpy as np
 from hardlabel_jax import config_schema
 from hardlabel_jax import selection
 from hardlabel_jax.data import crops
+from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
 from hardlabel_jax.data.source import ImageSource
@@ -68,11 +69,36 @@ def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
                         cutmix_alpha=config.cutmix_alpha)
 
 
+def _test_source(config: ml_collections.ConfigDict) -> ImageSource:
+  """The test split; an image folder tested on its own test split maps it by class_order too."""
+  name = config.test_dataset or config.dataset
+  own_folder = name == config.dataset and name.startswith(image_folder.PREFIX)
+  return sources.load_source(name, config.test_split, config.data_dir or None,
+                             class_order=config.class_order if own_folder else "")
+
+
+def train_source(config: ml_collections.ConfigDict, test: ImageSource | None = None) -> ImageSource:
+  """The train split, an image folder's classes mapped by `config.class_order` onto the test's.
+
+  With class_order '' this is the plain train split (folder names sorted) and the test split is
+  not opened; otherwise `test` (opened here when None) supplies the classes to map onto, so a
+  folder that does not match them fails here, before anything is built or trained.
+  """
+  if not config.class_order:
+    return sources.load_source(config.dataset, config.train_split, config.data_dir or None)
+  test = _test_source(config) if test is None else test
+  info = test.info
+  # A TFDS ClassLabel made from a class count names its classes '0'..'n-1'; so do we.
+  reference = info.class_names or tuple(str(c) for c in range(info.num_classes))
+  return sources.load_source(config.dataset, config.train_split, config.data_dir or None,
+                             class_order=config.class_order, reference_classes=reference)
+
+
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   """Opens both splits and chooses the pool; fails before any training on bad data config."""
-  data_dir = config.data_dir or None
-  train = sources.load_source(config.dataset, config.train_split, data_dir)
-  test = sources.load_source(config.test_dataset or config.dataset, config.test_split, data_dir)
+  # The test split first: config.class_order maps the train folders onto its classes.
+  test = _test_source(config)
+  train = train_source(config, test)
   if config.selection == "random":
     pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
                                        seed=config.subset_seed, ids_file=config.subset_ids_file)

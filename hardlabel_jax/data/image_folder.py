@@ -8,13 +8,17 @@ usually just `<path>/<class>/...`); its fingerprint still names the split asked 
 Labels: by default classes are the class directories sorted by name, label = position. Pass
 `class_names` (e.g. ImageNet's synsets n01440764, ... from the reference source's
 `info.class_names`) to use that ordering instead; every directory must then be one of them, and
-classes without a directory simply have no examples. Ids: class by class in label order, files
-sorted by name within a class; id = position.
+classes without a directory simply have no examples. Or pass a `class_order` rule (class_order:
+'index' for `new000`-style names, 'test_names', or an order file) with the test set's
+`reference_classes`: the directories must then map one-to-one onto those classes, checked before
+any image is read, and `info.class_names` are the directory names in label order. Ids: class by
+class in label order, files sorted by name within a class; id = position.
 
-Pixels: decoded with PIL to uint8 RGB, or kept as one channel when every image is grayscale
-(mode L or 1). Folders whose images all share one size are built once into the local TFDS cache
-(local_builder) and read back as ArrayRecord (`cache=False` reads files directly instead);
-folders of mixed sizes are always read directly with PIL, with image_shape (None, None, C).
+Pixels: decoded with PIL to uint8 RGB (grayscale, palette and RGBA images converted), or kept as
+one channel when every image is grayscale (mode L or 1). Folders whose images all share one size
+are built once into the local TFDS cache (local_builder) and read back as ArrayRecord
+(`cache=False` reads files directly instead); folders of mixed sizes are always read directly with
+PIL, with image_shape (None, None, C).
 Fingerprint: sha256 over the file bytes, class names, relative paths, layout rule and split.
 """
 
@@ -29,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from hardlabel_jax.data import class_order as class_order_lib
 from hardlabel_jax.data import local_builder
 from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.source import SourceInfo
@@ -45,11 +50,15 @@ def _image_files(directory: str) -> list[str]:
                 and f.lower().endswith(EXTENSIONS) and os.path.isfile(os.path.join(directory, f)))
 
 
+def _subdirs(directory: str) -> list[str]:
+  """Non-hidden subdirectories of `directory`, sorted by name."""
+  return sorted(d for d in os.listdir(directory)
+                if not d.startswith(".") and os.path.isdir(os.path.join(directory, d)))
+
+
 def _class_dirs(directory: str) -> list[str]:
   """Subdirectories of `directory` that hold at least one image, sorted by name."""
-  return sorted(d for d in os.listdir(directory)
-                if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))
-                and _image_files(os.path.join(directory, d)))
+  return [d for d in _subdirs(directory) if _image_files(os.path.join(directory, d))]
 
 
 def _decode(path: str, channels: int) -> np.ndarray:
@@ -119,11 +128,15 @@ def load_imagefolder(
     cache: bool = True,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    class_order: str = "",
+    reference_classes: Sequence[str] | None = None,
 ) -> local_builder.LocalSource | FolderSource:
   """`split` of the image folder at `path` (layout and label rules: module docstring).
 
   `mean`/`std` default to 0.5 per channel; pass the reference data set's (e.g. ImageNet's) so a
-  distilled set is normalised like the data it was distilled from.
+  distilled set is normalised like the data it was distilled from. `class_order` (a rule of
+  class_order) maps the directories onto `reference_classes`, the test set's class names in label
+  order (None: the folder is its own test set); it excludes `class_names`.
   """
   path = os.fspath(path)
   if os.path.isdir(os.path.join(path, split)):
@@ -138,6 +151,15 @@ def load_imagefolder(
   dirs = _class_dirs(split_dir)
   if not dirs:
     raise DataSourceError(f"{PREFIX}{path}: no class directories with images in {split_dir}")
+  if class_order:
+    if class_names is not None:
+      raise DataSourceError(f"{PREFIX}{path}: pass class_names or class_order, not both")
+    try:
+      class_names = class_order_lib.label_order(class_order, dirs, reference_classes)
+    except DataSourceError as e:
+      empty = sorted(set(_subdirs(split_dir)) - set(dirs))
+      hint = f" (directories without images: {empty[:5]})" if empty else ""
+      raise DataSourceError(f"{PREFIX}{path}: {e}{hint}") from e
   if class_names is None:
     class_names = dirs
   class_names = tuple(class_names)

@@ -13,7 +13,7 @@ Local sets are built once into `data_dir` (default `$HARDLABEL_DATA_DIR`, else
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from hardlabel_jax.data import embedded
 from hardlabel_jax.data import fashion_mnist
@@ -35,14 +35,24 @@ def list_known_sources() -> tuple[str, ...]:
   return tuple(_LOCAL)
 
 
-def load_source(name: str, split: str, data_dir: str | None = None) -> ImageSource:
-  """The `split` of source `name` (see the module docstring for names and `data_dir`)."""
+def load_source(name: str, split: str, data_dir: str | None = None, *, class_order: str = "",
+                reference_classes: Sequence[str] | None = None) -> ImageSource:
+  """The `split` of source `name` (see the module docstring for names and `data_dir`).
+
+  `class_order` maps an image folder's class directories onto `reference_classes` (the test set's
+  class names; hardlabel_jax.data.class_order); other sources have fixed labels and refuse one.
+  """
+  if class_order and not name.startswith(image_folder.PREFIX):
+    raise DataSourceError(f"class_order={class_order!r} applies to 'imagefolder:<path>' sources "
+                          f"only; {name!r} has fixed labels, so leave class_order ''")
   if name in _LOCAL:
     return _LOCAL[name](split, data_dir)
   if name.startswith(tfds_source.PREFIX):
     return tfds_source.load_tfds(name, split, data_dir)
   if name.startswith(image_folder.PREFIX):
-    return image_folder.load_imagefolder(name[len(image_folder.PREFIX):], split, data_dir=data_dir)
+    return image_folder.load_imagefolder(name[len(image_folder.PREFIX):], split, data_dir=data_dir,
+                                         class_order=class_order,
+                                         reference_classes=reference_classes)
   raise DataSourceError(
       f"unknown data source {name!r}. Local sources: {', '.join(list_known_sources())}. "
       f"TFDS data sets need the 'tfds:' prefix (e.g. 'tfds:{name}'); image folders are "
