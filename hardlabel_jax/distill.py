@@ -24,9 +24,9 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from hardlabel_jax import cache
+from hardlabel_jax import image_sets
 from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
@@ -35,12 +35,9 @@ from hardlabel_jax import selection
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
-from hardlabel_jax.data import sources
 from hardlabel_jax.data.source import ImageSource
 
 METHODS = ("rded", "ca2d")
-PROVENANCE_FILE = "provenance.json"
-_SPLIT = "train"
 
 
 def candidates_per_class(config: ml_collections.ConfigDict, smallest_class: int) -> int:
@@ -203,17 +200,16 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
         for k in range(start, start + per_class)
     ])
     label = int(labels[pool[positions[start]]])
-    class_dir = os.path.join(partial, _SPLIT, f"class_{label:05d}")
+    class_dir = os.path.join(partial, image_sets.class_directory(label))
     os.makedirs(class_dir, exist_ok=True)
     for j, image in enumerate(stitch(patches, config.images_per_class, factor)):
       if image.shape[0] != config.image_size:  # size not divisible by factor
         image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1], config.image_size)
       name = f"{j:05d}.png"
-      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-          os.path.join(class_dir, name))
+      image_sets.save_image(image, os.path.join(class_dir, name))
       members = [start + j + r * config.images_per_class for r in range(factor**2)]
       provenance["images"].append({
-          "file": f"{_SPLIT}/class_{label:05d}/{name}",
+          "file": os.path.join(image_sets.class_directory(label), name),
           "label": label,
           "patches": [{
               "id": int(pool[positions[k]]),
@@ -222,15 +218,10 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
           } for k in members]
       })
   cache.write_identity(partial, ident)
-  with open(os.path.join(partial, PROVENANCE_FILE), "w") as f:
+  with open(os.path.join(partial, image_sets.PROVENANCE_FILE), "w") as f:
     json.dump(provenance, f, indent=1)
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   os.replace(partial, directory)
-
-
-def is_built(directory: str) -> bool:
-  """Whether `directory` holds a finished set (provenance.json is written last)."""
-  return os.path.exists(os.path.join(directory, PROVENANCE_FILE))
 
 
 def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str, Any],
@@ -247,29 +238,3 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
                        f"{factor}×{factor} patches) in {directory}")
   return directory
-
-
-def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config whose data is the whole train split the set's candidates are drawn from."""
-  out = config.copy_and_resolve_references()
-  out.selection, out.images_per_class = "random", 0
-  return out
-
-
-def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_collections.ConfigDict:
-  """The config of a run on a distilled set: train on the folder, test on the original."""
-  out = config.copy_and_resolve_references()
-  reference = sources.load_source(config.dataset, config.test_split, config.data_dir or None)
-  out.test_dataset = config.test_dataset or config.dataset
-  out.dataset = f"imagefolder:{directory}"
-  out.train_split = _SPLIT
-  # The set's crop recipe and factor are fixed here: 'auto' is RDED's own recipe on a distilled
-  # set (config_schema.train_crop_recipe), but the selection this run keeps ('random') would
-  # resolve it to the generic crop.
-  out.train_crop_recipe = "rded" if config.train_crop_recipe == "auto" else config.train_crop_recipe
-  if out.train_crop_recipe == "rded":
-    out.rded_factor = run_data.rded_factor(config)
-  out.selection, out.images_per_class, out.scores_file = "random", 0, ""
-  out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
-  out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)
-  return out

@@ -2,9 +2,10 @@
 
 Only parses flags and hands the config to the tested library (Flax-examples style):
 `config.task` is `train` (any regime), `relabel` (build a soft-label table), `drift`,
-`score` (per-example difficulty statistics for subset selection), `distill` (RDED/CA2D sets) or
-`study` (a grid of label regimes × selection methods × sizes × seeds, with a report). Override any
-field with `--config.field=value`; pass a config argument as `--config configs/X.py:runlocal`.
+`score` (per-example difficulty statistics for subset selection), `distill` (RDED/CA2D sets),
+`synthesize` (SRe²L/CDA sets from a BatchNorm teacher) or `study` (a grid of label regimes ×
+selection methods × sizes × seeds, with a report). Override any field with
+`--config.field=value`; pass a config argument as `--config configs/X.py:runlocal`.
 """
 
 from absl import app
@@ -62,6 +63,7 @@ def main(argv):
       "drift": plan.measure_drift,
       "score": plan.score,
       "distill": plan.distill_set,
+      "synthesize": plan.synthesize_set,
       "study": study.run
   }
   if config.task not in tasks:

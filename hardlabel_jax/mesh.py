@@ -42,19 +42,28 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def replicate_host_arrays(tree: Any, mesh: Mesh) -> Any:
-  """Host arrays every process holds in full → global arrays replicated over the mesh.
-
-  (`jax.device_put` onto a multi-process mesh would need cross-host transfers, which CPU and
-  some GPU backends lack; every process already has the data, so each fills its own devices.)
-  """
-  sharding = replicated(mesh)
+def _host_arrays_to_global(tree: Any, sharding: NamedSharding) -> Any:
+  """Each process fills its own devices from the full host arrays it holds."""
 
   def put(x):
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
   return jax.tree.map(put, tree)
+
+
+def replicate_host_arrays(tree: Any, mesh: Mesh) -> Any:
+  """Host arrays every process holds in full → global arrays replicated over the mesh.
+
+  (`jax.device_put` onto a multi-process mesh would need cross-host transfers, which CPU and
+  some GPU backends lack; every process already has the data, so each fills its own devices.)
+  """
+  return _host_arrays_to_global(tree, replicated(mesh))
+
+
+def shard_host_arrays(tree: Any, mesh: Mesh) -> Any:
+  """Host arrays every process holds in full → global arrays split over the mesh's data axis."""
+  return _host_arrays_to_global(tree, batch_sharded(mesh))
 
 
 def sync_processes(name: str) -> None:

@@ -1,8 +1,9 @@
 """The plan: every artefact a task needs, resolved and checked before anything is written.
 
 A task's inputs form a chain, built in this order: teacher → score file → training pool →
-distilled set → soft-label table → the training loop. `make_plan` resolves each one's identity
-(the config fields it reads and its inputs' identities) and directory without writing anything;
+distilled or synthesised set → soft-label table → the training loop. `make_plan` resolves each
+one's identity (the config fields it reads and its inputs' identities) and directory without
+writing anything;
 `check` compares every existing artefact and the workdir with what the run asks for; only then
 does `build` train, score, distil and relabel what is missing. A teacher or scoring run that needs
 training is planned, checked and run by this same module, so all recursion lives here.
@@ -11,6 +12,7 @@ training is planned, checked and run by this same module, so all recursion lives
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable
 
@@ -22,21 +24,21 @@ from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import distill
 from hardlabel_jax import drift
+from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
+from hardlabel_jax import synthesize
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import trainer
 from hardlabel_jax.data import image_folder
-from hardlabel_jax.data import sources
 from hardlabel_jax.soft_labels import table as table_lib
 
 RESULTS_FILE = trainer.RESULTS_FILE
-TRAINING_TASKS = ("train", "score")
-# Tasks that use a teacher whatever the regime.
-TEACHER_TASKS = ("relabel", "drift", "distill")
+# Tasks whose product is the image set itself (every other task trains or labels on it).
+SET_TASKS = ("distill", "synthesize")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +71,15 @@ class ScorePlan:
 
 @dataclasses.dataclass(frozen=True)
 class SetPlan:
-  """An RDED/CA2D distilled set: its identity, directory and the config that builds it."""
+  """An RDED/CA2D distilled or SRe²L/CDA synthesised set: identity, directory, building config."""
 
   directory: str
   identity: dict[str, Any]
-  config: ml_collections.ConfigDict  # selection rded/ca2d, scores_file resolved
+  config: ml_collections.ConfigDict  # selection rded/ca2d/sre2l/cda, scores_file resolved
+
+  @property
+  def synthesized(self) -> bool:
+    return self.config.selection in synthesize.METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +105,12 @@ class Plan:
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> str:
-  """The train split's fingerprint (opening a source reads, it never writes)."""
-  source = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
-  return source.info.fingerprint
+  """The train split's fingerprint, its classes in `class_order` (opening a source never writes)."""
+  return run_data.train_source(config).info.fingerprint
 
 
 def _needs_teacher(task: str, config: ml_collections.ConfigDict) -> bool:
-  if task in TEACHER_TASKS or config.selection in distill.METHODS:
+  if task in config_schema.TEACHER_TASKS or config.selection in _SET_METHODS:
     return True
   return task == "train" and config.regime != "hl"
 
@@ -126,6 +131,19 @@ def _teacher_plan(config: ml_collections.ConfigDict, cache_root: str) -> Teacher
                      "config, trained on first use) or teacher_workdir (a finished HL run)")
   directory = os.path.join(cache_root, "teachers", cache.digest(identity))
   return TeacherPlan(directory, identity, teacher_config, False)
+
+
+_SET_METHODS = distill.METHODS + synthesize.METHODS
+
+
+def _set_plan(config: ml_collections.ConfigDict, cache_root: str, fingerprint: str,
+              teacher: TeacherPlan, scores_identity: str) -> SetPlan:
+  """The distilled or synthesised set a run with selection rded/ca2d/sre2l/cda trains on."""
+  if config.selection in synthesize.METHODS:
+    ident = synthesize.identity(config, fingerprint, teacher.digest)
+    return SetPlan(synthesize.set_directory(cache_root, ident), ident, config)
+  ident = distill.identity(config, fingerprint, teacher.digest, scores_identity)
+  return SetPlan(distill.set_directory(cache_root, ident), ident, config)
 
 
 def _score_plan(config: ml_collections.ConfigDict, cache_root: str) -> ScorePlan:
@@ -184,11 +202,10 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None 
   fingerprint = _fingerprint(config)
   scores_identity = _scores_identity(resolved, scores)
   distilled = None
-  if config.selection in distill.METHODS:
-    ident = distill.identity(resolved, fingerprint, teacher.digest, scores_identity)
-    distilled = SetPlan(distill.set_directory(cache_root, ident), ident, resolved)
-    if task != "distill":  # the distill task's product is the set; every other task trains on it
-      resolved = distill.training_config(resolved, distilled.directory)
+  if config.selection in _SET_METHODS:
+    distilled = _set_plan(resolved, cache_root, fingerprint, teacher, scores_identity)
+    if task not in SET_TASKS:
+      resolved = image_sets.training_config(resolved, distilled.directory)
   table = None
   if task == "relabel" or (task == "train" and config.regime in config_schema.TABLE_REGIMES):
     data_identity = _data_identity(config, fingerprint, scores_identity, distilled)
@@ -203,7 +220,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None 
 
 
 def _base_config(plan: Plan) -> ml_collections.ConfigDict:
-  """The run's config before a distilled set replaced its data set."""
+  """The run's config before a distilled or synthesised set replaced its data set."""
   return plan.distilled.config if plan.distilled is not None else plan.config
 
 
@@ -234,20 +251,31 @@ def _check_teacher(plan: Plan) -> None:
   check(make_plan(teacher.train_config, teacher.directory, "train"))
 
 
+def _teacher_run_config(teacher: TeacherPlan) -> dict[str, Any]:
+  """The run config of the teacher: the finished run's, or the one that will train it."""
+  if teacher_lib.is_finished(teacher.directory):
+    with open(os.path.join(teacher.directory, checkpointing.RUN_CONFIG_FILE)) as f:
+      return json.load(f)
+  return teacher.train_config.to_dict()
+
+
 def check(plan: Plan) -> None:
   """Every identity check of `plan` and of the runs it would start; raises before any write."""
   if plan.teacher is not None:
     _check_teacher(plan)
+    if plan.distilled is not None and plan.distilled.synthesized:
+      synthesize.check_teacher_config(_teacher_run_config(plan.teacher),
+                                      f"the teacher in {plan.teacher.directory}")
   if plan.scores is not None:
     if os.path.exists(plan.scores.path):
       cache.check_identity(plan.scores.directory, plan.scores.identity, "the score file")
     else:
       check(make_plan(plan.scores.config, plan.scores.directory, "score"))
   if plan.distilled is not None:
-    cache.check_identity(plan.distilled.directory, plan.distilled.identity, "the distilled set")
+    cache.check_identity(plan.distilled.directory, plan.distilled.identity, "the image set")
   if plan.table is not None:
     cache.check_identity(plan.table.directory, plan.table.identity, "the soft-label table")
-  if plan.task in TRAINING_TASKS:
+  if plan.task in config_schema.TRAINING_TASKS:
     checkpointing.check_same_run(plan.workdir, plan.config)
 
 
@@ -268,8 +296,8 @@ def _teacher(plan: Plan, data: run_data.RunData, mesh: jax.sharding.Mesh,
 
 
 def _source_data(plan: Plan) -> run_data.RunData:
-  """The whole train split the run draws from (a distilled set's source): the teacher's data."""
-  return run_data.load_run_data(distill.source_config(_base_config(plan)))
+  """The whole train split the run draws from (an image set's source): the teacher's data."""
+  return run_data.load_run_data(image_sets.source_config(_base_config(plan)))
 
 
 @dataclasses.dataclass
@@ -282,9 +310,22 @@ class Artefacts:
   table: table_lib.SoftLabelTable | None
 
 
+def _build_set(plan: Plan, source: run_data.RunData, teacher: teacher_lib.Teacher,
+               mesh: jax.sharding.Mesh, batch_hook: Callable[[int], None] | None) -> None:
+  image_set = plan.distilled
+  if image_set.synthesized:
+    synthesize.build(image_set.config, image_set.directory, image_set.identity, source, teacher,
+                     mesh, batch_hook=batch_hook)
+  else:
+    distill.build(image_set.config, image_set.directory, image_set.identity, source, teacher, mesh)
+
+
 def build(plan: Plan, *, devices: list[jax.Device] | None = None,
           shard_hook: Callable[[int], None] | None = None) -> Artefacts:
-  """Builds (or reuses) every artefact of a checked plan, in order; opens what the task reads."""
+  """Builds (or reuses) every artefact of a checked plan, in order; opens what the task reads.
+
+  `shard_hook` runs after each stored table shard and each synthesised batch (tests preempt there).
+  """
   mesh = mesh_lib.data_mesh(devices)
   if plan.scores is not None and not os.path.exists(plan.scores.path):
     metrics_log.log_line(f"scoring run for the selection in {plan.scores.directory}")
@@ -292,12 +333,11 @@ def build(plan: Plan, *, devices: list[jax.Device] | None = None,
     if _is_writer():
       cache.write_identity(plan.scores.directory, plan.scores.identity)
     mesh_lib.sync_processes("score identity written")
-  source = _source_data(plan) if plan.teacher is not None or plan.task == "distill" else None
+  source = _source_data(plan) if plan.teacher is not None or plan.task in SET_TASKS else None
   teacher = _teacher(plan, source, mesh, devices) if plan.teacher is not None else None
-  if plan.distilled is not None and not distill.is_built(plan.distilled.directory):
-    distill.build(plan.distilled.config, plan.distilled.directory, plan.distilled.identity, source,
-                  teacher, mesh)
-  data = source if plan.task == "distill" else run_data.load_run_data(plan.config)
+  if plan.distilled is not None and not image_sets.is_built(plan.distilled.directory):
+    _build_set(plan, source, teacher, mesh, shard_hook)
+  data = source if plan.task in SET_TASKS else run_data.load_run_data(plan.config)
   table = None
   if plan.table is not None:
     table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
@@ -313,7 +353,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, task: str, *,
   """Validates, plans and checks everything (writing nothing), then builds the artefacts."""
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
-  if task in TRAINING_TASKS:
+  if task in config_schema.TRAINING_TASKS:
     mesh_lib.check_divisible(config.global_batch_size, mesh)
   plan = make_plan(config, workdir, task)
   check(plan)
@@ -396,4 +436,15 @@ def distill_set(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
                      f"({', '.join(distill.METHODS)})")
   plan, _ = prepare(config, workdir, "distill", devices=devices)
+  return plan.distilled.directory
+
+
+def synthesize_set(config: ml_collections.ConfigDict, workdir: str, *,
+                   devices: list[jax.Device] | None = None,
+                   batch_hook: Callable[[int], None] | None = None) -> str:
+  """`task='synthesize'`: builds (or resumes, or reuses) the SRe²L/CDA set and its teacher."""
+  if config.selection not in synthesize.METHODS:
+    raise ValueError(f"config.selection: {config.selection!r} is not a synthesis method "
+                     f"({', '.join(synthesize.METHODS)})")
+  plan, _ = prepare(config, workdir, "synthesize", devices=devices, shard_hook=batch_hook)
   return plan.distilled.directory

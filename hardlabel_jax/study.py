@@ -31,7 +31,6 @@ from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
-from hardlabel_jax.data import sources
 
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
 METHODS = config_schema.SELECTIONS + (FULL,)
@@ -220,7 +219,10 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   needs = [r for r in config.study_regimes if r != "hl"]
-  needs += [m for m in config.study_methods if m in distill.METHODS]
+  needs += [
+      m for m in config.study_methods
+      if m in config_schema.DISTILLED_SELECTIONS + config_schema.SYNTHESIZED_SELECTIONS
+  ]
   if needs and config.teacher_config is None and not config.teacher_workdir:
     _fail(
         "teacher_config", f"{', '.join(needs)} need a teacher; set teacher_config (trained on "
@@ -229,7 +231,7 @@ def _check_teacher(config: ml_collections.ConfigDict) -> None:
 
 def train_class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
   """Training images per class of the study's train split."""
-  train = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
+  train = run_data.train_source(config)
   return np.bincount(np.asarray(train.labels()), minlength=train.info.num_classes)
 
 

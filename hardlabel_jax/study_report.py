@@ -108,7 +108,8 @@ def gains_over_random(summary: list[dict]) -> list[dict[str, Any]]:
         "gain": gain,
         "stderr": error,
         "seeds": min(s["n"], base["n"]),
-        "beats_random": gain > 2 * error and gain > 0
+        # One seed has no error bar: no claim either way.
+        "beats_random": min(s["n"], base["n"]) >= 2 and gain > 2 * error and gain > 0
     })
   return gains
 
@@ -197,16 +198,18 @@ def findings(summary: list[dict]) -> list[str]:
         continue
       winners = [g for g in here if g["beats_random"]]
       best = max(here, key=lambda g: g["gain"])
-      single = (" (1 seed: no error bar)" if any(g["seeds"] < 2 for g in winners or [best]) else "")
       name = REGIME_NAMES.get(regime, regime)
-      if winners:
+      if best["seeds"] < 2:
+        sentences.append(f"{name}, ipc {ipc}: not resolved with one seed (best {best['method']} "
+                         f"{best['gain']:+.1f}; run more seeds for an error bar).")
+      elif winners:
         listed = ", ".join(f"{g['method']} ({g['gain']:+.1f} ± {g['stderr']:.1f})"
                            for g in sorted(winners, key=lambda g: -g["gain"]))
         sentences.append(f"{name}, ipc {ipc}: beats random by more than 2 standard errors: "
-                         f"{listed}{single}.")
+                         f"{listed}.")
       else:
         sentences.append(f"{name}, ipc {ipc}: no method beats random (best {best['method']} "
-                         f"{best['gain']:+.1f} ± {best['stderr']:.1f}){single}.")
+                         f"{best['gain']:+.1f} ± {best['stderr']:.1f}).")
   return sentences
 
 

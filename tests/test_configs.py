@@ -30,11 +30,15 @@ DOCUMENTED_ARGS = {
         "crops=2,seed=1", "crops=16", "regime=hl", "regime=sl", "regime=sl_kd",
         "crops=4,task=relabel"
     ],
-    "embedded_hl.py": [],
+    "embedded_hl.py": ["norm=batch"],
     "embedded_kd_rld.py": [f"loss={loss},seed=1" for loss in ("kd", "rld", "dkd", "nkd", "ce")],
     "embedded_select.py": _SELECT + [
         "method=ccs,ipc=10,seed=1", "method=ca2d,ipc=10,task=distill",
         "method=rded,ipc=50,task=distill"
+    ],
+    "embedded_sre2l.py": [
+        "task=synthesize,method=cda,seed=1", "task=synthesize,batching=class",
+        "method=cda,batching=class"
     ],
     "fashion_hl.py": [],
     "imagenet_ca2d_ipc10.py": _CA2D + ["seed=1"],

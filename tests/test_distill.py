@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 
 from hardlabel_jax import distill
+from hardlabel_jax import image_sets
 from hardlabel_jax import inference
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
@@ -56,7 +57,7 @@ def test_rded_set_round_trips_through_the_trainer(tmp_path, teacher_dir):
       "imagefolder:")
   (name,) = os.listdir(tmp_path / "cache" / "distilled")
   directory = tmp_path / "cache" / "distilled" / name
-  provenance = json.loads((directory / distill.PROVENANCE_FILE).read_text())
+  provenance = json.loads((directory / image_sets.PROVENANCE_FILE).read_text())
   assert len(provenance["images"]) == 20
   train = sources.load_source("embedded_mnist", "train")
   labels = train.labels()
@@ -94,7 +95,7 @@ def _cad_scores(tmp_path, train):
 
 def _source_ids(directory: str) -> list[tuple[int, int]]:
   """(real image id, label) of every patch of a distilled set, from its provenance."""
-  provenance = json.loads(open(os.path.join(directory, distill.PROVENANCE_FILE)).read())
+  provenance = json.loads(open(os.path.join(directory, image_sets.PROVENANCE_FILE)).read())
   return [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hardlabel_jax import config_schema
-from hardlabel_jax import distill
+from hardlabel_jax import image_sets
 from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax.data import crops
@@ -201,10 +201,10 @@ def test_crop_recipe_follows_the_config_and_survives_the_distilled_set_rewrite()
   rded = _rded_config()
   assert run_data.crop_spec(rded) == crops.rded_spec(28, 2)  # 'auto' on a distilled set
   # The run on the set keeps selection='random' but the resolved recipe and factor.
-  trained = distill.training_config(rded, "/a/distilled/set")
+  trained = image_sets.training_config(rded, "/a/distilled/set")
   assert trained.selection == "random" and trained.train_crop_recipe == "rded"
   assert trained.rded_factor == 2 and run_data.crop_spec(trained) == crops.rded_spec(28, 2)
-  rrc = distill.training_config(_rded_config(train_crop_recipe="rrc"), "/a/distilled/set")
+  rrc = image_sets.training_config(_rded_config(train_crop_recipe="rrc"), "/a/distilled/set")
   assert rrc.train_crop_recipe == "rrc" and run_data.crop_spec(rrc) == generic
   # Asked for by name on any pool; rded_factor 0 ('auto') is 1 up to 64 px, else 2.
   named = config_schema.default_config()
@@ -236,8 +236,8 @@ def test_table_identity_names_the_resolved_recipe_and_factor():
 
   generic = recipe(config_schema.default_config())
   assert generic["train_crop_recipe"] == "rrc" and generic["crop_scale"] == [0.08, 1.0]
-  on_set = recipe(distill.training_config(_rded_config(), "/a/distilled/set"))
+  on_set = recipe(image_sets.training_config(_rded_config(), "/a/distilled/set"))
   assert on_set["train_crop_recipe"] == "rded" and on_set["rded_factor"] == 2
   assert "crop_scale" not in on_set
-  three = recipe(distill.training_config(_rded_config(rded_factor=3), "/a/distilled/set"))
+  three = recipe(image_sets.training_config(_rded_config(rded_factor=3), "/a/distilled/set"))
   assert len({str(generic), str(on_set), str(three)}) == 3

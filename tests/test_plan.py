@@ -11,7 +11,7 @@ import pytest
 from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
-from hardlabel_jax import distill
+from hardlabel_jax import image_sets
 from hardlabel_jax import plan
 from hardlabel_jax import relabel
 from hardlabel_jax import scoring
@@ -173,7 +173,7 @@ def test_the_distill_task_builds_a_ca2d_set_with_its_scores(tmp_path, teacher_di
   config.teacher_workdir, config.cache_dir = teacher_dir, str(tmp_path / "cache")
   config.score_config = score
   directory = plan.distill_set(config, str(tmp_path / "run"))
-  with open(os.path.join(directory, distill.PROVENANCE_FILE)) as f:
+  with open(os.path.join(directory, image_sets.PROVENANCE_FILE)) as f:
     provenance = json.load(f)
   (score_digest,) = os.listdir(tmp_path / "cache" / "scores")
   assert provenance["identity"]["scores"] == score_digest

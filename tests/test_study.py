@@ -226,6 +226,15 @@ def test_summary_gains_and_spreads_on_hand_worked_rows():
   assert sentences[2].startswith("SL+KD, ipc 10: no method beats random")
 
 
+def test_one_seed_makes_no_claim_about_random():
+  # A single seed has a zero spread, so "gain > 2 s.e." would hold for any positive gain.
+  rows = _rows({("hl", "random", 10): [0.60], ("hl", "ccs", 10): [0.61]})
+  summary = study_report.summarize(rows)
+  assert not any(g["beats_random"] for g in study_report.gains_over_random(summary))
+  sentence = study_report.findings(summary)[-1]
+  assert sentence.startswith("HL, ipc 10: not resolved with one seed (best ccs +1.0")
+
+
 def _saturated_csv_rows() -> list[dict]:
   """SATURATED's rows with every other CSV column filled in."""
   filled = {
