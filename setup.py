@@ -35,5 +35,8 @@ setup(
         "cuda": ["jax[cuda12]"],
         # PyTorch for the side-by-side train-step benchmark (hardlabel_jax.benchmarks.train_step).
         "bench": ["torch==2.13.0"],
+        # Teacher import from PyTorch state dicts (hardlabel_jax.import_teacher); torchvision's
+        # ResNets are the reference its tests compare with. 0.28.0 is the release built for 2.13.0.
+        "torch": ["torch==2.13.0", "torchvision==0.28.0"],
     },
 )
