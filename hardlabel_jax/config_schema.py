@@ -101,7 +101,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
     "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
-              "study_score_epochs", "study_regime_overrides"),
+              "study_score_epochs", "study_regime_overrides", "study_external_set",
+              "study_external_class_order"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
                     "read_threads", "read_buffer", "tensorboard"),
 }
@@ -113,6 +114,9 @@ TEACHER_TASKS = ("relabel", "drift", "distill", "synthesize")
 DISTILLED_SELECTIONS = ("rded", "ca2d")
 # Selections that synthesise images from a BN teacher (hardlabel_jax.synthesize.METHODS).
 SYNTHESIZED_SELECTIONS = ("sre2l", "cda")
+# Study methods that are pools rather than selections: the whole train split, and an external set
+# (`study_external_set`, e.g. a distilled set written by another code base) checked against random.
+STUDY_POOLS = ("full", "external")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -268,6 +272,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.study_seeds = (0,)
   c.study_score_epochs = 10  # K of the EL2N/AUM scoring run; CAD-Prune's K comes from the budget
   c.study_regime_overrides = ml_collections.ConfigDict()  # regime -> {field: value}
+  # Method 'external' (the hard-label check, configs/check_set.py): an image folder of another
+  # code base's distilled set, trained like a pool of `dataset` and tested on its test split; its
+  # class folders mapped by the class-order rule (see class_order); its images per class are the
+  # grid's size.
+  c.study_external_set = ""  # a path, or 'imagefolder:<path>'
+  c.study_external_class_order = ""
 
   # Run control: where shared artefacts live, logging, checkpoints, input loading.
   c.cache_dir = ""  # teachers, scores, distilled sets and tables shared between runs; '' -> workdir
@@ -412,7 +422,7 @@ def _cell_run(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime:
           k: v for k, v in overrides.items() if k in _DECIDERS
       }, "task": "train",
       "regime": regime,
-      "selection": "random" if method == "full" else method
+      "selection": "random" if method in STUDY_POOLS else method
   }
 
 
@@ -646,7 +656,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
   if config.task == "study":  # the grid decides what the study reads
-    for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + ("full",))):
+    for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + STUDY_POOLS)):
       for value in config[field]:
         _require(value in known, field, f"{value!r} is not one of {', '.join(known)}")
   _check_fields_read(config)

@@ -9,6 +9,7 @@ the set was made from.
 from __future__ import annotations
 
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 
 from hardlabel_jax import config_schema
 from hardlabel_jax import run_data
+from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import sources
 
 PROVENANCE_FILE = "provenance.json"
@@ -45,21 +47,51 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return out
 
 
-def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_collections.ConfigDict:
-  """The config of a run on the set in `directory`: train on the folder, test on the original."""
+def folder_config(config: ml_collections.ConfigDict, directory: str,
+                  class_order: str) -> ml_collections.ConfigDict:
+  """The config of a run training on an image folder made from `config`'s data, tested on it.
+
+  The folder is normalised as the data it was made from, and its classes are mapped onto the
+  test split's by `class_order`; the pool is the whole folder.
+  """
   out = config.copy_and_resolve_references()
   reference = sources.load_source(config.dataset, config.test_split, config.data_dir or None)
   out.test_dataset = config.test_dataset or config.dataset
-  out.dataset = f"imagefolder:{directory}"
-  out.train_split = SPLIT
-  out.class_order = "index"  # class_00007 holds label 7; every test class must have a folder
+  out.dataset = f"{image_folder.PREFIX}{directory}"
+  out.train_split = SPLIT  # <dir>/train/<class>, or <dir>/<class> when there is no train/
+  out.class_order = class_order
+  out.selection, out.images_per_class, out.scores_file, out.subset_ids_file = "random", 0, "", ""
+  out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
+  out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)
+  return out
+
+
+def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_collections.ConfigDict:
+  """The config of a run on the set in `directory`: train on the folder, test on the original."""
+  out = folder_config(config, directory, "index")  # class_00007 holds label 7
   # The set's crop recipe is fixed here: 'auto' is RDED's own recipe on an RDED/CA2D set and the
   # generic crop on a synthesised one (config_schema.train_crop_recipe), but the selection this
   # run keeps ('random') would always resolve it to the generic crop.
   out.train_crop_recipe = config_schema.train_crop_recipe(config)
   if out.train_crop_recipe == "rded":
     out.rded_factor = run_data.rded_factor(config)
-  out.selection, out.images_per_class, out.scores_file = "random", 0, ""
-  out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
-  out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)
   return out
+
+
+def export_official(directory: str, out: str) -> list[str]:
+  """Copies a built set into the SRe²L/CDA/LPLD layout `<out>/new<c:03d>/class<c:03d>_id<i:03d>`.
+
+  The files are copied byte for byte (the same pixels); read back with `class_order='index'`.
+  """
+  written = []
+  split = os.path.join(directory, SPLIT)
+  for class_name in sorted(os.listdir(split)):
+    label = int(class_name.rsplit("_", 1)[1])
+    target = os.path.join(out, f"new{label:03d}")
+    os.makedirs(target, exist_ok=True)
+    for index, name in enumerate(sorted(os.listdir(os.path.join(split, class_name)))):
+      extension = os.path.splitext(name)[1]
+      path = os.path.join(target, f"class{label:03d}_id{index:03d}{extension}")
+      shutil.copyfile(os.path.join(split, class_name, name), path)
+      written.append(path)
+  return written

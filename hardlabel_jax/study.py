@@ -24,6 +24,7 @@ import numpy as np
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import distill
+from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import plan as plan_lib
@@ -31,9 +32,11 @@ from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
+from hardlabel_jax.data import image_folder
 
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
-METHODS = config_schema.SELECTIONS + (FULL,)
+EXTERNAL = "external"  # an external set (study_external_set) trained as a pool of the data set
+METHODS = config_schema.SELECTIONS + config_schema.STUDY_POOLS
 CAD_METHODS = ("cad_prune", "ca2d")
 CELLS_DIR = "cells"
 RESULTS_CSV = "results.csv"
@@ -137,6 +140,9 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
   cell_cfg.cache_dir = cache_dir
   if cell.method == FULL:
     cell_cfg.selection, cell_cfg.images_per_class = "random", 0
+  elif cell.method == EXTERNAL:
+    cell_cfg = image_sets.folder_config(cell_cfg, external_path(config),
+                                        config.study_external_class_order)
   else:
     cell_cfg.selection, cell_cfg.images_per_class = cell.method, cell.ipc
   if cell.method in config_schema.SCORED_SELECTIONS:
@@ -217,6 +223,46 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
                                 f"CAD-Prune at {ipc} images per class scores (K·N = E_down·n) for")
 
 
+def external_path(config: ml_collections.ConfigDict) -> str:
+  """The folder of `study_external_set` (given as a path or as 'imagefolder:<path>')."""
+  path = config.study_external_set
+  if path.startswith(image_folder.PREFIX):
+    path = path[len(image_folder.PREFIX):]
+  return os.path.abspath(path)
+
+
+def external_images_per_class(config: ml_collections.ConfigDict) -> int:
+  """The external set's images per class (equal for every class), its classes mapped onto the
+  test split's by `study_external_class_order` (a mismatch fails here, before any training)."""
+  folder = image_sets.folder_config(_train_base(config), external_path(config),
+                                    config.study_external_class_order)
+  counts = np.bincount(np.asarray(run_data.train_source(folder).labels()),
+                       minlength=len(train_class_counts(config)))
+  if counts.min() != counts.max():
+    _fail(
+        "study_external_set", f"{config.study_external_set} holds {counts.min()} to "
+        f"{counts.max()} images per class; the check compares with random subsets of the same "
+        "images per class, so every class needs as many")
+  return int(counts[0])
+
+
+def with_external_size(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The study with the external set's images per class as its size (the grid compares at it)."""
+  has_method = EXTERNAL in config.study_methods
+  if has_method != bool(config.study_external_set):
+    _fail("study_external_set", "set it exactly when study_methods has 'external' (the set's path)")
+  if not has_method:
+    return config
+  ipc = external_images_per_class(config)
+  if tuple(config.study_images_per_class) not in ((), (ipc,)):
+    _fail(
+        "study_images_per_class", f"{tuple(config.study_images_per_class)}: the external set "
+        f"has {ipc} images per class; leave it empty or set ({ipc},)")
+  out = config.copy_and_resolve_references()
+  out.study_images_per_class = (ipc,)
+  return out
+
+
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   needs = [r for r in config.study_regimes if r != "hl"]
   needs += [
@@ -291,6 +337,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
         step_hook: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
   """Trains every missing cell, then writes results.csv and the report; returns the rows."""
   cache_dir = os.path.abspath(config.cache_dir or os.path.join(workdir, "cache"))
+  config = with_external_size(config)
   configs = validate_study(config, train_class_counts(config), cache_dir)
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.global_batch_size, mesh)
