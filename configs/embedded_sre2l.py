@@ -17,6 +17,9 @@ roll-only augmentation of its 32-px script), cached in `cache_dir` with the teac
       --config.cache_dir=/tmp/sre2l_study/cache --workdir /tmp/lpld_set
   python -m hardlabel_jax.main --config configs/embedded_sre2l.py:runlocal \
       --workdir /tmp/sre2l_smoke
+  # the same study for RDED's sets (one lowest-CE crop per image at 28 px), same teacher:
+  python -m hardlabel_jax.main --config configs/embedded_sre2l.py:method=rded \
+      --config.cache_dir=/tmp/sre2l_study/cache --workdir /tmp/rded_study
 """
 
 from hardlabel_jax import config_schema
@@ -32,11 +35,14 @@ def teacher_config(runlocal: bool):
 
 
 def get_config(arg=None):
-  """`task=study|synthesize`, `method=sre2l|cda`, `batching=mixed|class`, `seed=N`, `runlocal`."""
+  """`task=study|synthesize`, `method=sre2l|cda|rded`, `batching=mixed|class`, `seed=N`, `runlocal`."""
   args = config_schema.parse_arg(arg, runlocal=False, task="study", method="sre2l",
                                  batching="mixed", seed=0, ipc=10)
   if args.task not in ("study", "synthesize"):
     raise ValueError(f"task={args.task!r}: choose study or synthesize")
+  if args.method not in ("sre2l", "cda", "rded") or (args.method == "rded"
+                                                     and args.task != "study"):
+    raise ValueError(f"method={args.method!r}: choose sre2l or cda (or rded for the study)")
   config = config_schema.default_config()
   config.task = args.task
   config.dataset = "embedded_mnist"

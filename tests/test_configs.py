@@ -38,7 +38,7 @@ DOCUMENTED_ARGS = {
     ],
     "embedded_sre2l.py": [
         "task=synthesize,method=cda,seed=1", "task=synthesize,batching=class",
-        "method=cda,batching=class"
+        "method=cda,batching=class", "method=rded"
     ],
     "fashion_hl.py": [],
     "imagenet_ca2d_ipc10.py": _CA2D + ["seed=1"],
