@@ -24,6 +24,8 @@ def teacher_config(runlocal: bool):
   config.crop_scale = (0.35, 1.0)
   config.random_flip = True
   config.model = "resnet18_cifar"
+  config.model_kwargs.width = 64
+  config.model_kwargs.zero_init_residual = False
   config.num_epochs = 200
   config.global_batch_size = 128
   config.optimizer = "sgd"
@@ -34,7 +36,7 @@ def teacher_config(runlocal: bool):
   config.checkpoint_every_steps = 2000
   if runlocal:
     config.model = "convnet_d3"
-    config.model_kwargs.width = 8
+    config.model_kwargs = {"width": 8, "norm": "instance"}  # ConvNet's keywords, not ResNet's
     config.num_epochs = 0.1
     config.global_batch_size = 16
     config.eval_batch_size = 200
@@ -57,6 +59,7 @@ def get_config(arg=None):
   config.random_flip = True
   config.model = "convnet_d3"
   config.model_kwargs.width = 128
+  config.model_kwargs.norm = "instance"
   config.budget_examples = 1_500_000
   config.global_batch_size = 128
   config.eval_batch_size = 500

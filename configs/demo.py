@@ -35,6 +35,7 @@ def get_config(arg=None):
   config.random_flip = False
   config.model = "convnet_d3"
   config.model_kwargs.width = 32
+  config.model_kwargs.norm = "instance"
   # 84 epochs of 100 images, 16.8 of 500, 2.1 of all 4,000; CAD-Prune's K = ⌈8,400 / 4,000⌉ = 3.
   config.budget_examples = 8_400
   config.global_batch_size = 48  # a multiple of 8 devices; 8,400 = 175 steps × 48

@@ -38,6 +38,7 @@ def get_config(arg=None):
                                                        and "runlocal")
   config.model = "convnet_d3"
   config.model_kwargs.width = 64
+  config.model_kwargs.norm = "instance"
   config.temperature = 20.0
   # KL at T=20 has ~T² smaller gradients than CE. SL alone does not care (Adam is scale
   # invariant), but HALD switches losses: with weight 1 the jump from soft to hard makes Adam

@@ -35,7 +35,10 @@ def teacher_config(runlocal: bool):
 
 
 def get_config(arg=None):
-  """`task=study|synthesize`, `method=sre2l|cda|rded`, `batching=mixed|class`, `seed=N`, `runlocal`."""
+  """`task=study|synthesize`, `method=sre2l|cda|rded`, `batching=mixed|class`, `seed=N`, `runlocal`.
+
+  (rded: the study only; its sets come from the same teacher.)
+  """
   args = config_schema.parse_arg(arg, runlocal=False, task="study", method="sre2l",
                                  batching="mixed", seed=0, ipc=10)
   if args.task not in ("study", "synthesize"):
@@ -52,6 +55,7 @@ def get_config(arg=None):
   config.random_flip = False
   config.model = "convnet_d3"
   config.model_kwargs.width = 32
+  config.model_kwargs.norm = "instance"
   config.budget_examples = 8_400
   config.global_batch_size = 48  # a multiple of 8 devices; 8,400 = 175 steps × 48
   config.optimizer = "adamw"  # one recipe for every regime: only the labels differ

@@ -42,6 +42,8 @@ def get_config(arg=None):
   # LPLD_in1k_[4k].yaml (`mix_type: cutmix`) store each crop's partner, λ and box with its label.
   config.cutmix_alpha = 1.0
   config.model = "resnet18"
+  config.model_kwargs.width = 64
+  config.model_kwargs.zero_init_residual = False
   config.temperature = 20.0
   config.label_format = "full"
   config.crops_per_image = args.crops

@@ -43,11 +43,12 @@ def run_recipe(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[st
   if not isinstance(config, ml_collections.ConfigDict):
     # A run_config.json written before a field existed lacks it; it had its default then.
     config = ml_collections.ConfigDict({**config_schema.default_config().to_dict(), **config})
-  return canonical({
-      k: config[k]
-      for k in sorted(config_schema.fields_read(config))
-      if k not in config_schema.RESUMABLE_FIELDS
-  })
+  return canonical(
+      config_schema.with_model_defaults({
+          k: canonical(config[k])
+          for k in sorted(config_schema.fields_read(config))
+          if k not in config_schema.RESUMABLE_FIELDS
+      }))
 
 
 def digest(identity: Any) -> str:
@@ -65,18 +66,6 @@ def file_digest(path: str) -> str:
   return sha.hexdigest()[:16]
 
 
-def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
-  """`key: saved X vs now Y` for every (nested) key on which two identities disagree."""
-  out = []
-  for key in sorted(set(saved) | set(wanted)):
-    old, new = saved.get(key), wanted.get(key)
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-      out += differences(old, new, f"{prefix}{key}.")
-    elif old != new:
-      out.append(f"{prefix}{key}: saved {old!r} vs now {new!r}")
-  return out
-
-
 def read_identity(directory: str) -> dict[str, Any] | None:
   """The identity recorded in `directory`, or None when it records none."""
   path = os.path.join(directory, IDENTITY_FILE)
@@ -91,7 +80,7 @@ def check_identity(directory: str, identity: Mapping[str, Any], what: str) -> No
   saved = read_identity(directory)
   if saved is None:
     return
-  diff = differences(saved, canonical(identity))
+  diff = config_schema.differences(saved, canonical(identity))
   if diff:
     raise IdentityMismatchError(
         f"{what} in {directory} was made by another recipe ({'; '.join(diff[:6])}). Use another "

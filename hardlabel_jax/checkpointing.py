@@ -16,19 +16,46 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import faults
+from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 
 RUN_CONFIG_FILE = "run_config.json"
+# Checkpoints that failed to restore are moved here (next to `checkpoints/`), never deleted.
+FAILED_DIR = "checkpoints_failed"
+
+
+class NoUsableCheckpointError(RuntimeError):
+  """Every checkpoint of a workdir failed to restore."""
 
 
 class Checkpointer:
   """Latest-N checkpoints of `{state, data}` under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, save_every_steps: int, max_to_keep: int = 2):
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           save_interval_steps=save_every_steps, create=True)
-    self._manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                          options=options)
+    # At least two are kept, so a damaged latest checkpoint leaves one to fall back to.
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max(max_to_keep, 2),
+                                                 save_interval_steps=save_every_steps, create=True)
+    self._workdir = os.path.abspath(workdir)
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(os.path.join(self._workdir, "checkpoints"), options=self._options)
+
+  def _move_aside(self, step: int) -> str:
+    """Moves the damaged checkpoint `step` out of the manager's sight (kept for inspection)."""
+    target = os.path.join(self._workdir, FAILED_DIR, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      suffix = 0
+      while os.path.exists(target if not suffix else f"{target}.{suffix}"):
+        suffix += 1
+      target = target if not suffix else f"{target}.{suffix}"
+      self._manager.close()
+      os.replace(os.path.join(self._workdir, "checkpoints", str(step)), target)
+    mesh_lib.sync_processes(f"checkpoint {step} moved aside")
+    self._manager = self._open()
+    return target
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -38,14 +65,34 @@ class Checkpointer:
     """Saves when `step` is on the interval (or `force`); returns whether it saved."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iterator))
-    return self._manager.save(step, args=args, force=force)
+    saved = self._manager.save(step, args=args, force=force)
+    if saved:
+      faults.point("checkpoint_write")  # the save is asynchronous: its files are being written
+    return saved
 
   def restore(self, state_template: Any, data_iterator: grain.DatasetIterator) -> Any:
-    """Restores the latest state into the template's shardings and rewinds the iterator."""
-    step = self._manager.latest_step()
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(state_template),
-                              data=grain.checkpoint.CheckpointRestore(data_iterator))
-    return self._manager.restore(step, args=args)["state"]
+    """Restores the newest checkpoint that restores into the template and rewinds the iterator.
+
+    A checkpoint that fails (files truncated by a full disk, a partial copy, a kill mid-write) is
+    reported with its step and reason, moved to `checkpoints_failed/`, and the next older one is
+    tried; with none left, NoUsableCheckpointError says so.
+    """
+    moved = []
+    while (step := self._manager.latest_step()) is not None:
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(state_template),
+                                data=grain.checkpoint.CheckpointRestore(data_iterator))
+      try:
+        return self._manager.restore(step, args=args)["state"]
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax surfaces damaged files as JSONDecodeError, ValueError, OSError, KeyError, ...
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        target = self._move_aside(step)
+        moved.append(target)
+        metrics_log.log_line(f"warning: checkpoint {step} in {self._workdir} does not restore "
+                             f"({reason}); moved to {target}, trying the previous one")
+    raise NoUsableCheckpointError(
+        f"no checkpoint in {self._workdir}/checkpoints restores (moved aside: "
+        f"{', '.join(moved)}); remove the workdir's checkpoints to start again from step 0")
 
   def restore_variables(self) -> dict[str, Any]:
     """The latest model variables (`params`, `batch_stats`) as host arrays, without a template."""
@@ -76,11 +123,11 @@ class Checkpointer:
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields that define a run's result (everything but logging/IO knobs)."""
-  return {
+  return config_schema.with_model_defaults({
       k: v
       for k, v in json.loads(config.to_json_best_effort()).items()
       if k not in config_schema.RESUMABLE_FIELDS
-  }
+  })
 
 
 def check_same_run(workdir: str, config: ml_collections.ConfigDict,
@@ -90,14 +137,24 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict,
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = json.load(f)
-  current = run_identity(config)
-  differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    saved = _completed(json.load(f), run_identity(config_schema.default_config()))
+  differing = config_schema.differences(saved, run_identity(config))
   if differing:
-    details = "; ".join(
-        f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differing[:5])
-    raise ValueError(f"workdir {workdir} holds a run with a different config ({details}). "
-                     "Use a new --workdir, or restore the original config to resume.")
+    raise ValueError(f"workdir {workdir} holds a run with a different config "
+                     f"({'; '.join(differing[:5])}). Use a new --workdir, or restore the original "
+                     "config to resume.")
+
+
+def _completed(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """A stored run config with the fields added since it was written at their defaults.
+
+  (It ran with those defaults.) Nested runs (teacher_config, score_config) are completed too.
+  """
+  out = {**defaults, **saved}
+  for key, value in out.items():
+    if isinstance(value, dict) and "task" in value:
+      out[key] = _completed(value, json.loads(config_schema.default_config().to_json_best_effort()))
+  return config_schema.with_model_defaults(out)
 
 
 def write_run_identity(workdir: str, config: ml_collections.ConfigDict,

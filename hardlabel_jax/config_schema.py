@@ -9,9 +9,10 @@ that none of them reads (a setting that would silently do nothing).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import ml_collections
 
@@ -397,6 +398,35 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   return read
 
 
+def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
+  """`key: saved X vs now Y` for every (nested) key on which two identities disagree."""
+  out = []
+  for key in sorted(set(saved) | set(wanted)):
+    old, new = saved.get(key), wanted.get(key)
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+      out += differences(old, new, f"{prefix}{key}.")
+    elif old != new:
+      out.append(f"{prefix}{key}: saved {old!r} vs now {new!r}")
+  return out
+
+
+def with_model_defaults(run: Mapping[str, Any]) -> dict[str, Any]:
+  """A run's fields (plain values) with `model_kwargs` completed by its model's defaults.
+
+  `{'width': 32}` and `{'width': 32, 'norm': 'instance'}` build the same ConvNet, so identities
+  (run_config.json, cache digests) must not tell them apart; nested runs (teacher_config,
+  score_config) are completed too.
+  """
+  out = {}
+  for key, value in run.items():
+    if isinstance(value, Mapping) and "model" in value:
+      value = with_model_defaults(value)
+    out[key] = value
+  if isinstance(out.get("model"), str) and isinstance(out.get("model_kwargs"), Mapping):
+    out["model_kwargs"] = models.canonical_model_kwargs(out["model"], out["model_kwargs"])
+  return out
+
+
 def _plain(value: Any) -> Any:
   """`value` with ConfigDicts as dicts and lists as tuples, to compare with a default."""
   if hasattr(value, "to_dict"):
@@ -550,11 +580,24 @@ def _validate_nested(nested: ml_collections.ConfigDict, field: str, task: str, r
     raise ValueError(prefixed) from e
 
 
+def closest_field(name: str, fields: Iterable[str]) -> str | None:
+  """The one of `fields` that `name` most likely misspells, or None when none is close."""
+  matches = difflib.get_close_matches(name, list(fields), n=1)
+  return matches[0] if matches else None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field."""
-  missing = sorted(set(default_config().keys()) - set(config.keys()))
+  known = default_config().keys()
+  missing = sorted(set(known) - set(config.keys()))
   _require(not missing, missing[0] if missing else "", "missing field; start from "
            "hardlabel_jax.config_schema.default_config()")
+  # A misspelt assignment in a config file adds a field no code reads: the run would silently
+  # use the default of the field that was meant.
+  unknown = sorted(set(config.keys()) - set(known))
+  if unknown:
+    close = closest_field(unknown[0], known)
+    _require(False, unknown[0], "unknown field" + (f"; did you mean {close!r}?" if close else ""))
   _require_choice(config, "task", TASKS)
   _require_choice(config, "regime", REGIMES)
   _require_choice(config, "optimizer", OPTIMIZERS)

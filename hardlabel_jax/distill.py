@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from hardlabel_jax import cache
+from hardlabel_jax import faults
 from hardlabel_jax import image_sets
 from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
@@ -207,6 +208,7 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
         image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1], config.image_size)
       name = f"{j:05d}.png"
       image_sets.save_image(image, os.path.join(class_dir, name))
+      faults.point("set_image_write")
       members = [start + j + r * config.images_per_class for r in range(factor**2)]
       provenance["images"].append({
           "file": os.path.join(image_sets.class_directory(label), name),

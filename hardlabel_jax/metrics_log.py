@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from hardlabel_jax import faults
+
 
 class MetricsLog:
   """Appends `{'step': s, **metrics}` to metrics.jsonl and (optionally) TensorBoard."""
@@ -48,6 +50,7 @@ def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=1, sort_keys=True)
+  faults.point("json_write")
   os.replace(tmp, path)
 
 

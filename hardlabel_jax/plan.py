@@ -11,10 +11,11 @@ training is planned, checked and run by this same module, so all recursion lives
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -33,6 +34,7 @@ from hardlabel_jax import scoring
 from hardlabel_jax import synthesize
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import trainer
+from hardlabel_jax import workdir_lock
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.soft_labels import table as table_lib
 
@@ -229,7 +231,7 @@ def _check_teacher(plan: Plan) -> None:
   if teacher_lib.is_finished(teacher.directory):
     stored = teacher_lib.stored_identity(teacher.directory)
     if teacher.train_config is not None:
-      diff = cache.differences(stored, teacher.identity)
+      diff = config_schema.differences(stored, teacher.identity)
       if diff:
         field = "teacher_workdir" if teacher.explicit else "cache_dir"
         raise cache.IdentityMismatchError(
@@ -310,6 +312,11 @@ class Artefacts:
   table: table_lib.SoftLabelTable | None
 
 
+def _building(directory: str, what: str) -> contextlib.AbstractContextManager:
+  """The lock of an artefact this run builds in the cache (a second builder stops at once)."""
+  return workdir_lock.hold(workdir_lock.artefact_lock_path(directory), f"{what} {directory}")
+
+
 def _build_set(plan: Plan, source: run_data.RunData, teacher: teacher_lib.Teacher,
                mesh: jax.sharding.Mesh, batch_hook: Callable[[int], None] | None) -> None:
   image_set = plan.distilled
@@ -336,28 +343,37 @@ def build(plan: Plan, *, devices: list[jax.Device] | None = None,
   source = _source_data(plan) if plan.teacher is not None or plan.task in SET_TASKS else None
   teacher = _teacher(plan, source, mesh, devices) if plan.teacher is not None else None
   if plan.distilled is not None and not image_sets.is_built(plan.distilled.directory):
-    _build_set(plan, source, teacher, mesh, shard_hook)
+    with _building(plan.distilled.directory, "the image set"):
+      _build_set(plan, source, teacher, mesh, shard_hook)
   data = source if plan.task in SET_TASKS else run_data.load_run_data(plan.config)
   table = None
   if plan.table is not None:
-    table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
-                                shard_hook=shard_hook)
-    if _is_writer():
-      cache.write_identity(plan.table.directory, plan.table.identity)
+    # A finished table is only opened (readers need no lock); a missing one is built under one.
+    building = (contextlib.nullcontext() if os.path.isdir(plan.table.directory) else _building(
+        plan.table.directory, "the soft-label table"))
+    with building:
+      table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
+                                  shard_hook=shard_hook)
+      if _is_writer():
+        cache.write_identity(plan.table.directory, plan.table.identity)
   return Artefacts(data, mesh, teacher, table)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str, task: str, *,
-            devices: list[jax.Device] | None = None,
-            shard_hook: Callable[[int], None] | None = None) -> tuple[Plan, Artefacts]:
-  """Validates, plans and checks everything (writing nothing), then builds the artefacts."""
+@contextlib.contextmanager
+def prepared(config: ml_collections.ConfigDict, workdir: str, task: str, *,
+             devices: list[jax.Device] | None = None,
+             shard_hook: Callable[[int], None] | None = None) -> Iterator[tuple[Plan, Artefacts]]:
+  """Validates, plans and checks everything (writing nothing); then, holding the workdir's lock
+  for the whole `with` block (the task runs inside it), builds the artefacts."""
   config_schema.validate(config)
   mesh = mesh_lib.data_mesh(devices)
   if task in config_schema.TRAINING_TASKS:
     mesh_lib.check_divisible(config.global_batch_size, mesh)
   plan = make_plan(config, workdir, task)
   check(plan)
-  return plan, build(plan, devices=devices, shard_hook=shard_hook)
+  with workdir_lock.hold(workdir_lock.workdir_lock_path(plan.workdir),
+                         f"the workdir {plan.workdir}"):
+    yield plan, build(plan, devices=devices, shard_hook=shard_hook)
 
 
 def _teacher_summary(teacher: teacher_lib.Teacher | None) -> dict[str, Any]:
@@ -396,37 +412,39 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           devices: list[jax.Device] | None = None,
           step_hook: Callable[[int], None] | None = None) -> trainer.RunOutput:
   """`task='train'`: plans, checks and builds the inputs, trains, evaluates, writes results."""
-  plan, artefacts = prepare(config, workdir, "train", devices=devices)
-  return _run(plan, artefacts, step_hook=step_hook)
+  with prepared(config, workdir, "train", devices=devices) as (plan, artefacts):
+    return _run(plan, artefacts, step_hook=step_hook)
 
 
 def score(config: ml_collections.ConfigDict, workdir: str, *,
           devices: list[jax.Device] | None = None,
           step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
   """`task='score'`: an HL run recording per-example statistics, then `<workdir>/scores.npz`."""
-  plan, artefacts = prepare(config, workdir, "score", devices=devices)
-  metrics_log.log_line(f"scoring {len(artefacts.data.pool_ids)} examples over "
-                       f"{plan.score_epochs} epochs")
-  recorder = scoring.EpochRecorder(config, artefacts.data, artefacts.mesh, plan.workdir)
-  margins = scoring.TrainingMargins(artefacts.data.pool_ids, plan.workdir)
-  output = _run(plan, artefacts, step_hook=step_hook, epoch_hook=recorder, batch_hook=margins)
-  return scoring.write_scores(config, plan.workdir, artefacts.data, recorder, plan.score_epochs,
-                              output.state, output.results["test_top1"], margins)
+  with prepared(config, workdir, "score", devices=devices) as (plan, artefacts):
+    metrics_log.log_line(f"scoring {len(artefacts.data.pool_ids)} examples over "
+                         f"{plan.score_epochs} epochs")
+    recorder = scoring.EpochRecorder(config, artefacts.data, artefacts.mesh, plan.workdir)
+    margins = scoring.TrainingMargins(artefacts.data.pool_ids, plan.workdir)
+    output = _run(plan, artefacts, step_hook=step_hook, epoch_hook=recorder, batch_hook=margins)
+    return scoring.write_scores(config, plan.workdir, artefacts.data, recorder, plan.score_epochs,
+                                output.state, output.results["test_top1"], margins)
 
 
 def relabel_table(config: ml_collections.ConfigDict, workdir: str, *,
                   devices: list[jax.Device] | None = None,
                   shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
   """`task='relabel'`: builds (or resumes, or reuses) the configured soft-label table."""
-  _, artefacts = prepare(config, workdir, "relabel", devices=devices, shard_hook=shard_hook)
-  return artefacts.table
+  with prepared(config, workdir, "relabel", devices=devices,
+                shard_hook=shard_hook) as (_, artefacts):
+    return artefacts.table
 
 
 def measure_drift(config: ml_collections.ConfigDict, workdir: str, *,
                   devices: list[jax.Device] | None = None) -> list[dict]:
   """`task='drift'`: local semantic drift of the teacher's crop labels; CSV, JSON, PNG."""
-  plan, artefacts = prepare(config, workdir, "drift", devices=devices)
-  return drift.measure(plan.config, plan.workdir, artefacts.data, artefacts.teacher, artefacts.mesh)
+  with prepared(config, workdir, "drift", devices=devices) as (plan, artefacts):
+    return drift.measure(plan.config, plan.workdir, artefacts.data, artefacts.teacher,
+                         artefacts.mesh)
 
 
 def distill_set(config: ml_collections.ConfigDict, workdir: str, *,
@@ -435,8 +453,8 @@ def distill_set(config: ml_collections.ConfigDict, workdir: str, *,
   if config.selection not in distill.METHODS:
     raise ValueError(f"config.selection: {config.selection!r} is not a distillation method "
                      f"({', '.join(distill.METHODS)})")
-  plan, _ = prepare(config, workdir, "distill", devices=devices)
-  return plan.distilled.directory
+  with prepared(config, workdir, "distill", devices=devices) as (plan, _):
+    return plan.distilled.directory
 
 
 def synthesize_set(config: ml_collections.ConfigDict, workdir: str, *,
@@ -446,5 +464,5 @@ def synthesize_set(config: ml_collections.ConfigDict, workdir: str, *,
   if config.selection not in synthesize.METHODS:
     raise ValueError(f"config.selection: {config.selection!r} is not a synthesis method "
                      f"({', '.join(synthesize.METHODS)})")
-  plan, _ = prepare(config, workdir, "synthesize", devices=devices, shard_hook=batch_hook)
-  return plan.distilled.directory
+  with prepared(config, workdir, "synthesize", devices=devices, shard_hook=batch_hook) as (plan, _):
+    return plan.distilled.directory

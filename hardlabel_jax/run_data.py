@@ -13,7 +13,10 @@ from hardlabel_jax.data import crops
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
+from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.source import ImageSource
+
+_SHOWN = 5  # class names quoted in an error message
 
 
 @dataclasses.dataclass
@@ -94,11 +97,76 @@ def train_source(config: ml_collections.ConfigDict, test: ImageSource | None = N
                              class_order=config.class_order, reference_classes=reference)
 
 
+def _split_name(source: ImageSource) -> str:
+  """A source as messages name it: "split 'train' of imagefolder:/data/set"."""
+  return f"split {source.info.split!r} of {source.info.name}"
+
+
+def _class_difference(train: tuple[str, ...], test: tuple[str, ...]) -> str:
+  """How two class lists differ: names missing from either, else the first out of order."""
+  in_train, in_test = set(train), set(test)
+  missing = [n for n in test if n not in in_train]
+  extra = [n for n in train if n not in in_test]
+  parts = []
+  if missing:
+    parts.append(f"test classes missing from train: {missing[:_SHOWN]}"
+                 + (f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""))
+  if extra:
+    parts.append(f"train classes missing from test: {extra[:_SHOWN]}"
+                 + (f" and {len(extra) - _SHOWN} more" if len(extra) > _SHOWN else ""))
+  if not parts:
+    # Same sets, so lists that agree up to the shorter one's end differ by a repeated name.
+    pairs = enumerate(zip(train, test, strict=False))
+    first = next((i for i, (a, b) in pairs if a != b), min(len(train), len(test)))
+    parts.append(f"same names in another order, first at label {first}: train "
+                 f"{list(train[first:first + _SHOWN])}, test {list(test[first:first + _SHOWN])}")
+  return "; ".join(parts)
+
+
+def check_splits_agree(config: ml_collections.ConfigDict, train: ImageSource,
+                       test: ImageSource) -> None:
+  """Raises a DataSourceError unless both splits hold examples and share their classes.
+
+  A test label the model has no output for makes the test loss NaN, and a class order that differs
+  mislabels every test image, so both stop the run here. With `config.class_order` set the train
+  folders are already mapped onto the test classes (by number for 'index', so their names differ
+  by design) and only the counts are compared; a source without class names compares counts too.
+  """
+  for source in (train, test):
+    if not len(source):
+      raise DataSourceError(f"{_split_name(source)} is empty: it has no examples")
+  names = (tuple(train.info.class_names), tuple(test.info.class_names))
+  if not config.class_order and all(names) and names[0] != names[1]:
+    raise DataSourceError(
+        f"the train and test splits do not have the same classes in the same order "
+        f"({_split_name(train)}: {len(names[0])} classes, {_split_name(test)}: {len(names[1])}): "
+        f"{_class_difference(*names)}. Make the class folders match, or set config.class_order "
+        "to map the train folders onto the test classes")
+  if train.info.num_classes != test.info.num_classes:
+    raise DataSourceError(
+        f"{_split_name(train)} has {train.info.num_classes} classes but {_split_name(test)} has "
+        f"{test.info.num_classes}; the model would have no output for some test labels")
+
+
+def check_labels(source: ImageSource, labels: np.ndarray) -> None:
+  """Raises a DataSourceError naming the split unless every label lies in its classes."""
+  num_classes = source.info.num_classes
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise DataSourceError(
+        f"{_split_name(source)}: {bad.size} labels lie outside 0..{num_classes - 1} (its "
+        f"{num_classes} classes), e.g. example {bad[0]} has label {labels[bad[0]]}")
+
+
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   """Opens both splits and chooses the pool; fails before any training on bad data config."""
   # The test split first: config.class_order maps the train folders onto its classes.
   test = _test_source(config)
   train = train_source(config, test)
+  check_splits_agree(config, train, test)
+  # Train labels are read for the pool anyway; a TFDS test split's could take minutes to read,
+  # and its ClassLabel feature already keeps them in range.
+  check_labels(train, np.asarray(train.labels()))
   if config.selection == "random":
     pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
                                        seed=config.subset_seed, ids_file=config.subset_ids_file)

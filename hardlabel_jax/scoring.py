@@ -23,6 +23,7 @@ import numpy as np
 
 from hardlabel_jax import cache
 from hardlabel_jax import difficulty
+from hardlabel_jax import faults
 from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
@@ -124,6 +125,7 @@ class EpochRecorder:
       os.makedirs(self._directory, exist_ok=True)
       tmp = self.path(epoch) + ".tmp.npz"
       np.savez(tmp, **stats)
+      faults.point("score_epoch_write")
       os.replace(tmp, self.path(epoch))
     mesh_lib.sync_processes(f"scored epoch {epoch}")  # every process reads them at the end
     metrics_log.log_line(f"scored epoch {epoch + 1}: mean true-class probability "

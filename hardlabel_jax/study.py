@@ -32,6 +32,7 @@ from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
+from hardlabel_jax import workdir_lock
 from hardlabel_jax.data import image_folder
 
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
@@ -346,16 +347,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
     # persistent cache turns every compile after the first into a lookup (~3 s → ~0 per cell).
     jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir, "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  cells = list(configs)
   for cell, cell_cfg in configs.items():
     # A cell finished or begun under another config would mix two studies in one table. (The
     # cell's own run_config.json holds its resolved config: score file and distilled set paths.)
     cell_dir = os.path.join(workdir, CELLS_DIR, cell.name)
     checkpointing.check_same_run(cell_dir, cell_cfg, CELL_CONFIG_FILE)
-    # The shared teacher, scores, sets and tables each cell would reuse, checked up front too.
-    plan_lib.check(plan_lib.make_plan(cell_cfg, cell_dir, "train"))
+    if not os.path.exists(os.path.join(cell_dir, plan_lib.RESULTS_FILE)):
+      # The shared teacher, scores, sets and tables a cell still to train would use, and the
+      # workdir it resumes in, checked up front too (a finished cell is only read).
+      plan_lib.check(plan_lib.make_plan(cell_cfg, cell_dir, "train"))
+  lock = workdir_lock.workdir_lock_path(workdir)
+  with workdir_lock.hold(lock, f"the study workdir {os.path.abspath(workdir)}"):
+    return _train_cells(config, configs, workdir, cache_dir, devices, step_hook)
+
+
+def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_collections.ConfigDict],
+                 workdir: str, cache_dir: str, devices: list[jax.Device] | None,
+                 step_hook: Callable[[int], None] | None) -> list[dict[str, Any]]:
+  """Trains the cells not finished yet (each in its own locked workdir), then the report."""
+  cells = list(configs)
   is_writer = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
   csv_path = os.path.join(workdir, RESULTS_CSV)
   todo = [
       c for c in cells

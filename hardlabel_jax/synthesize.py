@@ -44,6 +44,7 @@ import optax
 
 from hardlabel_jax import cache
 from hardlabel_jax import config_schema
+from hardlabel_jax import faults
 from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
@@ -360,6 +361,7 @@ class Synthesizer:
       chunk = mesh_lib.replicate_host_arrays(augs.chunk(start, stop), self._mesh)
       images, opt_state, ce, bn = self._chunk(images, opt_state, variables, targets, mask, chunk)
       progress(stop - start, stop, float(ce[-1]), float(bn[-1]))
+      faults.point("synth_iterations")
     pixels, ce, correct, bn_end = jax.device_get(self._final(images, variables, targets, mask))
     real = len(batch.members)
     return pixels[:real], ce[:real], correct[:real], bn_start, float(bn_end)
@@ -417,6 +419,7 @@ def _write_batch(config: ml_collections.ConfigDict, partial: str, batch: Batch,
     name = os.path.join(image_sets.class_directory(label), f"{index:05d}{extension}")
     os.makedirs(os.path.join(partial, os.path.dirname(name)), exist_ok=True)
     image_sets.save_image(np.asarray(pixels[row]), os.path.join(partial, name))
+    faults.point("set_image_write")
     images.append({
         "file": name,
         "label": label,

@@ -22,6 +22,7 @@ import numpy as np
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import faults
 from hardlabel_jax import hald
 from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
@@ -41,7 +42,7 @@ BatchHook = Callable[[int, dict[str, np.ndarray], bool], None]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when a step produces a NaN/Inf loss; names the step."""
+  """A NaN/Inf training loss (names the step) or test metric (names it); no results are written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +104,37 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
   for local in batches:
     sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
     totals = {k: totals[k] + float(sums[k]) for k in totals}
+  if not totals["count"]:
+    raise ValueError(f"the test split {data.test.info.split!r} of {data.test.info.name} has no "
+                     "examples to evaluate")
   return {
       "test_top1": totals["correct"] / totals["count"],
       "test_loss": totals["loss_sum"] / totals["count"],
       "test_examples": int(totals["count"])
   }
+
+
+def check_test_metrics(test_metrics: dict[str, float], data: run_data.RunData,
+                       num_classes: int) -> None:
+  """Raises NonFiniteLossError naming each test metric that is NaN/Inf, and the likely cause."""
+  bad = {
+      k: test_metrics[k] for k in ("test_loss", "test_top1") if not math.isfinite(test_metrics[k])
+  }
+  if not bad:
+    return
+  # Read only on this error path: a TFDS test split's labels may take a while to read.
+  labels = np.asarray(data.test.labels())
+  outside = int(np.sum((labels < 0) | (labels >= num_classes)))
+  if outside:
+    cause = (f"{outside} test labels have no model output (the model has {num_classes} classes, "
+             f"the test labels span {int(labels.min())}..{int(labels.max())}): the test split's "
+             "classes do not match the train split's")
+  else:
+    cause = "the run diverged (lower the learning rate) or the test images hold NaN/Inf pixels"
+  shown = ", ".join(f"{k} is {v}" for k, v in bad.items())
+  raise NonFiniteLossError(f"after training, {shown} on the {test_metrics['test_examples']} test "
+                           f"examples of {data.test.info.name}; likely cause: {cause}. No "
+                           "results are written")
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -322,6 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       _settle(pending, batch_hook, checkpoint=True)
       pending = None
     checkpointer.save(step, state, iterator)
+    faults.point("train_step")
     if step_hook is not None:
       step_hook(step)
   if pending is not None:
@@ -332,9 +360,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
 
   eval_fn = train_steps.jit_eval_step(mesh, model)
   test_metrics = evaluate(state, eval_fn, data, config, mesh)
-  log.write(budget.steps, test_metrics)
-  log.close()
-  checkpointer.close()
+  try:
+    # Before anything records them: results.json (written by the plan) must never hold a NaN.
+    check_test_metrics(test_metrics, data, info.num_classes)
+    log.write(budget.steps, test_metrics)
+  finally:
+    log.close()
+    checkpointer.close()
   results = {
       **test_metrics,
       "steps": budget.steps,

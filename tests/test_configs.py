@@ -23,6 +23,7 @@ _CA2D = [
     f"method={m},ipc={i}" for m in ("ca2d", "rded", "cad_prune", "random") for i in (10, 50, 100)
 ]
 DOCUMENTED_ARGS = {
+    "check_set.py": ["set=/data/syn_data", "set=/s,class_order=test_names,seeds=5,teacher=/t"],
     "cifar100_study.py": [],
     "demo.py": [],
     "embedded_drift.py": ["crops=2,seed=1"],

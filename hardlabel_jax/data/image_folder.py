@@ -19,6 +19,10 @@ one channel when every image is grayscale (mode L or 1). Folders whose images al
 are built once into the local TFDS cache (local_builder) and read back as ArrayRecord
 (`cache=False` reads files directly instead); folders of mixed sizes are always read directly with
 PIL, with image_shape (None, None, C).
+Checks (DataSourceError): a split with no images, an empty class directory under `<path>/<split>`,
+and a file PIL cannot open are refused when the folder is opened; a file that does not decode
+(e.g. truncated) stops the cache build, which decodes every image, naming the file and keeping
+nothing, and is named when read directly.
 Fingerprint: sha256 over the file bytes, class names, relative paths, layout rule and split.
 """
 
@@ -62,9 +66,13 @@ def _class_dirs(directory: str) -> list[str]:
 
 
 def _decode(path: str, channels: int) -> np.ndarray:
-  """Decodes one file to uint8 [H, W, channels]."""
-  with Image.open(path) as image:
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+  """Decodes one file to uint8 [H, W, channels]; a file that does not decode is named."""
+  try:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for corrupt data
+    raise DataSourceError(f"cannot decode image {path}: {type(e).__name__}: {e}; replace or "
+                          "remove the file") from e
   return array[..., None] if channels == 1 else array
 
 
@@ -149,15 +157,17 @@ def load_imagefolder(
         f"{'/'.join(EXTENSIONS)} images in {path}; expected <path>/<split>/<class>/<image> or "
         "<path>/<class>/<image>")
   dirs = _class_dirs(split_dir)
+  empty = sorted(set(_subdirs(split_dir)) - set(dirs))
   if not dirs:
-    raise DataSourceError(f"{PREFIX}{path}: no class directories with images in {split_dir}")
+    hint = f" (directories without images: {empty[:5]})" if empty else ""
+    raise DataSourceError(f"{PREFIX}{path}: split {split!r} is empty: no class directories with "
+                          f"{'/'.join(EXTENSIONS)} images in {split_dir}{hint}")
   if class_order:
     if class_names is not None:
       raise DataSourceError(f"{PREFIX}{path}: pass class_names or class_order, not both")
     try:
       class_names = class_order_lib.label_order(class_order, dirs, reference_classes)
     except DataSourceError as e:
-      empty = sorted(set(_subdirs(split_dir)) - set(dirs))
       hint = f" (directories without images: {empty[:5]})" if empty else ""
       raise DataSourceError(f"{PREFIX}{path}: {e}{hint}") from e
   if class_names is None:
@@ -169,6 +179,13 @@ def load_imagefolder(
     raise DataSourceError(
         f"{PREFIX}{path}: class directories {unknown[:5]} are not among the {len(class_names)} "
         "class_names given")
+  if empty and split_dir != path:
+    # In <path>/<split>/ every directory is a class, and an empty one is a class without images
+    # (a failed copy or write). A whole-folder split may hold other directories; a class missing
+    # there is caught by comparing with the test split's classes (run_data) or by class_order.
+    raise DataSourceError(
+        f"{PREFIX}{path}: split {split!r}: class directories {empty[:5]} in {split_dir} hold no "
+        f"{'/'.join(EXTENSIONS)} images; add their images or remove them")
 
   files: list[str] = []
   labels: list[int] = []
@@ -185,7 +202,7 @@ def load_imagefolder(
         with Image.open(io.BytesIO(raw)) as image:  # reads the header only
           sizes.add(image.size)
           all_gray &= image.mode in _GRAY_MODES
-      except OSError as e:
+      except (OSError, SyntaxError, ValueError) as e:
         raise DataSourceError(f"{PREFIX}{path}: cannot read image {file_path}: {e}") from e
       files.append(file_path)
       labels.append(index_of[name])

@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2  # TFDS's TF-free copy of tf.train.Example
 
+from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.record_source import RecordSource
 from hardlabel_jax.data.source import SourceInfo
 
@@ -94,15 +96,18 @@ class HardlabelLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
     """One generator per split handed over."""
     del dl_manager  # nothing to download: the data is already in memory
-    return {name: self._generate_examples(split) for name, split in self._splits.items()}
+    return {name: self._generate_examples(name, split) for name, split in self._splits.items()}
 
-  def _generate_examples(self, split: LocalSplit):
-    """Yields the split's examples in id order."""
+  def _generate_examples(self, split_name: str, split: LocalSplit):
+    """Yields the split's examples in id order; a bad image stops the build (nothing is kept)."""
     shape = tuple(self.builder_config.image_shape)
     for i in range(len(split.labels)):
+      # Decoding happens here, once: an image folder's lazy images raise a DataSourceError naming
+      # the file, and `_build` discards everything written so far.
       image = np.asarray(split.images[i])
       if image.dtype != np.uint8 or image.shape != shape:
-        raise ValueError(f"example {i}: expected uint8 {shape}, got {image.dtype} {image.shape}")
+        raise DataSourceError(f"{self.builder_config.description}, split {split_name!r}, example "
+                              f"{i}: expected uint8 {shape}, got {image.dtype} {image.shape}")
       yield i, {"image": image, "label": int(split.labels[i]), "id": i}
 
 
@@ -125,7 +130,10 @@ def prepare_local(
 
   `make_splits` is called only when building, so parsing the raw source is paid once. Safe when
   processes race: the build runs under an exclusive file lock, and TFDS writes into a temporary
-  directory that it renames into place, so a crashed build never looks finished.
+  directory that it renames into place, so a crashed build never looks finished. Every split must
+  hold examples with labels in [0, len(class_names)), and every image must decode to
+  `image_shape`; otherwise a DataSourceError names the split and example (for an image folder, the
+  file) and nothing is left in `data_dir` that a rerun would reuse.
   """
   root = data_dir or default_data_dir()
   data_path = local_data_path(name, key, root)
@@ -138,10 +146,41 @@ def prepare_local(
     fcntl.flock(lock, fcntl.LOCK_EX)  # a racing process waits here, then finds the build done
     try:
       if not os.path.exists(ready):
-        _build(name, key, make_splits(), image_shape, class_names, root, data_path)
+        splits = make_splits()
+        check_splits(name, splits, len(class_names))
+        _build(name, key, splits, image_shape, class_names, root, data_path)
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return data_path
+
+
+def check_splits(name: str, splits: Mapping[str, LocalSplit], num_classes: int) -> None:
+  """Raises a DataSourceError naming the split unless each is non-empty with labels in range."""
+  for split_name, split in splits.items():
+    labels = np.asarray(split.labels)
+    where = f"{name}, split {split_name!r}"
+    if labels.ndim != 1 or len(split.images) != labels.shape[0]:
+      raise DataSourceError(f"{where}: {len(split.images)} images but labels of shape "
+                            f"{labels.shape}")
+    if not labels.size:
+      raise DataSourceError(f"{where} is empty: it has no examples")
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise DataSourceError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+      raise DataSourceError(
+          f"{where}: {bad.size} labels lie outside 0..{num_classes - 1} (the {num_classes} "
+          f"classes), e.g. example {bad[0]} has label {labels[bad[0]]}")
+
+
+def _discard(data_path: str) -> None:
+  """Removes what a failed build left at `data_path` (TFDS removes its own temporary dir)."""
+  # Not READY, so no reader trusts it; but TFDS would skip generating into an existing dir.
+  shutil.rmtree(data_path, ignore_errors=True)
+  try:
+    os.rmdir(os.path.dirname(data_path))  # the per-key folder, when no other version is in it
+  except OSError:
+    pass
 
 
 def _build(
@@ -164,16 +203,20 @@ def _build(
   builder = HardlabelLocal(data_dir=root, config=config, file_format="array_record", splits=splits)
   if os.path.abspath(os.fspath(builder.data_path)) != os.path.abspath(data_path):
     raise RuntimeError(f"TFDS chose {builder.data_path}, expected {data_path}")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False,  # a local set must never reach out to the TFDS GCS bucket
-      compute_stats=tfds.download.ComputeStatsMode.SKIP,
-  ))
-  for split_name, split in splits.items():
-    written = builder.info.splits[split_name].num_examples
-    if written != len(split.labels):
-      raise RuntimeError(f"{name}/{split_name}: wrote {written} of {len(split.labels)} records")
-    save_npy_atomic(os.path.join(data_path, f"labels-{split_name}.npy"),
-                    np.asarray(split.labels, dtype=np.int64))
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False,  # a local set must never reach out to the TFDS GCS bucket
+        compute_stats=tfds.download.ComputeStatsMode.SKIP,
+    ))
+    for split_name, split in splits.items():
+      written = builder.info.splits[split_name].num_examples
+      if written != len(split.labels):
+        raise RuntimeError(f"{name}/{split_name}: wrote {written} of {len(split.labels)} records")
+      save_npy_atomic(os.path.join(data_path, f"labels-{split_name}.npy"),
+                      np.asarray(split.labels, dtype=np.int64))
+  except BaseException:
+    _discard(data_path)
+    raise
   with open(os.path.join(data_path, _READY_FILE), "w"):
     pass  # written last: its presence means records and labels are complete
   _log.info("built %s into %s in %.1f s", name, data_path, time.perf_counter() - start)

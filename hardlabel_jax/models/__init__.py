@@ -1,5 +1,6 @@
 """Model registry: ConvNet-D3/D4 and ResNet-18/50 (imagenet or cifar stem)."""
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Mapping
@@ -25,6 +26,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+# Constructor keywords no config sets: the data (num_classes), compute_dtype and flax's own.
+_DERIVED_KEYWORDS = ("num_classes", "dtype", "parent", "name")
 # The dtype of activations and convolutions; parameters, BN statistics, the logits, losses and the
 # optimizer stay float32 whatever it is. 'auto' is bfloat16 on TPU/GPU and float32 on CPU.
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
@@ -35,6 +38,29 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   if name not in _REGISTRY:
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def model_kwargs_defaults(name: str) -> dict[str, Any]:
+  """The keywords a config's `model_kwargs` may set for model `name`, with their defaults.
+
+  Every constructor field the registry entry does not fix (ConvNet's depth; ResNet's stem, stages
+  and block) and a run does not derive: `width`, `norm` for ConvNets; `width`,
+  `zero_init_residual` for ResNets.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+  entry = _REGISTRY[name]
+  return {
+      f.name: f.default for f in dataclasses.fields(entry.func) if f.name not in entry.keywords
+      and f.name not in _DERIVED_KEYWORDS and f.default is not dataclasses.MISSING
+  }
+
+
+def canonical_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """`kwargs` with every unset keyword at its default: equal models give equal identities."""
+  if name not in _REGISTRY:
+    return dict(kwargs)
+  return {**model_kwargs_defaults(name), **kwargs}
 
 
 def resolve_compute_dtype(name: str, backend: str | None = None) -> Any:
@@ -74,6 +100,7 @@ def count_params(params: Any) -> int:
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "canonical_model_kwargs",
     "ConvNet",
     "MODEL_NAMES",
     "ResNet",
@@ -83,6 +110,7 @@ __all__ = [
     "COMPUTE_DTYPES",
     "create_model",
     "has_batch_norm",
+    "model_kwargs_defaults",
     "model_from_config",
     "resolve_compute_dtype",
 ]

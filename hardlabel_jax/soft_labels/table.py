@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hardlabel_jax import faults
 from hardlabel_jax.soft_labels import formats
 
 FORMAT_VERSION = 1
@@ -387,6 +388,7 @@ class TableWriter:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    faults.point("table_shard_write")
     os.replace(path + ".tmp", path)
     self._shards[shard] = self._shard_entry(shard, hashlib.sha256(data).hexdigest())
     self._write_progress(self._shards)
