@@ -57,13 +57,18 @@ def digest(identity: Any) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def file_digest(path: str) -> str:
-  """16 hex digits of SHA-256 over a file's bytes (the identity of a file given by path)."""
+def file_sha256(path: str) -> str:
+  """SHA-256 over a file's bytes, in hex."""
   sha = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       sha.update(block)
-  return sha.hexdigest()[:16]
+  return sha.hexdigest()
+
+
+def file_digest(path: str) -> str:
+  """16 hex digits of SHA-256 over a file's bytes (the identity of a file given by path)."""
+  return file_sha256(path)[:16]
 
 
 def read_identity(directory: str) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ is refused, naming the first key that does not fit, before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pickle
@@ -33,6 +32,7 @@ import ml_collections
 import numpy as np
 import torch
 
+from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import cpu_backend
@@ -279,15 +279,6 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, mo
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def file_sha256(path: str) -> str:
-  """The SHA-256 of a file's bytes (hex): which weights a teacher was imported from."""
-  sha = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      sha.update(block)
-  return sha.hexdigest()
-
-
 def teacher_config(
     model_name: str, dataset: str, image_size: int, *, train_split: str = "train",
     test_split: str = "test", data_dir: str = "", eval_batch_size: int = 500,
@@ -404,7 +395,7 @@ def import_teacher(torch_path: str, model_name: str, dataset: str, workdir: str,
   model = models.model_from_config(config, info.num_classes)
   input_shape = (1, image_size, image_size, channels)
   variables = convert_state_dict(load_state_dict(torch_path), model_name, model, input_shape)
-  sha256 = file_sha256(torch_path)
+  sha256 = cache.file_sha256(torch_path)
   existing = _existing_import(workdir, config, sha256)
   if existing is not None:
     metrics_log.log_line(f"{workdir} already holds this import (test top-1 "

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hardlabel_jax.data.errors import DataSourceError
+from hardlabel_jax.data import errors
 from hardlabel_jax.data.source import SourceInfo
 
 
@@ -23,13 +23,7 @@ class ArraySource:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     if labels.shape != (images.shape[0],):
       raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-    if not labels.size:
-      raise DataSourceError(f"{name}, split {split!r} is empty: it has no examples")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-      raise DataSourceError(
-          f"{name}, split {split!r}: {bad.size} labels lie outside 0..{num_classes - 1} (the "
-          f"{num_classes} classes), e.g. example {bad[0]} has label {labels[bad[0]]}")
+    errors.check_labels(labels, num_classes, f"{name}, split {split!r}")
     self._images = images
     self._labels = labels.astype(np.int64)
     digest = hashlib.sha256(images.tobytes() + self._labels.tobytes() + split.encode())

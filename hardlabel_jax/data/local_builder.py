@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2  # TFDS's TF-free copy of tf.train.Example
 
+from hardlabel_jax.data import errors
 from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.record_source import RecordSource
 from hardlabel_jax.data.source import SourceInfo
@@ -162,15 +163,9 @@ def check_splits(name: str, splits: Mapping[str, LocalSplit], num_classes: int) 
     if labels.ndim != 1 or len(split.images) != labels.shape[0]:
       raise DataSourceError(f"{where}: {len(split.images)} images but labels of shape "
                             f"{labels.shape}")
-    if not labels.size:
-      raise DataSourceError(f"{where} is empty: it has no examples")
-    if not np.issubdtype(labels.dtype, np.integer):
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
       raise DataSourceError(f"{where}: labels must be integers, got dtype {labels.dtype}")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-      raise DataSourceError(
-          f"{where}: {bad.size} labels lie outside 0..{num_classes - 1} (the {num_classes} "
-          f"classes), e.g. example {bad[0]} has label {labels[bad[0]]}")
+    errors.check_labels(labels, num_classes, where)
 
 
 def _discard(data_path: str) -> None:
