@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from hardlabel_jax import cache
+from hardlabel_jax import config_schema
 from hardlabel_jax import faults
 from hardlabel_jax import image_sets
 from hardlabel_jax import inference
@@ -38,7 +39,7 @@ from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.source import ImageSource
 
-METHODS = ("rded", "ca2d")
+METHODS = config_schema.DISTILLED_SELECTIONS  # ("rded", "ca2d")
 
 
 def candidates_per_class(config: ml_collections.ConfigDict, smallest_class: int) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Iterator
 
@@ -112,7 +111,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> str:
 
 
 def _needs_teacher(task: str, config: ml_collections.ConfigDict) -> bool:
-  if task in config_schema.TEACHER_TASKS or config.selection in _SET_METHODS:
+  if task in config_schema.TEACHER_TASKS or config.selection in SET_METHODS:
     return True
   return task == "train" and config.regime != "hl"
 
@@ -135,7 +134,7 @@ def _teacher_plan(config: ml_collections.ConfigDict, cache_root: str) -> Teacher
   return TeacherPlan(directory, identity, teacher_config, False)
 
 
-_SET_METHODS = distill.METHODS + synthesize.METHODS
+SET_METHODS = distill.METHODS + synthesize.METHODS  # selections that train on a built set
 
 
 def _set_plan(config: ml_collections.ConfigDict, cache_root: str, fingerprint: str,
@@ -204,7 +203,7 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None 
   fingerprint = _fingerprint(config)
   scores_identity = _scores_identity(resolved, scores)
   distilled = None
-  if config.selection in _SET_METHODS:
+  if config.selection in SET_METHODS:
     distilled = _set_plan(resolved, cache_root, fingerprint, teacher, scores_identity)
     if task not in SET_TASKS:
       resolved = image_sets.training_config(resolved, distilled.directory)
@@ -253,20 +252,13 @@ def _check_teacher(plan: Plan) -> None:
   check(make_plan(teacher.train_config, teacher.directory, "train"))
 
 
-def _teacher_run_config(teacher: TeacherPlan) -> dict[str, Any]:
-  """The run config of the teacher: the finished run's, or the one that will train it."""
-  if teacher_lib.is_finished(teacher.directory):
-    with open(os.path.join(teacher.directory, checkpointing.RUN_CONFIG_FILE)) as f:
-      return json.load(f)
-  return teacher.train_config.to_dict()
-
-
 def check(plan: Plan) -> None:
   """Every identity check of `plan` and of the runs it would start; raises before any write."""
   if plan.teacher is not None:
     _check_teacher(plan)
     if plan.distilled is not None and plan.distilled.synthesized:
-      synthesize.check_teacher_config(_teacher_run_config(plan.teacher),
+      # The teacher's recipe (finished run or the one that will train it) names its model.
+      synthesize.check_teacher_config(plan.teacher.identity["run"],
                                       f"the teacher in {plan.teacher.directory}")
   if plan.scores is not None:
     if os.path.exists(plan.scores.path):

@@ -10,6 +10,7 @@ import numpy as np
 from hardlabel_jax import config_schema
 from hardlabel_jax import selection
 from hardlabel_jax.data import crops
+from hardlabel_jax.data import errors as data_errors
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
@@ -148,16 +149,6 @@ def check_splits_agree(config: ml_collections.ConfigDict, train: ImageSource,
         f"{test.info.num_classes}; the model would have no output for some test labels")
 
 
-def check_labels(source: ImageSource, labels: np.ndarray) -> None:
-  """Raises a DataSourceError naming the split unless every label lies in its classes."""
-  num_classes = source.info.num_classes
-  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-  if bad.size:
-    raise DataSourceError(
-        f"{_split_name(source)}: {bad.size} labels lie outside 0..{num_classes - 1} (its "
-        f"{num_classes} classes), e.g. example {bad[0]} has label {labels[bad[0]]}")
-
-
 def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   """Opens both splits and chooses the pool; fails before any training on bad data config."""
   # The test split first: config.class_order maps the train folders onto its classes.
@@ -166,7 +157,7 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   check_splits_agree(config, train, test)
   # Train labels are read for the pool anyway; a TFDS test split's could take minutes to read,
   # and its ClassLabel feature already keeps them in range.
-  check_labels(train, np.asarray(train.labels()))
+  data_errors.check_labels(np.asarray(train.labels()), train.info.num_classes, _split_name(train))
   if config.selection == "random":
     pool_ids = selection.training_pool(train.labels(), images_per_class=config.images_per_class,
                                        seed=config.subset_seed, ids_file=config.subset_ids_file)

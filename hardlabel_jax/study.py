@@ -232,13 +232,12 @@ def external_path(config: ml_collections.ConfigDict) -> str:
   return os.path.abspath(path)
 
 
-def external_images_per_class(config: ml_collections.ConfigDict) -> int:
+def external_images_per_class(config: ml_collections.ConfigDict, num_classes: int) -> int:
   """The external set's images per class (equal for every class), its classes mapped onto the
   test split's by `study_external_class_order` (a mismatch fails here, before any training)."""
   folder = image_sets.folder_config(_train_base(config), external_path(config),
                                     config.study_external_class_order)
-  counts = np.bincount(np.asarray(run_data.train_source(folder).labels()),
-                       minlength=len(train_class_counts(config)))
+  counts = np.bincount(np.asarray(run_data.train_source(folder).labels()), minlength=num_classes)
   if counts.min() != counts.max():
     _fail(
         "study_external_set", f"{config.study_external_set} holds {counts.min()} to "
@@ -247,14 +246,15 @@ def external_images_per_class(config: ml_collections.ConfigDict) -> int:
   return int(counts[0])
 
 
-def with_external_size(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_external_size(config: ml_collections.ConfigDict,
+                       class_counts: np.ndarray) -> ml_collections.ConfigDict:
   """The study with the external set's images per class as its size (the grid compares at it)."""
   has_method = EXTERNAL in config.study_methods
   if has_method != bool(config.study_external_set):
     _fail("study_external_set", "set it exactly when study_methods has 'external' (the set's path)")
   if not has_method:
     return config
-  ipc = external_images_per_class(config)
+  ipc = external_images_per_class(config, len(class_counts))
   if tuple(config.study_images_per_class) not in ((), (ipc,)):
     _fail(
         "study_images_per_class", f"{tuple(config.study_images_per_class)}: the external set "
@@ -266,10 +266,7 @@ def with_external_size(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
 def _check_teacher(config: ml_collections.ConfigDict) -> None:
   needs = [r for r in config.study_regimes if r != "hl"]
-  needs += [
-      m for m in config.study_methods
-      if m in config_schema.DISTILLED_SELECTIONS + config_schema.SYNTHESIZED_SELECTIONS
-  ]
+  needs += [m for m in config.study_methods if m in plan_lib.SET_METHODS]
   if needs and config.teacher_config is None and not config.teacher_workdir:
     _fail(
         "teacher_config", f"{', '.join(needs)} need a teacher; set teacher_config (trained on "
@@ -338,8 +335,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
         step_hook: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
   """Trains every missing cell, then writes results.csv and the report; returns the rows."""
   cache_dir = os.path.abspath(config.cache_dir or os.path.join(workdir, "cache"))
-  config = with_external_size(config)
-  configs = validate_study(config, train_class_counts(config), cache_dir)
+  counts = train_class_counts(config)
+  config = with_external_size(config, counts)
+  configs = validate_study(config, counts, cache_dir)
   mesh = mesh_lib.data_mesh(devices)
   mesh_lib.check_divisible(config.global_batch_size, mesh)
   if not jax.config.jax_compilation_cache_dir:

@@ -297,14 +297,20 @@ class Synthesizer:
     self._chunk = jax.jit(self._run_chunk, donate_argnums=(0, 1))
     self._final = jax.jit(self._evaluate, in_shardings=(sharded, replicated, sharded, sharded),
                           out_shardings=replicated)
-    self._start_bn = jax.jit(self._bn_term)
+    self._start_bn = jax.jit(
+        lambda images, variables, mask: self._logits_and_bn(images, variables, mask)[1])
+
+  def _logits_and_bn(self, images: jax.Array, variables: Any,
+                     mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The teacher's eval-mode logits and the batch's BN-matching term."""
+    logits, stats, running = forward_with_bn_inputs(self._model, variables, images, mask)
+    return logits, bn_matching_loss(stats, running, self._config.synth_first_bn_multiplier)
 
   def loss(self, images: jax.Array, variables: Any, targets: jax.Array,
            mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """CE of the targets + r_bn · BN matching on the (augmented) batch; returns (loss, (ce, bn))."""
-    logits, stats, running = forward_with_bn_inputs(self._model, variables, images, mask)
+    logits, bn = self._logits_and_bn(images, variables, mask)
     ce = jnp.sum(masked_cross_entropy(logits, targets, mask)) / jnp.sum(mask)
-    bn = bn_matching_loss(stats, running, self._config.synth_first_bn_multiplier)
     return ce + self._config.synth_r_bn * bn, (ce, bn)
 
   def _run_chunk(self, images, opt_state, variables, targets, mask, augs):
@@ -330,15 +336,9 @@ class Synthesizer:
   def _evaluate(self, images, variables, targets, mask):
     """The saved pixels, each image's CE and the batch's BN term on them (no augmentation)."""
     pixels = self._bounds.to_uint8(images)
-    logits, stats, running = forward_with_bn_inputs(self._model, variables,
-                                                    self._bounds.from_uint8(pixels), mask)
-    bn = bn_matching_loss(stats, running, self._config.synth_first_bn_multiplier)
+    logits, bn = self._logits_and_bn(self._bounds.from_uint8(pixels), variables, mask)
     correct = jnp.argmax(logits, axis=1) == targets
     return pixels, masked_cross_entropy(logits, targets, mask), correct, bn
-
-  def _bn_term(self, images, variables, mask):
-    _, stats, running = forward_with_bn_inputs(self._model, variables, images, mask)
-    return bn_matching_loss(stats, running, self._config.synth_first_bn_multiplier)
 
   def run(self, batch: Batch, variables: Any, progress: Callable[[int, int, float, float], None]):
     """Optimises one batch; returns uint8 images, per-image CE and correctness, BN before/after."""

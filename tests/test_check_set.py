@@ -108,9 +108,9 @@ def test_check_refuses_bad_sets_before_training(tmp_path):
 def test_a_plan_on_an_external_cell_trains_on_the_folder(tmp_path):
   external = _write_official_set(tmp_path / "set", 2, extension=".png")
   config = config_schema.load_config_file(CONFIG, f"set={external},runlocal")
-  config = study.with_external_size(config)
-  assert tuple(config.study_images_per_class) == (2,)
   counts = study.train_class_counts(config)
+  config = study.with_external_size(config, counts)
+  assert tuple(config.study_images_per_class) == (2,)
   cell = study.Cell("hl", "external", 2, 1)
   cell_config = study.cell_config(config, cell, counts, str(tmp_path / "cache"))
   assert cell_config.dataset == f"imagefolder:{external}"
