@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import numbers
 import os
 from typing import Any, Iterable, Mapping
 
@@ -102,8 +103,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
     "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
-              "study_score_epochs", "study_regime_overrides", "study_external_set",
-              "study_external_class_order"),
+              "study_score_epochs", "study_regime_overrides", "study_label_tables",
+              "study_external_set", "study_external_class_order"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
                     "read_threads", "read_buffer", "tensorboard"),
 }
@@ -273,6 +274,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.study_seeds = (0,)
   c.study_score_epochs = 10  # K of the EL2N/AUM scoring run; CAD-Prune's K comes from the budget
   c.study_regime_overrides = ml_collections.ConfigDict()  # regime -> {field: value}
+  # (crops_per_image, label_keep_fraction) pairs: a grid axis of the sl/hald cells; () -> their own.
+  c.study_label_tables = ()
   # Method 'external' (the hard-label check, configs/check_set.py): an image folder of another
   # code base's distilled set, trained like a pool of `dataset` and tested on its test split; its
   # class folders mapped by the class-order rule (see class_order); its images per class are the
@@ -442,6 +445,45 @@ def _regime_overrides(config: ml_collections.ConfigDict, regime: str) -> dict[st
   return _plain(config.study_regime_overrides.get(regime) or {})
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def label_tables(config: ml_collections.ConfigDict) -> tuple[tuple[int, float], ...]:
+  """`study_label_tables` as (crops_per_image, label_keep_fraction) pairs, or a ValueError."""
+  field, tables = "study_label_tables", config.study_label_tables
+  _require(isinstance(tables, (tuple, list)), field,
+           f"{tables!r} is not a tuple of (crops_per_image, label_keep_fraction) pairs")
+  out = []
+  for entry in tables:
+    _require(
+        isinstance(entry, (tuple, list)) and len(entry) == 2, field,
+        f"{entry!r} is not a (crops_per_image, label_keep_fraction) pair")
+    crops, keep = entry
+    _require(
+        _is_int(crops) and crops >= 1, field, f"{tuple(entry)}: crops_per_image {crops!r} "
+        "must be an int >= 1")
+    _require(
+        isinstance(keep, numbers.Real) and not isinstance(keep, bool) and 0 < keep <= 1, field,
+        f"{tuple(entry)}: label_keep_fraction {keep!r} must be in (0, 1]")
+    out.append((int(crops), float(keep)))
+  # Two entries with one cell name (study.Cell.name writes the fraction as {:g}) would share a
+  # cell directory.
+  names = [f"c{crops}k{keep:g}" for crops, keep in out]
+  for name in names:
+    _require(names.count(name) == 1, field, f"{tuple(out)} repeats an entry ({name})")
+  return tuple(out)
+
+
+def _cell_keep_fractions(config: ml_collections.ConfigDict, run: Mapping[str, Any],
+                         regime: str) -> tuple[float, ...]:
+  """The label_keep_fraction values a study's cells of `regime` train with (the label tables')."""
+  tables = label_tables(config)
+  if regime in TABLE_REGIMES and tables:
+    return tuple(dict.fromkeys(keep for _, keep in tables))
+  return (run["label_keep_fraction"],)
+
+
 def _cell_run(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime: str,
               method: str) -> dict[str, Any]:
   """The deciding fields of a study cell (study.cell_config), its regime overrides applied."""
@@ -472,7 +514,9 @@ def _reads(config: ml_collections.ConfigDict, run: Mapping[str, Any]) -> set[str
   read = {"task", *FIELD_GROUPS["study"]}
   for regime in config.study_regimes:
     for method in config.study_methods:
-      read |= _cell_reads(config, run, regime, method)
+      # A fraction below 1 (one label table's) makes the cell read label_pruning.
+      for keep in _cell_keep_fractions(config, run, regime):
+        read |= _cell_reads(config, {**run, "label_keep_fraction": keep}, regime, method)
   if set(config.study_methods) & set(SCORED_SELECTIONS):
     score = {**run, "task": "score", "regime": "hl", "selection": "random", "score_epochs": 1}
     read |= _run_reads(score) - _SCORE_SETS
@@ -552,8 +596,11 @@ def _check_fields_read(config: ml_collections.ConfigDict) -> None:
   if config.task == "study":
     run_fields = {k: config[k] for k in _DECIDERS}
     for regime in config.study_regimes:
-      regime_reads = set().union(
-          *(_run_reads(_cell_run(config, run_fields, regime, m)) for m in config.study_methods))
+      regime_reads = set()
+      for method in config.study_methods:
+        for keep in _cell_keep_fractions(config, run_fields, regime):
+          cell_run = _cell_run(config, {**run_fields, "label_keep_fraction": keep}, regime, method)
+          regime_reads |= _run_reads(cell_run)
       for field, value in _regime_overrides(config, regime).items():
         # Unknown names and grid fields are study.validate_study's to report.
         if field in defaults and not field.startswith("study_") and field not in ("task", "regime"):
@@ -702,6 +749,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + STUDY_POOLS)):
       for value in config[field]:
         _require(value in known, field, f"{value!r} is not one of {', '.join(known)}")
+    label_tables(config)
   _check_fields_read(config)
 
 

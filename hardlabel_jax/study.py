@@ -7,6 +7,11 @@ CAD-Prune once per subset size since its K follows the budget) and one soft-labe
 subset. Each cell keeps its own workdir under `<workdir>/cells/`; a finished cell is skipped and an
 interrupted one resumes from its checkpoint, so a killed study, started again, ends with the same
 `results.csv` as an uninterrupted one. `study_report` turns the CSV into tables and plots.
+
+`study_label_tables` adds a grid axis to the SL and HALD cells: one cell per (crops_per_image,
+label_keep_fraction) pair, named `...-c16k0.25-s0`, so one study compares the regimes at several
+soft-label budgets (HALD's accuracy vs label bytes). Left empty, the cells, their names and their
+configs are those of a study without the field, and a cached study resumes as before.
 """
 
 from __future__ import annotations
@@ -42,14 +47,18 @@ CAD_METHODS = ("cad_prune", "ca2d")
 CELLS_DIR = "cells"
 RESULTS_CSV = "results.csv"
 CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, before resolution
+# crops_per_image and label_keep_fraction: the soft-label table an SL/HALD cell trained on (empty
+# for the regimes that read no table).
 CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen", "steps",
-              "epochs", "pool_size", "label_source", "label_bytes", "wall_seconds")
+              "epochs", "pool_size", "label_source", "label_bytes", "crops_per_image",
+              "label_keep_fraction", "wall_seconds")
 # Where each regime's training targets come from (the bytes plot separates the three).
 LABEL_SOURCES = {
     regime: "table" if regime in config_schema.TABLE_REGIMES else "teacher" if regime
             in config_schema.ONLINE_TEACHER_REGIMES else "hard" for regime in config_schema.REGIMES
 }
 _STUDY_FIELDS = tuple(k for k in config_schema.default_config() if k.startswith("study_"))
+TABLE_FIELDS = ("crops_per_image", "label_keep_fraction")  # what a study_label_tables entry sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,21 +69,38 @@ class Cell:
   method: str
   ipc: int  # 0 for the full train split
   seed: int
+  # The label table of a `study_label_tables` cell; 0 in a cell the axis does not split (the
+  # study's own crops_per_image and label_keep_fraction), whose name stays as before the axis.
+  crops: int = 0
+  keep: float = 0.0
 
   @property
   def name(self) -> str:
     size = "all" if self.method == FULL else f"ipc{self.ipc}"
-    return f"{self.regime}-{self.method}-{size}-s{self.seed}"
+    table = f"-c{self.crops}k{self.keep:g}" if self.crops else ""
+    return f"{self.regime}-{self.method}-{size}{table}-s{self.seed}"
+
+
+def label_tables(config: ml_collections.ConfigDict, regime: str) -> tuple[tuple[int, float], ...]:
+  """The (crops, keep) tables the regime's cells split into; ((0, 0.0),) when not split."""
+  tables = config_schema.label_tables(config)
+  if regime in config_schema.TABLE_REGIMES and tables:
+    return tables
+  return ((0, 0.0),)
 
 
 def grid(config: ml_collections.ConfigDict) -> list[Cell]:
-  """Every cell, in CSV order: regime, method, images per class, seed."""
+  """Every cell, in CSV order: regime, method, images per class, label table, seed."""
   cells = []
   for regime in config.study_regimes:
+    tables = label_tables(config, regime)
     for method in config.study_methods:
       sizes = (0,) if method == FULL else config.study_images_per_class
       cells += [
-          Cell(regime, method, int(ipc), int(seed)) for ipc in sizes for seed in config.study_seeds
+          Cell(regime, method, int(ipc), int(seed), crops, keep)
+          for ipc in sizes
+          for crops, keep in tables
+          for seed in config.study_seeds
       ]
   return cells
 
@@ -146,6 +172,8 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
                                         config.study_external_class_order)
   else:
     cell_cfg.selection, cell_cfg.images_per_class = cell.method, cell.ipc
+  if cell.crops:  # a study_label_tables cell (no regime override sets these: _check_grid_fields)
+    cell_cfg.crops_per_image, cell_cfg.label_keep_fraction = cell.crops, cell.keep
   if cell.method in config_schema.SCORED_SELECTIONS:
     cell_cfg.score_config = score_config(config, cell.method, cell.ipc, class_counts)
   overrides = config.study_regime_overrides.get(cell.regime)
@@ -185,6 +213,11 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
   if set(config.study_methods) & {"el2n_easy", "el2n_hard", "ccs"} and \
       config.study_score_epochs < 1:
     _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
+  tables = config_schema.label_tables(config)
+  if tables and not set(config.study_regimes) & set(config_schema.TABLE_REGIMES):
+    _fail(
+        "study_label_tables", f"only {', '.join(config_schema.TABLE_REGIMES)} cells read a "
+        f"label table; this study has none ({', '.join(config.study_regimes)})")
   defaults = config_schema.default_config()
   for regime, overrides in config.study_regime_overrides.items():
     if regime not in config.study_regimes:
@@ -193,6 +226,10 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
     for field in overrides:
       if field not in defaults or field.startswith("study_") or field in ("task", "regime"):
         _fail(f"study_regime_overrides.{regime}.{field}", "is not a cell config field")
+      if tables and regime in config_schema.TABLE_REGIMES and field in TABLE_FIELDS:
+        # The override would give every table of the axis one value: cells named apart, run alike.
+        _fail(f"study_regime_overrides.{regime}.{field}",
+              "study_label_tables sets it in every table cell; remove one of the two")
 
 
 def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) -> None:
@@ -297,8 +334,19 @@ def validate_study(config: ml_collections.ConfigDict, counts: np.ndarray,
   return configs
 
 
+def _table_columns(cell: Cell, results: dict[str, Any]) -> tuple[Any, Any]:
+  """The crops_per_image and label_keep_fraction a cell trained with; empty without a table."""
+  if cell.regime not in config_schema.TABLE_REGIMES:
+    return "", ""
+  config = results.get("config") or {}
+  if "crops_per_image" in config and "label_keep_fraction" in config:
+    return int(config["crops_per_image"]), float(config["label_keep_fraction"])
+  return (cell.crops, cell.keep) if cell.crops else ("", "")
+
+
 def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
   """The CSV row of a finished cell."""
+  crops, keep = _table_columns(cell, results)
   return {
       "regime": cell.regime,
       "method": cell.method,
@@ -312,6 +360,8 @@ def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
       "pool_size": results["pool_size"],
       "label_source": LABEL_SOURCES[cell.regime],
       "label_bytes": results["label_bytes"],
+      "crops_per_image": crops,
+      "label_keep_fraction": keep,
       "wall_seconds": round(results["wall_seconds"], 1)
   }
 
@@ -359,6 +409,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
     return _train_cells(config, configs, workdir, cache_dir, devices, step_hook)
 
 
+def training_order(config: ml_collections.ConfigDict, cells: list[Cell]) -> list[Cell]:
+  """Cells by seed, then size (the full split after the first size), then method and regime.
+
+  A study cut short then holds whole comparisons (every method and regime of the first seeds
+  and sizes) rather than whole regimes; the CSV keeps the grid's order whatever trained first.
+  """
+  seeds = [int(s) for s in config.study_seeds]
+  sizes = [int(i) for i in config.study_images_per_class]
+  methods, regimes = list(config.study_methods), list(config.study_regimes)
+
+  def key(cell: Cell) -> tuple:
+    # The full split is every size's reference: it trains once the first size's cells have.
+    size = 0.5 if cell.method == FULL else sizes.index(cell.ipc)
+    return (seeds.index(cell.seed), size, methods.index(cell.method), regimes.index(cell.regime))
+
+  return sorted(cells, key=key)  # stable: a size's label tables keep their grid order
+
+
 def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_collections.ConfigDict],
                  workdir: str, cache_dir: str, devices: list[jax.Device] | None,
                  step_hook: Callable[[int], None] | None) -> list[dict[str, Any]]:
@@ -366,13 +434,17 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
   cells = list(configs)
   is_writer = jax.process_index() == 0
   csv_path = os.path.join(workdir, RESULTS_CSV)
-  todo = [
+  todo = training_order(config, [
       c for c in cells
       if not os.path.exists(os.path.join(workdir, CELLS_DIR, c.name, plan_lib.RESULTS_FILE))
-  ]
+  ])
+  tables = config_schema.label_tables(config)
+  axis = (f"{len(tables)} label tables for "
+          f"{', '.join(r for r in config.study_regimes if r in config_schema.TABLE_REGIMES)} × "
+          if tables else "")
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
                        f"{len(config.study_methods)} methods × "
-                       f"{len(config.study_images_per_class)} sizes × "
+                       f"{len(config.study_images_per_class)} sizes × {axis}"
                        f"{len(config.study_seeds)} seeds), {len(cells) - len(todo)} already "
                        f"finished; budget {config.budget_examples} examples per cell; "
                        f"shared teacher, scores and tables in {cache_dir}")

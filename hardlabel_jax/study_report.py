@@ -5,6 +5,12 @@ gain exceeds two standard errors of the difference (with one seed, any positive 
 The spread of a regime at a size is best − worst mean over the subset methods (not `full`); the
 paper's "performance saturation" is SL+KD's spread shrinking relative to HL's.
 
+With a `study_label_tables` axis, an SL or HALD entry is a (regime, label table) pair: the table
+("16 crops, keep 1/4") joins the method in the accuracy table and the regime elsewhere, so gains
+over random and spreads compare methods under one regime at one table, never two tables. The
+bytes table and its findings pair HALD with SL per seed at the same size and table (equal label
+bytes): HALD − SL is the mean per-seed difference ± its standard error, "beats" beyond +2 s.e.
+
   python -m hardlabel_jax.study_report --csv WORKDIR/results.csv   # redraws the report
 """
 
@@ -16,7 +22,7 @@ import glob
 import json
 import math
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from hardlabel_jax import selection
 
@@ -24,6 +30,9 @@ FULL = "full"
 RANDOM = "random"
 INT_FIELDS = ("ipc", "seed", "examples_seen", "steps", "pool_size", "label_bytes")
 FLOAT_FIELDS = ("test_top1", "test_loss", "epochs", "wall_seconds")
+# The label table of an SL/HALD row: empty for the other regimes, absent from older CSVs; a row
+# without them has no such key.
+TABLE_FIELDS = {"crops_per_image": int, "label_keep_fraction": float}
 REGIME_NAMES = {"hl": "HL", "sl": "SL", "sl_kd": "SL+KD", "hald": "HALD", "kd": "KD"}
 PLOTS = ("accuracy_vs_ipc.png", "gain_over_random.png", "accuracy_vs_label_bytes.png")
 REPORT_FILE = "report.md"
@@ -48,6 +57,10 @@ def read_csv(path: str) -> list[dict[str, Any]]:
       row[field] = int(row[field])
     for field in FLOAT_FIELDS:
       row[field] = float(row[field])
+    for field, kind in TABLE_FIELDS.items():
+      value = row.pop(field, None)
+      if value not in (None, ""):
+        row[field] = kind(value)
   return rows
 
 
@@ -62,13 +75,45 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean)**2 for v in values) / (len(values) - 1))
 
 
+def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and its standard error (0 with one value)."""
+  mean, std = _mean_std(values)
+  return mean, std / math.sqrt(len(values))
+
+
+def keep_text(keep: float) -> str:
+  """A keep fraction as 1, 1/4, 1/16 (a unit fraction) or 0.3."""
+  inverse = 1 / keep
+  if keep < 1 and abs(inverse - round(inverse)) < 1e-9:
+    return f"1/{round(inverse)}"
+  return f"{keep:g}"
+
+
+def table_text(crops: int | None, keep: float | None) -> str:
+  """'16 crops, keep 1/4', '1 crop': a label table in the tables' method and regime columns."""
+  if crops is None:
+    return "study table"
+  text = f"{crops} crop" + ("s" if crops != 1 else "")
+  return text if keep is None or keep == 1 else f"{text}, keep {keep_text(keep)}"
+
+
+def _table_of(row: dict) -> tuple[int | None, float | None]:
+  return row.get("crops_per_image"), row.get("label_keep_fraction")
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One entry per (regime, method, ipc): accuracy mean/std in %, seeds, mean label bytes."""
+  """One entry per (regime, method, ipc, label table): accuracy mean/std in %, seeds, label bytes.
+
+  `table` names the label table ('16 crops, keep 1/4') only where the regime's rows hold more
+  than one (a study_label_tables axis); elsewhere it is '' and the entry is as without the axis.
+  """
+  tables: dict[str, set] = {}
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
-    groups.setdefault((row["regime"], row["method"], row["ipc"]), []).append(row)
+    tables.setdefault(row["regime"], set()).add(_table_of(row))
+    groups.setdefault((row["regime"], row["method"], row["ipc"], *_table_of(row)), []).append(row)
   summary = []
-  for (regime, method, ipc), members in groups.items():
+  for (regime, method, ipc, crops, keep), members in groups.items():
     mean, std = _mean_std([100 * r["test_top1"] for r in members])
     summary.append({
         "regime": regime,
@@ -78,13 +123,27 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "mean": mean,
         "std": std,
         "label_source": members[0]["label_source"],
-        "label_bytes": sum(r["label_bytes"] for r in members) / len(members)
+        "label_bytes": sum(r["label_bytes"] for r in members) / len(members),
+        "crops": crops,
+        "keep": keep,
+        "table": table_text(crops, keep) if len(tables[regime]) > 1 else ""
     })
   return summary
 
 
 def _lookup(summary: list[dict]) -> dict[tuple, dict]:
-  return {(s["regime"], s["method"], s["ipc"]): s for s in summary}
+  return {(s["regime"], s.get("table", ""), s["method"], s["ipc"]): s for s in summary}
+
+
+def _series(entry: dict) -> str:
+  """A method and, under a label-table axis, its table: 'random (16 crops, keep 1/4)'."""
+  table = entry.get("table", "")
+  return f"{entry['method']} ({table})" if table else entry["method"]
+
+
+def _regime_text(regime: str, table: str = "") -> str:
+  name = REGIME_NAMES.get(regime, regime)
+  return f"{name} ({table})" if table else name
 
 
 def _sizes(summary: list[dict]) -> list[int]:
@@ -92,17 +151,18 @@ def _sizes(summary: list[dict]) -> list[int]:
 
 
 def gains_over_random(summary: list[dict]) -> list[dict[str, Any]]:
-  """Each subset method's mean gain over random (points) at the same regime and size."""
+  """Each subset method's mean gain over random (points) at the same regime, table and size."""
   table = _lookup(summary)
   gains = []
   for s in summary:
-    base = table.get((s["regime"], RANDOM, s["ipc"]))
+    base = table.get((s["regime"], s.get("table", ""), RANDOM, s["ipc"]))
     if s["method"] in (RANDOM, FULL) or base is None:
       continue
     error = math.sqrt(s["std"]**2 / s["n"] + base["std"]**2 / base["n"])
     gain = s["mean"] - base["mean"]
     gains.append({
         "regime": s["regime"],
+        "table": s.get("table", ""),
         "method": s["method"],
         "ipc": s["ipc"],
         "gain": gain,
@@ -115,12 +175,13 @@ def gains_over_random(summary: list[dict]) -> list[dict[str, Any]]:
 
 
 def spreads(summary: list[dict]) -> list[dict[str, Any]]:
-  """Per regime and size: best and worst subset method, their spread, random's accuracy."""
+  """Per regime (and label table) and size: best and worst subset method, spread, random's."""
   out = []
-  for regime in _ordered(s["regime"] for s in summary):
+  for regime, table in _ordered((s["regime"], s.get("table", "")) for s in summary):
     for ipc in _sizes(summary):
       cells = [
-          s for s in summary if s["regime"] == regime and s["ipc"] == ipc and s["method"] != FULL
+          s for s in summary if s["regime"] == regime and s.get("table", "") == table
+          and s["ipc"] == ipc and s["method"] != FULL
       ]
       if not cells:
         continue
@@ -129,6 +190,7 @@ def spreads(summary: list[dict]) -> list[dict[str, Any]]:
       random_cell = next((s for s in cells if s["method"] == RANDOM), None)
       out.append({
           "regime": regime,
+          "table": table,
           "ipc": ipc,
           "methods": len(cells),
           "best": best["method"],
@@ -148,7 +210,7 @@ def _cell_text(s: dict | None) -> str:
 
 
 def accuracy_table(summary: list[dict]) -> str:
-  """Markdown: one row per regime and method, one column per images per class (+ full data)."""
+  """Markdown: one row per regime, method (and label table), one column per size (+ full data)."""
   table = _lookup(summary)
   sizes = _sizes(summary)
   has_full = any(s["method"] == FULL for s in summary)
@@ -156,49 +218,53 @@ def accuracy_table(summary: list[dict]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for regime in _ordered(s["regime"] for s in summary):
     for method in _ordered(s["method"] for s in summary if s["regime"] == regime):
-      cells = [_cell_text(table.get((regime, method, i))) if method != FULL else "–" for i in sizes]
-      if has_full:
-        cells.append(_cell_text(table.get((regime, method, 0))) if method == FULL else "–")
-      lines.append(f"| {REGIME_NAMES.get(regime, regime)} | {method} | " + " | ".join(cells) + " |")
+      here = [s for s in summary if s["regime"] == regime and s["method"] == method]
+      for label in _ordered(s.get("table", "") for s in here):
+        key = (regime, label, method)
+        cells = [_cell_text(table.get((*key, i))) if method != FULL else "–" for i in sizes]
+        if has_full:
+          cells.append(_cell_text(table.get((*key, 0))) if method == FULL else "–")
+        name = _series({"method": method, "table": label})
+        lines.append(f"| {REGIME_NAMES.get(regime, regime)} | {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def spread_table(summary: list[dict]) -> str:
   """Markdown: per regime and size, random, the best method, its gain and the spread."""
-  gains = {(g["regime"], g["method"], g["ipc"]): g for g in gains_over_random(summary)}
+  gains = {(g["regime"], g["table"], g["method"], g["ipc"]): g for g in gains_over_random(summary)}
   lines = [
       "| regime | ipc | random | best method | best − random | spread (best − worst) |",
       "|---|---|---|---|---|---|"
   ]
   for row in spreads(summary):
-    gain = gains.get((row["regime"], row["best"], row["ipc"]))
+    gain = gains.get((row["regime"], row["table"], row["best"], row["ipc"]))
     gain_text = f"{gain['gain']:+.1f} ± {gain['stderr']:.1f}" if gain else "–"
-    lines.append(f"| {REGIME_NAMES.get(row['regime'], row['regime'])} | {row['ipc']} | "
+    lines.append(f"| {_regime_text(row['regime'], row['table'])} | {row['ipc']} | "
                  f"{row['random_mean']:.1f} | {row['best']} ({row['best_mean']:.1f}) | "
                  f"{gain_text} | {row['spread']:.1f} |")
   return "\n".join(lines)
 
 
-def findings(summary: list[dict]) -> list[str]:
-  """Plain sentences: does SL+KD compress the spread relative to HL; what beats random under HL."""
-  by_key = {(r["regime"], r["ipc"]): r for r in spreads(summary)}
+def findings(summary: list[dict], rows: list[dict[str, Any]] | None = None) -> list[str]:
+  """Plain sentences: SL+KD's spread vs HL's; what beats random; HALD vs SL (needs `rows`)."""
+  by_key = {(r["regime"], r["table"], r["ipc"]): r for r in spreads(summary)}
   sentences = []
   for ipc in _sizes(summary):
-    hl, slkd = by_key.get(("hl", ipc)), by_key.get(("sl_kd", ipc))
+    hl, slkd = by_key.get(("hl", "", ipc)), by_key.get(("sl_kd", "", ipc))
     if hl and slkd and hl["methods"] > 1:
       verdict = "compresses" if slkd["spread"] < hl["spread"] else "does not compress"
       sentences.append(f"ipc {ipc}: SL+KD {verdict} the spread between methods relative to HL "
                        f"({slkd['spread']:.1f} vs {hl['spread']:.1f} points; random "
                        f"{slkd['random_mean']:.1f} vs {hl['random_mean']:.1f}).")
   gains = gains_over_random(summary)
-  for regime in _ordered(g["regime"] for g in gains):
+  for regime, table in _ordered((g["regime"], g["table"]) for g in gains):
     for ipc in _sizes(summary):
-      here = [g for g in gains if g["regime"] == regime and g["ipc"] == ipc]
+      here = [g for g in gains if g["regime"] == regime and g["table"] == table and g["ipc"] == ipc]
       if not here:
         continue
       winners = [g for g in here if g["beats_random"]]
       best = max(here, key=lambda g: g["gain"])
-      name = REGIME_NAMES.get(regime, regime)
+      name = _regime_text(regime, table)
       if best["seeds"] < 2:
         sentences.append(f"{name}, ipc {ipc}: not resolved with one seed (best {best['method']} "
                          f"{best['gain']:+.1f}; run more seeds for an error bar).")
@@ -210,6 +276,161 @@ def findings(summary: list[dict]) -> list[str]:
       else:
         sentences.append(f"{name}, ipc {ipc}: no method beats random (best {best['method']} "
                          f"{best['gain']:+.1f} ± {best['stderr']:.1f}).")
+  return sentences + (label_bytes_findings(rows) if rows else [])
+
+
+def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """SL and HALD per (method, ipc, label table), and HALD − SL paired over their common seeds.
+
+  The same seed draws the same random subset, so the per-seed difference cancels the subset's
+  luck; `gap` is its mean (points) and `stderr` its standard error. `verdict`: 'beats' (gap >
+  2 s.e.), 'loses' (gap < −2 s.e.), 'noise', 'one seed', or None without a common seed.
+  """
+  cells: dict[tuple, dict[str, dict[int, dict]]] = {}
+  for row in rows:
+    if row["regime"] in ("sl", "hald"):
+      key = (row["method"], row["ipc"], *_table_of(row))
+      cells.setdefault(key, {}).setdefault(row["regime"], {})[row["seed"]] = row
+  out = []
+  for (method, ipc, crops, keep), by_regime in cells.items():
+    sl, hald = by_regime.get("sl", {}), by_regime.get("hald", {})
+    per_seed = {
+        seed: 100 * (hald[seed]["test_top1"] - sl[seed]["test_top1"])
+        for seed in sorted(set(sl) & set(hald))
+    }
+    gap, stderr = _mean_stderr(list(per_seed.values())) if per_seed else (math.nan, math.nan)
+    if not per_seed:
+      verdict = None
+    elif len(per_seed) < 2:
+      verdict = "one seed"
+    else:
+      verdict = "beats" if gap > 2 * stderr else "loses" if gap < -2 * stderr else "noise"
+    members = [*sl.values(), *hald.values()]
+    out.append({
+        "method": method,
+        "ipc": ipc,
+        "crops": crops,
+        "keep": keep,
+        "label_bytes": sum(r["label_bytes"] for r in members) / len(members),
+        "sl": _stats(list(sl.values())),
+        "hald": _stats(list(hald.values())),
+        "per_seed": per_seed,
+        "gap": gap,
+        "stderr": stderr,
+        "seeds": len(per_seed),
+        "verdict": verdict
+    })
+  return out
+
+
+def _stats(rows: list[dict]) -> dict[str, Any] | None:
+  """Accuracy mean ± std in % over `rows` (None without rows), as a summary entry has it."""
+  if not rows:
+    return None
+  mean, std = _mean_std([100 * r["test_top1"] for r in rows])
+  return {"mean": mean, "std": std, "n": len(rows)}
+
+
+def _bytes_text(value: float) -> str:
+  return f"{value / 1e6:.3f} MB" if value >= 1e6 else f"{value / 1e3:.1f} KB"
+
+
+def _gap_text(gap: dict) -> str:
+  if not gap["seeds"]:
+    return "–"
+  if gap["seeds"] < 2:
+    return f"{gap['gap']:+.1f} (1)"
+  return f"{gap['gap']:+.1f} ± {gap['stderr']:.1f} ({gap['seeds']})"
+
+
+def _reference(rows: list[dict[str, Any]], regime: str, ipc: int) -> dict[str, Any] | None:
+  return _stats(
+      [r for r in rows if r["regime"] == regime and r["method"] == RANDOM and r["ipc"] == ipc])
+
+
+def label_bytes_table(rows: list[dict[str, Any]]) -> str:
+  """Markdown: per size and label table, its bytes, SL, HALD and the paired HALD − SL ('' if none).
+
+  HL and SL+KD (random subsets, same size) are the references that store no labels.
+  """
+  if not any(r["label_bytes"] > 0 for r in rows):
+    return ""
+  gaps = paired_gaps(rows)
+  with_method = len(_ordered(g["method"] for g in gaps)) > 1
+  references = [
+      regime for regime in ("hl", "sl_kd")
+      if any(r["regime"] == regime and r["method"] == RANDOM for r in rows)
+  ]
+  header = [
+      "ipc", *(["method"] if with_method else []), "crops", "keep", "label bytes", "SL", "HALD",
+      "HALD − SL (paired)", *[f"{REGIME_NAMES[r]} random" for r in references]
+  ]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for g in gaps:
+    cells = [
+        str(g["ipc"] or "all"), *([g["method"]] if with_method else []),
+        "–" if g["crops"] is None else str(g["crops"]),
+        "–" if g["keep"] is None else keep_text(g["keep"]),
+        _bytes_text(g["label_bytes"]),
+        _cell_text(g["sl"]),
+        _cell_text(g["hald"]),
+        _gap_text(g), *[_cell_text(_reference(rows, r, g["ipc"])) for r in references]
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+_VERDICTS = {
+    "beats": "HALD beats SL",
+    "loses": "HALD loses to SL",
+    "noise": "HALD vs SL is not resolved (noise)",
+    "one seed": "HALD vs SL is not resolved (one seed)"
+}
+
+
+def _stored_text(gap: dict) -> str:
+  """'1 stored crop', '16 stored crops kept at 1/4'."""
+  crops, keep = gap["crops"], gap["keep"]
+  if crops is None:
+    return "the study's label table"
+  text = f"{crops} stored crop" + ("s" if crops != 1 else "")
+  return text if keep is None or keep == 1 else f"{text} kept at {keep_text(keep)}"
+
+
+def _paired_text(gap: dict) -> str:
+  if gap["seeds"] < 2:
+    return f"{gap['gap']:+.1f}, one seed"
+  return f"{gap['gap']:+.1f} ± {gap['stderr']:.1f}, paired over {gap['seeds']} seeds"
+
+
+def label_bytes_findings(rows: list[dict[str, Any]]) -> list[str]:
+  """Per size: does HALD beat SL at each label table; does the gap close as crops grow."""
+  gaps = [g for g in paired_gaps(rows) if g["seeds"]]
+  with_method = len(_ordered(g["method"] for g in gaps)) > 1
+  sentences = []
+  for method, ipc in _ordered((g["method"], g["ipc"]) for g in gaps):
+    here = [g for g in gaps if g["method"] == method and g["ipc"] == ipc]
+    where = f"ipc {ipc or 'all'}" + (f", {method}" if with_method else "")
+    clauses = [
+        f"{_VERDICTS[g['verdict']]} with {_stored_text(g)} ({_paired_text(g)})" for g in here
+    ]
+    sentences.append(f"{where}: at equal label bytes, " + "; ".join(clauses) + ".")
+    unpruned = [g for g in here if g["crops"] is not None and g["keep"] in (None, 1)]
+    if len({g["crops"] for g in unpruned}) < 2:
+      continue
+    fewest = min(unpruned, key=lambda g: g["crops"])
+    most = max(unpruned, key=lambda g: g["crops"])
+    closes = abs(most["gap"]) < abs(fewest["gap"])
+    common = sorted(set(fewest["per_seed"]) & set(most["per_seed"]))
+    change = [most["per_seed"][s] - fewest["per_seed"][s] for s in common]
+    sentence = (f"{where}: the HALD − SL gap {'closes' if closes else 'does not close'} as "
+                f"stored crops grow ({fewest['gap']:+.1f} with {_stored_text(fewest)}, "
+                f"{most['gap']:+.1f} with {_stored_text(most)}")
+    if len(change) >= 2:
+      mean, stderr = _mean_stderr(change)
+      resolved = "resolved" if abs(mean) > 2 * stderr else "not resolved (noise)"
+      sentence += f"; change {mean:+.1f} ± {stderr:.1f} over {len(change)} seeds, {resolved}"
+    sentences.append(sentence + ").")
   return sentences
 
 
@@ -229,9 +450,11 @@ def _save(fig, path: str) -> None:
   os.replace(tmp, path)
 
 
-def _method_colors(summary: list[dict]) -> dict[str, Any]:
+def _method_colors(summary: list[dict],
+                   key: Callable[[dict], str] = lambda s: s["method"]) -> dict[str, Any]:
+  """A colour per method (or per `key` of the entries, e.g. `_series`)."""
   plt = _pyplot()
-  methods = _ordered(s["method"] for s in summary)
+  methods = _ordered(key(s) for s in summary)
   cycle = plt.get_cmap("tab10")
   return {m: cycle(i % 10) for i, m in enumerate(methods)}
 
@@ -240,20 +463,21 @@ def plot_accuracy_vs_ipc(summary: list[dict], path: str) -> None:
   """One panel per regime: accuracy vs images per class, a line per method, full data dashed."""
   plt = _pyplot()
   regimes = _ordered(s["regime"] for s in summary)
-  colors = _method_colors(summary)
+  colors = _method_colors(summary, _series)
   sizes = _sizes(summary)
   fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 3.4), sharey=True,
                            squeeze=False)
   for axis, regime in zip(axes[0], regimes, strict=True):
     cells = [s for s in summary if s["regime"] == regime]
-    for method in _ordered(s["method"] for s in cells):
-      points = sorted((s for s in cells if s["method"] == method), key=lambda s: s["ipc"])
-      if method == FULL:
-        axis.axhline(points[0]["mean"], color=colors[method], linestyle="--", label="full data")
+    for series in _ordered(_series(s) for s in cells):
+      points = sorted((s for s in cells if _series(s) == series), key=lambda s: s["ipc"])
+      if points[0]["method"] == FULL:
+        label = "full data" + (f" ({points[0]['table']})" if points[0].get("table") else "")
+        axis.axhline(points[0]["mean"], color=colors[series], linestyle="--", label=label)
         continue
       axis.errorbar([s["ipc"] for s in points], [s["mean"] for s in points],
-                    yerr=[s["std"] for s in points], marker="o", capsize=3, color=colors[method],
-                    label=method)
+                    yerr=[s["std"] for s in points], marker="o", capsize=3, color=colors[series],
+                    label=series)
     if len(sizes) > 1:
       axis.set_xscale("log")
     axis.set_xticks(sizes, [str(i) for i in sizes])
@@ -271,15 +495,15 @@ def plot_gain_over_random(summary: list[dict], path: str) -> None:
   plt = _pyplot()
   gains = gains_over_random(summary)
   regimes = _ordered(s["regime"] for s in summary)
-  colors = _method_colors(summary)
+  colors = _method_colors(summary, _series)
   sizes = _sizes(summary)
-  methods = _ordered(g["method"] for g in gains)
+  methods = _ordered(_series(g) for g in gains)  # a method at each label table of an axis
   fig, axes = plt.subplots(1, len(regimes), figsize=(3.6 * len(regimes), 3.4), sharey=True,
                            squeeze=False)
   width = 0.8 / max(len(methods), 1)
   for axis, regime in zip(axes[0], regimes, strict=True):
     for k, method in enumerate(methods):
-      here = {g["ipc"]: g for g in gains if g["regime"] == regime and g["method"] == method}
+      here = {g["ipc"]: g for g in gains if g["regime"] == regime and _series(g) == method}
       xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(sizes))]
       axis.bar(xs, [here[s]["gain"] if s in here else 0 for s in sizes], width,
                yerr=[here[s]["stderr"] if s in here else 0 for s in sizes], capsize=2,
@@ -297,18 +521,41 @@ def plot_gain_over_random(summary: list[dict], path: str) -> None:
   _save(fig, path)
 
 
+def _point_label(s: dict) -> str:
+  """'10' or, under a label-table axis, '10: c16 k1/4' (ipc: stored crops, keep fraction)."""
+  ipc = str(s["ipc"] or "all")
+  if not s.get("table"):
+    return ipc
+  keep = "" if s["keep"] in (None, 1) else f" k{keep_text(s['keep'])}"
+  return f"{ipc}: c{s['crops']}{keep}"
+
+
 def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
-  """Accuracy against stored soft-label bytes (SL, HALD); HL and SL+KD drawn as references."""
+  """Accuracy against stored soft-label bytes (SL, HALD); HL and SL+KD drawn as references.
+
+  Under a label-table axis the tables of one regime, method and size are joined by a line in
+  order of bytes (SL solid, HALD dashed).
+  """
   plt = _pyplot()
   colors = _method_colors(summary)
   markers = {"sl": "o", "hald": "s"}
+  lines = {"sl": "-", "hald": "--"}
   fig, axis = plt.subplots(figsize=(6, 4))
   stored = [s for s in summary if s["label_bytes"] > 0]
   for s in stored:
     axis.scatter(s["label_bytes"], s["mean"], color=colors[s["method"]],
                  marker=markers.get(s["regime"], "^"), s=36)
-    axis.annotate(str(s["ipc"] or "all"), (s["label_bytes"], s["mean"]), fontsize=6, xytext=(3, 3),
+    axis.annotate(_point_label(s), (s["label_bytes"], s["mean"]), fontsize=6, xytext=(3, 3),
                   textcoords="offset points")
+  joined = False
+  for regime, method, ipc in _ordered((s["regime"], s["method"], s["ipc"]) for s in stored):
+    points = sorted(
+        (s for s in stored if (s["regime"], s["method"], s["ipc"]) == (regime, method, ipc)),
+        key=lambda s: s["label_bytes"])
+    if len(points) > 1:
+      joined = True
+      axis.plot([s["label_bytes"] for s in points], [s["mean"] for s in points],
+                color=colors[method], linestyle=lines.get(regime, ":"), linewidth=0.8)
   for regime, style in (("hl", ":"), ("sl_kd", "--")):
     reference = [s for s in summary if s["regime"] == regime and s["method"] == RANDOM]
     for s in reference:
@@ -319,8 +566,8 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
       plt.Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()
   ]
   handles += [
-      plt.Line2D([], [], color="black", marker=mk, linestyle="", label=REGIME_NAMES[r])
-      for r, mk in markers.items()
+      plt.Line2D([], [], color="black", marker=mk, linestyle=lines[r] if joined else "",
+                 label=REGIME_NAMES[r]) for r, mk in markers.items()
   ]
   axis.legend(handles=handles, fontsize=7, loc="lower right")
   if stored:
@@ -328,7 +575,10 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
   else:
     axis.text(0.5, 0.5, "no stored soft labels (no SL / HALD cells)", ha="center",
               transform=axis.transAxes)
-  axis.set_xlabel("soft-label bytes used (stored table; points are labelled with ipc)")
+  if any(s.get("table") for s in stored):
+    axis.set_xlabel("soft-label bytes used (points: ipc: c<crops> k<keep fraction>)")
+  else:
+    axis.set_xlabel("soft-label bytes used (stored table; points are labelled with ipc)")
   axis.set_ylabel("test top-1 (%)")
   axis.set_title("accuracy vs soft-label storage (HL: 0 bytes; SL+KD: teacher online)", fontsize=9)
   axis.grid(alpha=0.3)
@@ -382,10 +632,20 @@ def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
       "## Test top-1 (%), mean ± std over seeds (seeds)", "",
       accuracy_table(summary), "", "## Spread between subset methods and gain over random (points)",
       "",
-      spread_table(summary), "", "## Findings", ""
+      spread_table(summary), ""
   ]
+  bytes_table = label_bytes_table(rows)
+  if bytes_table:
+    lines += [
+        "## HALD vs SL at equal soft-label bytes", "", bytes_table, "",
+        "HALD − SL: the mean over seeds of the per-seed difference (same seed, size and table) ± "
+        "its standard error (seeds); HL and SL+KD (random subsets) store no labels.", ""
+    ]
+  lines += ["## Findings", ""]
   cad_line = cad_windows_line(out_dir)
-  lines += [f"- {sentence}" for sentence in findings(summary) + ([cad_line] if cad_line else [])]
+  lines += [
+      f"- {sentence}" for sentence in findings(summary, rows) + ([cad_line] if cad_line else [])
+  ]
   lines += [""]
   lines += [f"![{name}]({name})" for name in PLOTS]
   markdown = "\n".join(lines) + "\n"

@@ -41,7 +41,9 @@ DOCUMENTED_ARGS = {
         "task=synthesize,method=cda,seed=1", "task=synthesize,batching=class",
         "method=cda,batching=class", "method=rded"
     ],
+    "fashion_hald.py": ["seeds=1"],
     "fashion_hl.py": [],
+    "fashion_study.py": ["seeds=1"],
     "imagenet_ca2d_ipc10.py": _CA2D + ["seed=1"],
     "imagenet_hald_ipc10.py": ["ipc=50", "crops=5,seed=1", "task=relabel", "regime=sl"],
     "imagenet_hl_resnet18.py": ["ipc=50"],

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import types
 
 import numpy as np
@@ -431,3 +432,262 @@ def test_the_study_report_says_which_cad_windows_were_used(tmp_path):
   report = study_report.write_report(rows, str(workdir))
   assert f"- {line}\n" in report.markdown
   assert study_report.cad_windows_line(str(tmp_path / "no_cells")) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# study_label_tables: SL and HALD at several (crops_per_image, label_keep_fraction) tables.
+
+
+def _table_study(**overrides):
+  """HL, SL and HALD × random × 10 images per class × seeds 0, 1; tables as `overrides` say."""
+  fields = dict(study_regimes=("hl", "sl", "hald"), study_methods=("random",),
+                study_images_per_class=(10,), study_seeds=(0, 1))
+  return tiny_study("/teacher", "/cache", **{**fields, **overrides})
+
+
+def test_label_tables_split_only_the_table_regimes_in_grid_order():
+  config = _table_study(study_label_tables=((1, 1.0), (16, 0.25)))
+  configs = study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+  assert [cell.name for cell in configs] == [
+      "hl-random-ipc10-s0", "hl-random-ipc10-s1", "sl-random-ipc10-c1k1-s0",
+      "sl-random-ipc10-c1k1-s1", "sl-random-ipc10-c16k0.25-s0", "sl-random-ipc10-c16k0.25-s1",
+      "hald-random-ipc10-c1k1-s0", "hald-random-ipc10-c1k1-s1", "hald-random-ipc10-c16k0.25-s0",
+      "hald-random-ipc10-c16k0.25-s1"
+  ]
+  assert study.Cell("hl", "random", 10, 0) in configs  # hl reads no table: crops=0 as before
+  assert study.Cell("sl", "random", 10, 1, 16, 0.25).name == "sl-random-ipc10-c16k0.25-s1"
+  assert study.Cell("sl", "random", 10, 0, 16, 0.0625).name == "sl-random-ipc10-c16k0.0625-s0"
+
+
+def test_a_table_cell_trains_with_its_table_and_reads_no_study_field():
+  config = _table_study(study_label_tables=((2, 1.0), (16, 0.25)), label_pruning="per_image")
+  configs = study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+  for cell, cell_cfg in configs.items():
+    assert cell_cfg.study_label_tables == ()
+    if cell.regime == "hl":
+      assert (cell_cfg.crops_per_image, cell_cfg.label_keep_fraction) == (4, 1.0)  # defaults
+    else:
+      assert (cell_cfg.crops_per_image, cell_cfg.label_keep_fraction) == (cell.crops, cell.keep)
+      # label_pruning is read only by a fraction below 1, so the study may set it for the axis.
+      assert cell_cfg.label_pruning == ("per_image" if cell.keep < 1 else "lpld_batches")
+  # The (2, 1.0) table is the study's own table (tiny_study: crops_per_image=2): the cell is
+  # the run a study without the axis trains, so it shares its caches.
+  plain = study.validate_study(_table_study(), EMBEDDED_COUNTS, "/cache")
+  identity = checkpointing.run_identity
+  assert identity(configs[study.Cell("hald", "random", 10, 1, 2,
+                                     1.0)]) == identity(plain[study.Cell("hald", "random", 10, 1)])
+
+
+def test_without_label_tables_the_grid_and_its_cells_are_unchanged():
+  config = _table_study()
+  assert config.study_label_tables == ()
+  configs = study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+  assert [cell.name for cell in configs
+         ] == [f"{r}-random-ipc10-s{s}" for r in ("hl", "sl", "hald") for s in (0, 1)]
+  assert all((c.crops, c.keep) == (0, 0.0) for c in configs)
+  sl = configs[study.Cell("sl", "random", 10, 0)]
+  assert (sl.crops_per_image, sl.label_keep_fraction, sl.label_pruning) == (2, 1.0, "lpld_batches")
+  assert study.Cell("sl", "random", 10, 0) == study.Cell("sl", "random", 10, 0, 0, 0.0)
+
+
+def test_label_tables_given_as_lists_are_normalised():
+  config = _table_study(study_label_tables=[[1, 1], [16, 0.25]])
+  cells = study.grid(config)
+  assert {(c.crops, c.keep) for c in cells if c.regime == "sl"} == {(1, 1.0), (16, 0.25)}
+  assert all(isinstance(c.keep, float) for c in cells)
+  assert config_schema.label_tables(config) == ((1, 1.0), (16, 0.25))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(study_label_tables=((0, 1.0),)), "(0, 1.0): crops_per_image 0 must be an int >= 1"),
+    (dict(study_label_tables=((2.5, 1.0),)), "crops_per_image 2.5 must be an int >= 1"),
+    (dict(study_label_tables=((4, 0.0),)), "(4, 0.0): label_keep_fraction 0.0 must be in (0, 1]"),
+    (dict(study_label_tables=((4, 1.5),)), "label_keep_fraction 1.5 must be in (0, 1]"),
+    (dict(study_label_tables=((4, 0.5), (4, 0.5))), "repeats an entry (c4k0.5)"),
+    (dict(study_label_tables=((4,),)), "(4,) is not a (crops_per_image, label_keep_fraction) pair"),
+    (dict(study_label_tables=(4, 0.5)), "4 is not a (crops_per_image, label_keep_fraction) pair"),
+    (dict(study_label_tables=((4, 1.0),), study_regimes=("hl", "sl_kd"),
+          crops_per_image=4), "only sl, hald cells read a label table"),
+    (dict(study_label_tables=((4, 1.0),), study_regime_overrides={"sl": {
+        "crops_per_image": 8
+    }}), "study_regime_overrides.sl.crops_per_image: study_label_tables sets it"),
+])
+def test_invalid_label_tables_are_refused_naming_the_field(overrides, message):
+  config = _table_study(**overrides)
+  field = "" if message.startswith("study_") else "study_label_tables: .*"
+  with pytest.raises(ValueError, match=r"^config\." + field + re.escape(message)):
+    study.validate_study(config, EMBEDDED_COUNTS, "/cache")
+
+
+def test_label_tables_under_train_are_refused():
+  with pytest.raises(ValueError, match=r"config\.study_label_tables: .* never reads it"):
+    config_schema.validate(tiny_config(study_label_tables=((1, 1.0),)))
+
+
+# Top-1 per seed of SL and HALD (random, ipc 10) at three tables, and the references. HALD − SL
+# per seed: c1k1 (4, 6, 5) → +5 ± 1/√3 (beats); c16k0.25 (-3, -4, -2) → -3 ± 1/√3 (loses);
+# c16k1 (2, 0, 1) → +1 ± 1/√3 (noise). From 1 to 16 crops the gap changes by (-2, -6, -4).
+TABLE_RESULTS = {
+    ("hl", None): [0.30, 0.32, 0.34],
+    ("sl_kd", None): [0.80, 0.82, 0.84],
+    ("sl", (1, 1.0)): [0.50, 0.52, 0.54],
+    ("sl", (16, 0.25)): [0.60, 0.62, 0.64],
+    ("sl", (16, 1.0)): [0.70, 0.72, 0.74],
+    ("hald", (1, 1.0)): [0.54, 0.58, 0.59],
+    ("hald", (16, 0.25)): [0.57, 0.58, 0.62],
+    ("hald", (16, 1.0)): [0.72, 0.72, 0.75],
+}
+
+
+def _table_rows(results=None, method="random"):
+  """CSV rows (every column) from {(regime, (crops, keep) or None): [top-1 per seed]}."""
+  rows = []
+  for (regime, table), accs in (results or TABLE_RESULTS).items():
+    for seed, acc in enumerate(accs):
+      crops, keep = table or ("", "")
+      rows.append({
+          "regime": regime,
+          "method": method,
+          "ipc": 10,
+          "seed": seed,
+          "test_top1": acc,
+          "test_loss": 1.0,
+          "examples_seen": 64,
+          "steps": 4,
+          "epochs": 1.0,
+          "pool_size": 100,
+          "label_source": study.LABEL_SOURCES[regime],
+          "label_bytes": round(1000 * 209 * crops * keep) if table else 0,
+          "crops_per_image": crops,
+          "label_keep_fraction": keep,
+          "wall_seconds": 2.5
+      })
+  return rows
+
+
+def test_label_tables_round_trip_through_the_csv(tmp_path):
+  path = str(tmp_path / "results.csv")
+  study.write_csv(_table_rows(), path)
+  rows = study_report.read_csv(path)
+  sl = next(r for r in rows if r["regime"] == "sl")
+  assert (sl["crops_per_image"], sl["label_keep_fraction"]) == (1, 1.0)
+  assert isinstance(sl["crops_per_image"], int) and isinstance(sl["label_keep_fraction"], float)
+  hl = next(r for r in rows if r["regime"] == "hl")
+  assert "crops_per_image" not in hl and "label_keep_fraction" not in hl  # no table
+
+
+def test_an_old_csv_without_the_table_columns_still_reads(tmp_path):
+  old_fields = [f for f in study.CSV_FIELDS if f not in ("crops_per_image", "label_keep_fraction")]
+  path = str(tmp_path / "results.csv")
+  rows = _saturated_csv_rows()
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=old_fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  assert study_report.read_csv(path) == rows
+  summary = study_report.summarize(study_report.read_csv(path))
+  assert all(s["table"] == "" and s["crops"] is None for s in summary)
+  report = study_report.write_report(study_report.read_csv(path), str(tmp_path))
+  assert "| SL+KD | full | – | 95.0 ± 0.0 (2) |" in report.markdown
+
+
+def test_label_bytes_table_pairs_hald_with_sl_per_seed():
+  rows = _table_rows()
+  gaps = {(g["crops"], g["keep"]): g for g in study_report.paired_gaps(rows)}
+  assert gaps[1, 1.0]["gap"] == pytest.approx(5.0)
+  assert gaps[1, 1.0]["stderr"] == pytest.approx(1 / np.sqrt(3))
+  assert gaps[16, 0.25]["gap"] == pytest.approx(-3.0)
+  assert gaps[16, 1.0]["gap"] == pytest.approx(1.0)
+  assert [g["verdict"] for g in gaps.values()] == ["beats", "loses", "noise"]
+  assert study_report.label_bytes_table(rows).splitlines() == [
+      "| ipc | crops | keep | label bytes | SL | HALD | HALD − SL (paired) | HL random | "
+      "SL+KD random |",
+      "|---|---|---|---|---|---|---|---|---|",
+      "| 10 | 1 | 1 | 209.0 KB | 52.0 ± 2.0 (3) | 57.0 ± 2.6 (3) | +5.0 ± 0.6 (3) | "
+      "32.0 ± 2.0 (3) | 82.0 ± 2.0 (3) |",
+      "| 10 | 16 | 1/4 | 836.0 KB | 62.0 ± 2.0 (3) | 59.0 ± 2.6 (3) | -3.0 ± 0.6 (3) | "
+      "32.0 ± 2.0 (3) | 82.0 ± 2.0 (3) |",
+      "| 10 | 16 | 1 | 3.344 MB | 72.0 ± 2.0 (3) | 73.0 ± 1.7 (3) | +1.0 ± 0.6 (3) | "
+      "32.0 ± 2.0 (3) | 82.0 ± 2.0 (3) |",
+  ]
+  assert study_report.label_bytes_table(_table_rows({("hl", None): [0.3]})) == ""
+
+
+def test_findings_say_where_hald_beats_sl_and_whether_the_gap_closes():
+  rows = _table_rows()
+  sentences = study_report.findings(study_report.summarize(rows), rows)
+  assert sentences[-2:] == [
+      "ipc 10: at equal label bytes, HALD beats SL with 1 stored crop (+5.0 ± 0.6, paired over 3 "
+      "seeds); HALD loses to SL with 16 stored crops kept at 1/4 (-3.0 ± 0.6, paired over 3 "
+      "seeds); HALD vs SL is not resolved (noise) with 16 stored crops (+1.0 ± 0.6, paired over "
+      "3 seeds).",
+      "ipc 10: the HALD − SL gap closes as stored crops grow (+5.0 with 1 stored crop, +1.0 with "
+      "16 stored crops; change -4.0 ± 1.2 over 3 seeds, resolved)."
+  ]
+  # Without rows (or with one seed) no claim is made from an error bar that does not exist.
+  assert not any("HALD" in s for s in study_report.findings(study_report.summarize(rows)))
+  one_seed = _table_rows({k: v[:1] for k, v in TABLE_RESULTS.items()})
+  sentence = study_report.label_bytes_findings(one_seed)[0]
+  assert "HALD vs SL is not resolved (one seed) with 1 stored crop (+4.0, one seed)" in sentence
+
+
+def test_a_label_table_axis_compares_methods_at_one_table(tmp_path):
+  results = {("sl", (1, 1.0)): [0.50, 0.52], ("sl", (16, 0.25)): [0.60, 0.62]}
+  rows = _table_rows(results) + _table_rows(
+      {
+          ("sl", (1, 1.0)): [0.55, 0.57],
+          ("sl", (16, 0.25)): [0.60, 0.62]
+      }, method="ccs") + _table_rows({("hl", None): [0.3, 0.3]})
+  summary = study_report.summarize(rows)
+  assert [(s["regime"], s["method"], s["table"]) for s in summary
+         ] == [("sl", "random", "1 crop"), ("sl", "random", "16 crops, keep 1/4"),
+               ("sl", "ccs", "1 crop"), ("sl", "ccs", "16 crops, keep 1/4"), ("hl", "random", "")]
+  gains = {g["table"]: g for g in study_report.gains_over_random(summary)}
+  assert gains["1 crop"]["gain"] == pytest.approx(5.0)  # ccs vs random at 1 crop, not at 16
+  assert gains["16 crops, keep 1/4"]["gain"] == pytest.approx(0.0)
+  spreads = {s["table"]: s["spread"] for s in study_report.spreads(summary)}
+  assert spreads == pytest.approx({"1 crop": 5.0, "16 crops, keep 1/4": 0.0, "": 0.0})
+  table = study_report.accuracy_table(summary)
+  assert "| SL | random (16 crops, keep 1/4) | 61.0 ± 1.4 (2) |" in table
+  assert "| HL | random | 30.0 ± 0.0 (2) |" in table
+  assert "| SL (1 crop) | 10 | 51.0 | ccs (56.0) | +5.0 ± 1.4 | 5.0 |" in (
+      study_report.spread_table(summary))
+  report = study_report.write_report(rows, str(tmp_path))
+  assert "## HALD vs SL at equal soft-label bytes" in report.markdown
+  assert all(os.path.getsize(p) > 5000 for p in report.paths[1:])
+  assert study_report._point_label(summary[1]) == "10: c16 k1/4"
+
+
+@pytest.mark.slow
+def test_a_study_with_label_tables_runs_end_to_end(teacher_dir, tmp_path):
+  config = tiny_study(teacher_dir, str(tmp_path / "cache"), study_regimes=("sl",),
+                      study_methods=("random",), study_label_tables=((1, 1.0), (2, 0.5)))
+  workdir = str(tmp_path / "study")
+  rows = study.run(config, workdir)
+  assert sorted(os.listdir(os.path.join(
+      workdir, study.CELLS_DIR))) == ["sl-random-ipc5-c1k1-s0", "sl-random-ipc5-c2k0.5-s0"]
+  assert [(r["crops_per_image"], r["label_keep_fraction"]) for r in rows] == [(1, 1.0), (2, 0.5)]
+  assert rows[0]["label_bytes"] == 50 * 1 * 29  # 50 images × 1 crop × 29 bytes a row
+  assert 0 < rows[1]["label_bytes"] < 50 * 2 * 29  # half of the 2-crop table's rows
+  read = study_report.read_csv(os.path.join(workdir, study.RESULTS_CSV))
+  assert [(r["crops_per_image"], r["label_keep_fraction"]) for r in read] == [(1, 1.0), (2, 0.5)]
+  with open(os.path.join(workdir, study_report.REPORT_FILE)) as f:
+    report = f.read()
+  assert "| SL | random (1 crop) |" in report and "| SL | random (2 crops, keep 1/2) |" in report
+
+
+def test_cells_train_by_seed_then_size_then_method_and_regime():
+  """A study cut short holds whole comparisons of its first seeds and sizes, not whole regimes."""
+  config = config_schema.default_config()
+  config.study_regimes = ("hl", "sl")
+  config.study_methods = ("random", "full", "rded")
+  config.study_images_per_class = (10, 50)
+  config.study_seeds = (1, 0)
+  names = [c.name for c in study.training_order(config, study.grid(config))]
+  assert names == [
+      "hl-random-ipc10-s1", "sl-random-ipc10-s1", "hl-rded-ipc10-s1", "sl-rded-ipc10-s1",
+      "hl-full-all-s1", "sl-full-all-s1", "hl-random-ipc50-s1", "sl-random-ipc50-s1",
+      "hl-rded-ipc50-s1", "sl-rded-ipc50-s1", "hl-random-ipc10-s0", "sl-random-ipc10-s0",
+      "hl-rded-ipc10-s0", "sl-rded-ipc10-s0", "hl-full-all-s0", "sl-full-all-s0",
+      "hl-random-ipc50-s0", "sl-random-ipc50-s0", "hl-rded-ipc50-s0", "sl-rded-ipc50-s0"
+  ]
