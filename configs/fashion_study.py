@@ -19,8 +19,8 @@ recipe on the full split. SL stores 4 crops per image; SRe²L synthesises with i
 Expected wall time on 2 CPU cores: see the README (measured); `:runlocal` runs in seconds.
 
   apt-get install dataset-fashion-mnist   # once (.ci/run does it)
-  python -m hardlabel_jax.main --config configs/fashion_study.py --workdir /tmp/fashion_study
-  python -m hardlabel_jax.main --config configs/fashion_study.py:seeds=1 --workdir /tmp/fashion_study
+  python -m hardlabel_jax.main --config configs/fashion_study.py \
+      --config.cache_dir=/tmp/fashion_cache --workdir /tmp/fashion_study
   python -m hardlabel_jax.main --config configs/fashion_study.py:runlocal --workdir /tmp/fs_smoke
 
 `seeds=N` runs the first N seeds: the same workdir grows seed by seed, so a run cut short still
