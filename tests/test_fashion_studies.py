@@ -1,4 +1,4 @@
-"""configs/fashion_study.py and configs/fashion_hald.py: the grids they promise; their smoke runs."""
+"""configs/fashion_study.py and configs/fashion_hald.py: their grids and their smoke runs."""
 
 import csv
 import os
