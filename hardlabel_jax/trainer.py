@@ -33,6 +33,7 @@ from hardlabel_jax import run_data
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
 from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import pool_memory
 from hardlabel_jax.data import replay
 from hardlabel_jax.soft_labels import table as table_lib
 
@@ -222,11 +223,11 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
                       phases: hald.StepPhases) -> Callable[[int], dict]:
   """Global stream position → training example, for the configured regime."""
   order = pipeline.EpochShuffle(len(data.pool_ids), config.seed)
-  fresh = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.seed,
-                               data.normalizer)
+  train = pool_memory.in_memory(data.train, data.pool_ids)  # every epoch reads the pool again
+  fresh = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.seed, data.normalizer)
   if table is None:
     return pipeline.FreshCrops(fresh, order)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+  stored = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.crop_seed,
                                 data.normalizer)
   # LPLD's stored batches are built here so that a pool smaller than a batch, or a fraction that
   # keeps no batch, stops the run before its first step.
@@ -238,8 +239,8 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
     return soft
   hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=config.hald_cutmix_alpha)
   hard = pipeline.FreshCrops(
-      pipeline.CropExample(data.train, data.pool_ids, hard_spec, config.seed, data.normalizer),
-      order, slot_offset=config.crops_per_image)
+      pipeline.CropExample(train, data.pool_ids, hard_spec, config.seed, data.normalizer), order,
+      slot_offset=config.crops_per_image)
   return replay.PhasedCrops(phases, soft, hard, data.train.info.num_classes)
 
 
