@@ -628,12 +628,12 @@ def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
   plot_accuracy_vs_ipc(summary, paths[0])
   plot_gain_over_random(summary, paths[1])
   plot_accuracy_vs_label_bytes(summary, paths[2])
-  lines = [
-      "## Test top-1 (%), mean ± std over seeds (seeds)", "",
-      accuracy_table(summary), "", "## Spread between subset methods and gain over random (points)",
-      "",
-      spread_table(summary), ""
-  ]
+  lines = ["## Test top-1 (%), mean ± std over seeds (seeds)", "", accuracy_table(summary), ""]
+  if any(row["methods"] > 1 for row in spreads(summary)):  # one method has no spread to show
+    lines += [
+        "## Spread between subset methods and gain over random (points)", "",
+        spread_table(summary), ""
+    ]
   bytes_table = label_bytes_table(rows)
   if bytes_table:
     lines += [
