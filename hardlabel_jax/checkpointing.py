@@ -60,6 +60,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def will_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` will write a checkpoint (orbax also saves a run's first step)."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
            force: bool = False) -> bool:
     """Saves when `step` is on the interval (or `force`); returns whether it saved."""

@@ -343,10 +343,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       done_before = (step - 1) * config.global_batch_size // budget.pool_size
       for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
         epoch_hook(epoch, state)
-    if batch_hook is not None and (step % config.checkpoint_every_steps == 0
-                                   or step == budget.steps):
+    if batch_hook is not None and (checkpointer.will_save(step) or step == budget.steps):
       # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
-      # waits for this step's state anyway.
+      # waits for this step's state anyway. Asked of the checkpointer, not the interval: orbax
+      # also saves the first step of a run, and a kill after that save lost steps 1..1.
       _settle(pending, batch_hook, checkpoint=True)
       pending = None
     checkpointer.save(step, state, iterator)

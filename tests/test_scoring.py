@@ -3,6 +3,7 @@
 import functools
 import glob
 import os
+import time
 import types
 
 import jax
@@ -79,7 +80,9 @@ def test_aum_is_the_mean_of_the_recorded_training_batch_margins(scored):
   workdir, scores = scored
   chunks = _recorded_margins(workdir)
   # Chunks end at every checkpoint (every 4 steps) and at the last of the 37 steps.
-  assert [steps for steps, _, _ in chunks] == [(s, min(s + 3, 37)) for s in range(1, 38, 4)]
+  # A chunk ends wherever a checkpoint is saved: orbax saves step 1 of a run, then every 4th.
+  assert [steps for steps, _, _ in chunks
+         ] == [(1, 1)] + [(max(s - 3, 2), s) for s in range(4, 37, 4)] + [(37, 37)]
   ids = np.concatenate([i for _, i, _ in chunks])
   margins = np.concatenate([m for _, _, m in chunks])
   assert ids.size == 37 * 16 and np.all((margins >= -1) & (margins <= 1))
@@ -178,7 +181,8 @@ def test_killed_and_resumed_scoring_run_gives_the_same_scores(scored, tmp_path):
   with pytest.raises(Killed):
     plan.score(score_config(), workdir, step_hook=kill_at_6)
   epochs_dir = os.path.join(workdir, scoring.EPOCHS_DIR)
-  assert sorted(os.listdir(epochs_dir)) == ["margins_00000001_00000004.npz"]
+  assert sorted(
+      os.listdir(epochs_dir)) == ["margins_00000001_00000001.npz", "margins_00000002_00000004.npz"]
   # A chunk written past the checkpoint a run restarts from is recorded anew.
   stale = os.path.join(epochs_dir, "margins_00000005_00000008.npz")
   np.savez(stale, id=np.zeros(64, np.int64), margin=np.full(64, 9.0, np.float32))
@@ -187,6 +191,29 @@ def test_killed_and_resumed_scoring_run_gives_the_same_scores(scored, tmp_path):
     assert chunk["margin"].max() <= 1  # rewritten by the resumed run
   _, whole = scored
   assert sorted(resumed) == sorted(whole)
+  for name, values in whole.items():
+    np.testing.assert_allclose(resumed[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_scoring_run_killed_after_its_first_checkpoint_resumes(scored, tmp_path):
+  """Orbax saves step 1: its margins must be on disk too (a kill at step 2 once stranded a run)."""
+  workdir = str(tmp_path / "resumed")
+
+  def kill_at_2(step):
+    if step == 2:
+      # The save of step 1 is asynchronous: the kill comes once it has committed.
+      deadline = time.monotonic() + 60
+      while not os.path.exists(os.path.join(workdir, "checkpoints", "1")):
+        assert time.monotonic() < deadline, "checkpoint 1 never committed"
+        time.sleep(0.05)
+      raise Killed("simulated preemption after step 2")
+
+  with pytest.raises(Killed):
+    plan.score(score_config(), workdir, step_hook=kill_at_2)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+  resumed = plan.score(score_config(), workdir)
+  _, whole = scored
   for name, values in whole.items():
     np.testing.assert_allclose(resumed[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
 
