@@ -91,7 +91,7 @@ def test_killed_study_reruns_only_missing_cells_and_gives_the_same_csv(
     study.run(config, workdir, step_hook=die_in_third_cell)
   first_cells = [
       os.path.join(workdir, study.CELLS_DIR, name, "results.json")
-      for name in ("hl-random-ipc5-s0", "hl-el2n_hard-ipc5-s0")
+      for name in ("hl-random-ipc5-s0", "sl-random-ipc5-s0")  # training_order: method first
   ]
   finished_at = [os.path.getmtime(p) for p in first_cells]
   assert len(_rows_without_wall_time(os.path.join(workdir, study.RESULTS_CSV))) == 2
@@ -101,7 +101,7 @@ def test_killed_study_reruns_only_missing_cells_and_gives_the_same_csv(
   # Cell 3 resumes from its step-2 checkpoint (steps 3–4), cell 4 runs whole (steps 1–4).
   assert resumed_steps == [3, 4, 1, 2, 3, 4]
   assert [os.path.getmtime(p) for p in first_cells] == finished_at
-  with open(os.path.join(workdir, study.CELLS_DIR, "sl-random-ipc5-s0", "results.json")) as f:
+  with open(os.path.join(workdir, study.CELLS_DIR, "hl-el2n_hard-ipc5-s0", "results.json")) as f:
     assert json.load(f)["resumed_from_step"] == 2
   assert (_rows_without_wall_time(os.path.join(workdir,
                                                study.RESULTS_CSV)) == _rows_without_wall_time(
