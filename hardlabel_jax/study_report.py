@@ -349,11 +349,12 @@ def _reference(rows: list[dict[str, Any]], regime: str, ipc: int) -> dict[str, A
 
 
 def label_bytes_table(rows: list[dict[str, Any]]) -> str:
-  """Markdown: per size and label table, its bytes, SL, HALD and the paired HALD − SL ('' if none).
+  """Markdown: per size and label table, its bytes, SL, HALD and the paired HALD − SL.
 
-  HL and SL+KD (random subsets, same size) are the references that store no labels.
+  '' unless the study has both SL and HALD cells. HL and SL+KD (random subsets, same size) are
+  the references that store no labels.
   """
-  if not any(r["label_bytes"] > 0 for r in rows):
+  if not {"sl", "hald"} <= {r["regime"] for r in rows}:
     return ""
   gaps = paired_gaps(rows)
   with_method = len(_ordered(g["method"] for g in gaps)) > 1
