@@ -475,11 +475,17 @@ def label_tables(config: ml_collections.ConfigDict) -> tuple[tuple[int, float], 
   return tuple(out)
 
 
+def regime_label_tables(config: ml_collections.ConfigDict,
+                        regime: str) -> tuple[tuple[int, float], ...]:
+  """The label tables a study's `regime` cells split into; () when the axis does not split it."""
+  return label_tables(config) if regime in TABLE_REGIMES else ()
+
+
 def _cell_keep_fractions(config: ml_collections.ConfigDict, run: Mapping[str, Any],
                          regime: str) -> tuple[float, ...]:
   """The label_keep_fraction values a study's cells of `regime` train with (the label tables')."""
-  tables = label_tables(config)
-  if regime in TABLE_REGIMES and tables:
+  tables = regime_label_tables(config, regime)
+  if tables:
     return tuple(dict.fromkeys(keep for _, keep in tables))
   return (run["label_keep_fraction"],)
 

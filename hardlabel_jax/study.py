@@ -83,10 +83,7 @@ class Cell:
 
 def label_tables(config: ml_collections.ConfigDict, regime: str) -> tuple[tuple[int, float], ...]:
   """The (crops, keep) tables the regime's cells split into; ((0, 0.0),) when not split."""
-  tables = config_schema.label_tables(config)
-  if regime in config_schema.TABLE_REGIMES and tables:
-    return tables
-  return ((0, 0.0),)
+  return config_schema.regime_label_tables(config, regime) or ((0, 0.0),)
 
 
 def grid(config: ml_collections.ConfigDict) -> list[Cell]:

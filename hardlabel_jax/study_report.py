@@ -114,14 +114,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups.setdefault((row["regime"], row["method"], row["ipc"], *_table_of(row)), []).append(row)
   summary = []
   for (regime, method, ipc, crops, keep), members in groups.items():
-    mean, std = _mean_std([100 * r["test_top1"] for r in members])
     summary.append({
         "regime": regime,
         "method": method,
         "ipc": ipc,
-        "n": len(members),
-        "mean": mean,
-        "std": std,
+        **_stats(members),  # mean, std, n
         "label_source": members[0]["label_source"],
         "label_bytes": sum(r["label_bytes"] for r in members) / len(members),
         "crops": crops,
