@@ -38,7 +38,10 @@ def get_config(arg=None):
     score.score_epochs = 0
     score.cad_subset_images_per_class = args.ipc
     score.cad_downstream_epochs = float(downstream_epochs)
-    score.cad_windows_shrink = True  # K=3 at ipc 10: the largest J, W that fit
+    # K=3 at ipc 10 is outside CAD-Prune's range (J = K − W = 1 under the spanning rule): the
+    # literal J=6, W=2, shrunk to the largest that fit (J=2, W=1), recorded.
+    score.cad_window_rule = "fixed"
+    score.cad_windows_shrink = True
     config.score_config = score
   if args.method in ("rded", "ca2d"):
     config.rded_factor = 2  # 224 px: 2×2 grids, as RDED's ImageNet scripts (also the default)

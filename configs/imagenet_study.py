@@ -46,6 +46,8 @@ def get_config(arg=None):
   config.topk = 10
   config.crops_per_image = 50
   config.hald_schedule = "S6"
+  # Fixed budget: K = 15 M / 1.28 M = 12 for every size; the paper's literal J=6, W=2 for ImageNet.
+  config.cad_window_rule = "fixed"
   config.cad_window, config.cad_num_windows = 6, 2
   # rded_factor stays 0 (auto): 1 at <= 64 px as RDED's CIFAR scripts, 2 above as its ImageNet ones.
   config.rded_candidates_per_class = 600  # IPC100 stitches 400 crops of distinct images a class
@@ -57,6 +59,6 @@ def get_config(arg=None):
     config.global_batch_size = 16
     # No SL, HALD or RDED/CA2D cells in the smoke grid: nothing reads the table or mipc fields.
     config_schema.unset(config, "label_format", "topk", "crops_per_image",
-                        "rded_candidates_per_class")
+                        "rded_candidates_per_class", "cad_window_rule")
     config.tensorboard = False
   return config

@@ -19,12 +19,29 @@ import ml_collections
 
 from hardlabel_jax import hald
 from hardlabel_jax import models
+from hardlabel_jax.data import dsa
 
 TASKS = ("train", "relabel", "drift", "score", "distill", "synthesize", "study")
 SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d", "sre2l",
               "cda")
 SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
+# The per-epoch trajectory CAD's dynamic uncertainty is the std of: the true-class probability
+# p(y|x) (the paper's Eq. 1, Dynamic Uncertainty's code) or the example's EL2N (the replication's).
+CAD_SIGNALS = ("true_prob", "el2n")
+# How a K-epoch scoring run's windows are chosen: 'span' W = cad_num_windows and J = K − W (windows
+# that span the run, the replication's rule and the paper's at ImageNet's K ≈ 8); 'fixed' the
+# literal J = cad_window (the paper's J = 6 read as a constant).
+CAD_WINDOW_RULES = ("span", "fixed")
+# How K = E_down·n/N becomes a whole number of scoring epochs.
+CAD_EPOCHS_ROUNDINGS = ("ceil", "round", "floor")
+# A study's budget rule: every cell trains `budget_examples` (fixed compute, the scalability
+# analysis), or `study_epochs_per_subset` epochs of its own pool (the paper's method tables).
+STUDY_BUDGET_RULES = ("fixed_examples", "epochs_per_subset")
+# CA2D's candidate pool (distill.candidate_pool): 'cad_top_mipc' the top-mipc images of each class
+# by CAD, then RDED's per-image best crop and class-wide CE filter (the paper, DESIGN.md §7);
+# 'cad_selection' exactly CAD-Prune's ipc·factor² images per class, each its own best crop.
+CA2D_POOLS = ("cad_top_mipc", "cad_selection")
 # CCS prunes and stratifies over the whole pool (the official code) or within each class.
 CCS_SCOPES = ("global", "per_class")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
@@ -45,8 +62,12 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "hald", "constant")
 # Training-crop recipes: 'rrc' RandomResizedCrop (crop_scale, crop_ratio), flip, CutMix; 'rded'
 # RDED's ShufflePatches(rded_factor) → RandomResizedCrop(scale=(1/factor, 1)) → flip → CutMix;
-# 'auto' is 'rded' on RDED/CA2D distilled sets and 'rrc' on any other pool.
-TRAIN_CROP_RECIPES = ("auto", "rrc", "rded")
+# 'auto' is 'rded' on RDED/CA2D distilled sets and 'rrc' on any other pool; 'dsa' the whole image,
+# augmented on the device by DSA (`dsa_strategy`, data.dsa: the DC/DSA/MTT hard-label evaluation).
+TRAIN_CROP_RECIPES = ("auto", "rrc", "rded", "dsa")
+# Regimes whose targets may come from a DSA view: hard labels, or a teacher queried on that view
+# (a stored table holds the labels of keyed host crops, which DSA would no longer show).
+DSA_REGIMES = ("hl", "kd", "sl_kd")
 # SRe²L-family synthesis (hardlabel_jax.synthesize): batches mix classes (SRe²L, CDA) or hold one
 # class each (LPLD's class-wise recover); per-iteration augmentation of the images optimised.
 SYNTH_BATCHINGS = ("mixed", "class")
@@ -77,18 +98,20 @@ RESUMABLE_FIELDS = frozenset({
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "task": ("task", "regime", "seed"),
     "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset", "class_order",
-             "normalization_mean", "normalization_std"),
+             "train_images_per_class", "normalization_mean", "normalization_std"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
     "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "ccs_scope",
-                  "cad_direction"),
-    "distilled_set": ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class"),
+                  "cad_direction", "cad_signal"),
+    "distilled_set":
+        ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class", "ca2d_pool"),
     "synthesis": ("synth_iterations", "synth_lr", "synth_r_bn", "synth_first_bn_multiplier",
                   "synth_batch_size", "synth_jitter", "synth_batching", "synth_augment",
                   "cda_milestone", "synth_image_format"),
     "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
-                "cad_window", "cad_num_windows", "cad_windows_shrink"),
+                "cad_epochs_rounding", "cad_window_rule", "cad_window", "cad_num_windows",
+                "cad_windows_shrink"),
     "crops": ("image_size", "train_crop_recipe", "crop_scale", "crop_ratio", "random_flip",
-              "cutmix_alpha", "eval_crop_fraction"),
+              "cutmix_alpha", "dsa_strategy", "eval_crop_fraction"),
     "model": ("model", "model_kwargs", "compute_dtype"),
     "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
     "optimizer":
@@ -102,9 +125,11 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
                     "teacher_bn_mode", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
-    "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
-              "study_score_epochs", "study_regime_overrides", "study_label_tables",
-              "study_external_set", "study_external_class_order"),
+    "study":
+        ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
+         "study_score_epochs", "study_budget_rule", "study_epochs_per_subset", "study_full_epochs",
+         "study_batch_at_most_pool", "study_first_regimes", "study_regime_overrides",
+         "study_label_tables", "study_external_set", "study_external_class_order"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
                     "read_threads", "read_buffer", "tensorboard"),
 }
@@ -138,6 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   # '' their names sorted; 'index' the number in each name (new000, class_00012); 'test_names'
   # the test set's class names (ImageNet synsets); else a text file of folder names in label order.
   c.class_order = ""
+  # > 0: the train split is cut to its first n images of every class (in id order) and every
+  # artefact sees the cut as the whole split, renumbered, with its own fingerprint (a
+  # Fashion-MNIST pool of CIFAR-100's 500 images per class: data.class_cut).
+  c.train_images_per_class = 0
   c.normalization_mean = ()  # () -> the training source's; distilled sets use the original's
   c.normalization_std = ()
   c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
@@ -155,12 +184,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.ccs_strata = 50
   c.ccs_scope = "global"  # CCS_SCOPES: over the whole set (the official code) or 'per_class'
   c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
+  c.cad_signal = "true_prob"  # CAD_SIGNALS: the trajectory CAD ranks by (score file has both)
   # RDED / CA2D distilled sets (selection='rded'|'ca2d'), built on first use in cache_dir.
   # factor×factor patches per distilled image; 0 -> run_data.rded_factor: 1 up to 64 px (RDED's
   # CIFAR and Tiny-ImageNet scripts), 2 above (its ImageNet scripts).
   c.rded_factor = 0
   c.rded_crops_per_image = 5
-  c.rded_candidates_per_class = 0  # RDED's mipc; 0 -> min(300, smallest class). Unused by CA2D
+  # mipc, the real images per class crops are drawn from: RDED's random ones, CA2D's top by CAD
+  # (ca2d_pool='cad_top_mipc'); 0 -> min(300, smallest class). Unused by 'cad_selection'.
+  c.rded_candidates_per_class = 0
+  # CA2D_POOLS: CA2D's candidates are the top-mipc images of each class by CAD (the paper) or
+  # CAD-Prune's ipc·factor² images ('cad_selection', no class-wide CE filter). Read by CA2D only.
+  c.ca2d_pool = "cad_top_mipc"
   # SRe²L / CDA synthesis (selection='sre2l'|'cda', task='synthesize'), built on first use in
   # cache_dir from a BatchNorm teacher; defaults are VILA-Lab/SRe2L recover.sh and CDA's README.
   c.synth_iterations = 1000  # 1K (SRe²L's small-data and CDA-Tiny scripts) or 4K (ImageNet)
@@ -178,10 +213,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.score_epochs = 0  # K; 0 -> CAD-Prune's K·N = E_down·n from the two fields below
   c.cad_subset_images_per_class = 0  # n / classes of the downstream subset
   c.cad_downstream_epochs = 0.0  # E_down of the downstream run
-  c.cad_window = 6  # J: epochs per dynamic-uncertainty window
+  c.cad_epochs_rounding = "ceil"  # CAD_EPOCHS_ROUNDINGS: E_down·n/N to whole epochs (>= 1)
+  # CAD_WINDOW_RULES: 'span' J = K − cad_num_windows (K − W < 2 is out of CAD's range, refused);
+  # 'fixed' J = cad_window.
+  c.cad_window_rule = "span"
+  c.cad_window = 6  # J under cad_window_rule='fixed': epochs per dynamic-uncertainty window
   c.cad_num_windows = 2  # W: windows averaged into CAD
-  # K < J + W is an error unless this is set; then the scoring run uses the largest J >= 2, then
-  # W >= 1, that fit in K and records them (cad_window_used, cad_num_windows_used).
+  # 'fixed' only: K < J + W is an error unless this is set; then the scoring run uses the largest
+  # J >= 2, then W >= 1, that fit in K and records them (cad_window_used, cad_num_windows_used).
   c.cad_windows_shrink = False
 
   # Crops (torchvision RandomResizedCrop semantics) and evaluation view.
@@ -193,6 +232,9 @@ def default_config() -> ml_collections.ConfigDict:
   # How training crops are drawn (TRAIN_CROP_RECIPES): 'auto' trains RDED/CA2D sets with RDED's
   # own recipe (ShufflePatches, then crop scale 1/rded_factor–1), every other pool with 'rrc'.
   c.train_crop_recipe = "auto"
+  # train_crop_recipe='dsa': DC/DSA's strategy string (VICO-UoE/DatasetCondensation utils.py), one
+  # op drawn per batch with per-image parameters (ParamDiffAug's defaults, data.dsa.DSAParams).
+  c.dsa_strategy = "color_crop_cutout_flip_scale_rotate"
   c.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
 
   # Model.
@@ -273,6 +315,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.study_images_per_class = (10,)
   c.study_seeds = (0,)
   c.study_score_epochs = 10  # K of the EL2N/AUM scoring run; CAD-Prune's K comes from the budget
+  # STUDY_BUDGET_RULES: 'fixed_examples' every cell trains budget_examples; 'epochs_per_subset'
+  # every cell trains study_epochs_per_subset epochs of its own pool, and the full split
+  # study_full_epochs (0 -> the same E), so compute and CAD-Prune's K grow with the subset.
+  c.study_budget_rule = "fixed_examples"
+  c.study_epochs_per_subset = 0.0
+  c.study_full_epochs = 0.0
+  # A pool smaller than global_batch_size trains in batches of the pool, rounded down to a multiple
+  # of 8 (the DC/DSA evaluation's DataLoader: batch 256 on 100 images gives 100-image steps).
+  c.study_batch_at_most_pool = False
+  c.study_first_regimes = ()  # cells of these regimes train before all others (e.g. ('hl',))
   c.study_regime_overrides = ml_collections.ConfigDict()  # regime -> {field: value}
   # (crops_per_image, label_keep_fraction) pairs: a grid axis of the sl/hald cells; () -> their own.
   c.study_label_tables = ()
@@ -312,7 +364,7 @@ _ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GRO
                          + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
 _DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
-             "train_crop_recipe", "label_keep_fraction")
+             "train_crop_recipe", "label_keep_fraction", "cad_window_rule")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -373,15 +425,21 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   if selection == "ccs":
     read |= {"ccs_beta", "ccs_strata", "ccs_scope"}
   if selection in ("cad_prune", "ca2d"):
-    read.add("cad_direction")
+    read |= {"cad_direction", "cad_signal"}
   if selection in DISTILLED_SELECTIONS:  # distill: teacher CE of seeded crops, stitched
     read |= {*FIELD_GROUPS["distilled_set"], *FIELD_GROUPS["teacher"], "crop_seed"}
+    if selection != "ca2d":
+      read.discard("ca2d_pool")
   if selection in SYNTHESIZED_SELECTIONS:  # synthesize.identity
     read |= {*FIELD_GROUPS["synthesis"], *FIELD_GROUPS["teacher"]}
     if selection != "cda":
       read.discard("cda_milestone")
   if train_crop_recipe(run) == "rded":  # run_data.crop_spec: the factor fixes shuffle and scale
     read = (read - {"crop_scale", "crop_ratio"}) | {"rded_factor"}
+  if train_crop_recipe(run) == "dsa":  # the whole image; DSA's own crop, flip and cutout
+    read = (read - {"crop_scale", "crop_ratio", "random_flip", "cutmix_alpha"}) | {"dsa_strategy"}
+  else:
+    read.discard("dsa_strategy")
   if task in TEACHER_TASKS or (trains and regime != "hl"):
     read |= set(FIELD_GROUPS["teacher"])
   if trains:
@@ -395,9 +453,11 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   if task == "drift":
     read |= _DRIFT_READS
   if task == "score":  # scoring.scoring_epochs, scores_from_statistics
-    read |= {"score_epochs", "cad_window", "cad_num_windows", "cad_windows_shrink"}
+    read |= {"score_epochs", "cad_window_rule", "cad_num_windows"}
+    if run["cad_window_rule"] == "fixed":
+      read |= {"cad_window", "cad_windows_shrink"}
     if not run["score_epochs"]:
-      read |= {"cad_subset_images_per_class", "cad_downstream_epochs"}
+      read |= {"cad_subset_images_per_class", "cad_downstream_epochs", "cad_epochs_rounding"}
   return read
 
 
@@ -526,6 +586,10 @@ def _reads(config: ml_collections.ConfigDict, run: Mapping[str, Any]) -> set[str
   if set(config.study_methods) & set(SCORED_SELECTIONS):
     score = {**run, "task": "score", "regime": "hl", "selection": "random", "score_epochs": 1}
     read |= _run_reads(score) - _SCORE_SETS
+  if set(config.study_methods) & {"cad_prune", "ca2d"}:
+    read.add("cad_epochs_rounding")  # study.cad_scoring_epochs: K per subset size
+  if config.study_budget_rule == "epochs_per_subset":
+    read -= {"budget_examples", "num_epochs"}  # study.cell_config sets both in every cell
   return read
 
 
@@ -562,6 +626,7 @@ def _readers_hint(config: ml_collections.ConfigDict, field: str) -> str:
       "schedule": SCHEDULES,
       "label_format": LABEL_FORMATS,
       "score_epochs": (0,),
+      "cad_window_rule": CAD_WINDOW_RULES,
       "train_crop_recipe": TRAIN_CROP_RECIPES,
       "label_keep_fraction": (0.5,)
   }
@@ -668,6 +733,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.rded_factor >= 0, "rded_factor", "must be >= 0 (0: by image size)")
   _require(config.rded_crops_per_image >= 1, "rded_crops_per_image", "must be >= 1")
   _require(config.rded_candidates_per_class >= 0, "rded_candidates_per_class", "must be >= 0")
+  _require_choice(config, "ca2d_pool", CA2D_POOLS)
   _require(config.synth_iterations >= 1, "synth_iterations", "must be >= 1 (1000 or 4000 in the "
            "official scripts)")
   _require(config.synth_lr > 0, "synth_lr", "must be positive")
@@ -685,6 +751,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "ccs_scope", CCS_SCOPES)
   _require(config.ccs_strata >= 1, "ccs_strata", "must be >= 1")
   _require_choice(config, "cad_direction", CAD_DIRECTIONS)
+  _require_choice(config, "cad_signal", CAD_SIGNALS)
+  _require_choice(config, "cad_window_rule", CAD_WINDOW_RULES)
+  _require_choice(config, "cad_epochs_rounding", CAD_EPOCHS_ROUNDINGS)
+  _require(
+      _is_int(config.train_images_per_class) and config.train_images_per_class >= 0,
+      "train_images_per_class", "must be an int >= 0 (0 = the whole train split)")
   _require(config.score_epochs >= 0, "score_epochs", "must be >= 0")
   _require(config.cad_window >= 2, "cad_window", "must be >= 2 (a standard deviation)")
   _require(config.cad_num_windows >= 1, "cad_num_windows", "must be >= 1")
@@ -710,6 +782,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
   _require(config.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
   _require_choice(config, "train_crop_recipe", TRAIN_CROP_RECIPES)
+  if config.train_crop_recipe == "dsa":
+    try:
+      dsa.parse_strategy(config.dsa_strategy)
+    except ValueError as e:
+      raise ValueError(f"config.dsa_strategy: {e}") from e
+    _require(
+        config.task != "train" or config.regime in DSA_REGIMES, "train_crop_recipe",
+        f"'dsa' augments on the device, so a {config.regime!r} run's stored soft labels would "
+        f"belong to other pixels; use it with {', '.join(DSA_REGIMES)}")
   _require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
   _require(0 <= config.adam_b1 < 1 and 0 <= config.adam_b2 < 1, "adam_b2",
            "Adam's b1 and b2 must lie in [0, 1)")
@@ -752,6 +833,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
   if config.task == "study":  # the grid decides what the study reads
+    _require_choice(config, "study_budget_rule", STUDY_BUDGET_RULES)
     for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + STUDY_POOLS)):
       for value in config[field]:
         _require(value in known, field, f"{value!r} is not one of {', '.join(known)}")

@@ -7,10 +7,14 @@ its lowest-CE crop; per class the `ipc·factor²` lowest-CE crops are stitched i
 `factor×factor` patches (patches j, j+ipc, j+2·ipc, … of class-sorted crops fill image j in
 row-major order). The factor is `run_data.rded_factor`: 1 up to 64 px, as the official CIFAR and
 Tiny-ImageNet scripts (one crop per image, no stitching), 2 above, as its ImageNet scripts.
-CA2D (Hard Truths): the images are those CAD-Prune selects at the compute budget, `ipc·factor²` per
-class, and each contributes its own lowest-CE crop; no class-wide CE filter (`candidate_pool`).
+CA2D (Hard Truths, DESIGN.md §7; no official code): RDED's algorithm with the random candidates
+replaced by the top-mipc images of each class by CAD (`ca2d_pool='cad_top_mipc'`, the paper: the
+ranking and direction `selection='cad_prune'` uses, from the same score file), then RDED's own
+per-image best crop, class-wide lowest-CE filter and stitching. `ca2d_pool='cad_selection'` takes
+exactly CAD-Prune's `ipc·factor²` images per class, each with its own best crop (no CE filter).
 The set is written as an image folder (`<dir>/train/<class>/<i>.png`, the format of the PyTorch
-RDED code) with `provenance.json`, so the trainer reads it like any data set.
+RDED code) with `provenance.json` (the candidate pool and every patch's source), so the trainer
+reads it like any data set.
 """
 
 from __future__ import annotations
@@ -47,26 +51,72 @@ def candidates_per_class(config: ml_collections.ConfigDict, smallest_class: int)
   return config.rded_candidates_per_class or min(300, smallest_class)
 
 
-def cad_prune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `cad_prune` run whose training pool is CA2D's images: `ipc·factor²` per class.
+def ca2d_candidates_per_class(config: ml_collections.ConfigDict, train: ImageSource) -> int:
+  """CA2D's candidates per class, by `ca2d_pool`: mipc capped at the smallest scored class, or
+  `ipc·factor²` ('cad_selection')."""
+  if config.images_per_class <= 0:
+    raise ValueError("config.images_per_class: selection 'ca2d' needs a positive number of "
+                     "images per class")
+  if config.ca2d_pool == "cad_selection":
+    return config.images_per_class * run_data.rded_factor(config)**2
+  scored = selection.load_scores(config.scores_file, expected_fingerprint=train.info.fingerprint)
+  _, counts = np.unique(np.asarray(train.labels())[scored.ids], return_counts=True)
+  smallest = int(counts.min())
+  return min(candidates_per_class(config, smallest), smallest)
 
-  A distilled image holds factor² patches, each from its own real image, so CA2D takes CAD-Prune's
-  selection of `ipc·factor²` images per class from the same score file and direction (at factor 1
-  exactly the images `selection='cad_prune'` with the same `images_per_class` trains on).
+
+def cad_prune_config(config: ml_collections.ConfigDict,
+                     train: ImageSource) -> ml_collections.ConfigDict:
+  """The `cad_prune` run whose training pool is CA2D's candidates (`ca2d_candidates_per_class`).
+
+  Same score file and direction as `selection='cad_prune'`. 'cad_top_mipc' (the paper, DESIGN.md
+  §7): the top-mipc images of each class by CAD, RDED's pool for its per-image best crop and
+  class-wide CE filter. 'cad_selection': CAD-Prune's `ipc·factor²` images per class, one per patch
+  (at factor 1 exactly the images `selection='cad_prune'` with the same `images_per_class` trains
+  on).
   """
   out = config.copy_and_resolve_references()
   out.selection = "cad_prune"
-  out.images_per_class = config.images_per_class * run_data.rded_factor(config)**2
+  out.images_per_class = ca2d_candidates_per_class(config, train)
   return out
 
 
 def candidate_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.ndarray:
-  """The real images crops are drawn from: `mipc` random per class (RDED) or CAD-Prune's (CA2D)."""
+  """The real images crops are drawn from, sorted: `mipc` random per class (RDED) or CA2D's by CAD.
+  """
   if config.selection == "ca2d":
-    return run_data.scored_pool(cad_prune_config(config), train)
+    return run_data.scored_pool(cad_prune_config(config, train), train)
   labels = np.asarray(train.labels())
   mipc = candidates_per_class(config, int(np.bincount(labels).min()))
   return selection.class_balanced_random(labels, mipc, config.subset_seed)
+
+
+def pool_record(config: ml_collections.ConfigDict, train: ImageSource,
+                pool: np.ndarray) -> dict[str, Any]:
+  """provenance's `candidate_pool`: its rule, images per class, and each class's candidate ids.
+
+  CA2D's in CAD order (the ranking CAD-Prune keeps first: highest CAD for 'hardest'; ties → the
+  score file's earlier example), RDED's random ones by id.
+  """
+  labels = np.asarray(train.labels())
+  record: dict[str, Any] = {"rule": "random"}
+  ordered = pool
+  if config.selection == "ca2d":
+    scored = selection.load_scores(config.scores_file, expected_fingerprint=train.info.fingerprint)
+    position = np.full(len(labels), -1, np.int64)
+    position[scored.ids] = np.arange(len(scored.ids))
+    # The score run_data.scored_pool ranks by: the CAD of the trajectory `cad_signal` names.
+    cad = scored.scores[selection.CAD_SCORES[config.cad_signal]][position[pool]]
+    key = -cad if config.cad_direction == "hardest" else cad
+    ordered = pool[np.lexsort((position[pool], key))]
+    record = {"rule": config.ca2d_pool, "cad_direction": config.cad_direction}
+  classes, counts = np.unique(labels[pool], return_counts=True)
+  record["mipc"] = int(counts.max())
+  record["classes"] = [{
+      "label": int(c),
+      "ids": [int(i) for i in ordered[labels[ordered] == c]]
+  } for c in classes]
+  return record
 
 
 def select_crops(pool_labels: np.ndarray, crop_ce: np.ndarray, images_per_class: int,
@@ -74,8 +124,9 @@ def select_crops(pool_labels: np.ndarray, crop_ce: np.ndarray, images_per_class:
   """Per class, the `ipc·factor²` images whose best crop has the lowest CE, and those slots.
 
   `crop_ce` is `[pool, crops]`; returns pool positions (class-major, ascending CE within a class)
-  and the chosen slot of each. A CA2D pool holds exactly `ipc·factor²` images per class, so every
-  image is kept with its own best crop and the CE only orders the patches (RDED's stitching order).
+  and the chosen slot of each. RDED's and CA2D's (top-mipc by CAD) pools keep the class-wide
+  lowest (LINs-lab/RDED synthesize/main.py); a 'cad_selection' pool holds exactly `ipc·factor²`
+  images per class, so every image is kept and the CE only orders the patches (stitching order).
   """
   best_slot = np.argmin(crop_ce, axis=1)
   best_ce = crop_ce[np.arange(len(crop_ce)), best_slot]
@@ -175,6 +226,8 @@ def identity(config: ml_collections.ConfigDict, fingerprint: str, teacher_digest
       "image_size": config.image_size,
       "scores": scores,
       "cad_direction": config.cad_direction if config.selection == "ca2d" else "",
+      "cad_signal": config.cad_signal if config.selection == "ca2d" else "",
+      "ca2d_pool": config.ca2d_pool if config.selection == "ca2d" else "",
       "normalization": [list(config.normalization_mean),
                         list(config.normalization_std)]
   }
@@ -188,12 +241,18 @@ def set_directory(cache_root: str, ident: Mapping[str, Any]) -> str:
 
 def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
                teacher: teacher_lib.Teacher, example: pipeline.CropExample, labels: np.ndarray,
-               pool: np.ndarray, positions: np.ndarray, slots: np.ndarray, ce: np.ndarray) -> None:
+               pool: np.ndarray, positions: np.ndarray, slots: np.ndarray, ce: np.ndarray,
+               candidates: dict[str, Any]) -> None:
   """Stitches the chosen crops into `directory` (PNGs + provenance), atomically."""
   factor = run_data.rded_factor(config)
   partial = directory + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
-  provenance = {"identity": ident, "teacher": teacher.describe(), "images": []}
+  provenance = {
+      "identity": ident,
+      "teacher": teacher.describe(),
+      "candidate_pool": candidates,
+      "images": []
+  }
   per_class = config.images_per_class * factor**2
   for start in range(0, len(positions), per_class):
     # The scored crops themselves, already at size/factor (the official code stitches those).
@@ -236,7 +295,8 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
   factor = run_data.rded_factor(config)
   positions, slots = select_crops(labels[pool], ce, config.images_per_class, factor)
   if jax.process_index() == 0:  # every process scored the crops; one writes the set
-    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots, ce)
+    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots, ce,
+               pool_record(config, data.train, pool))
   mesh_lib.sync_processes("distilled set written")
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "
                        f"{factor}×{factor} patches) in {directory}")

@@ -60,6 +60,7 @@ def folder_config(config: ml_collections.ConfigDict, directory: str,
   out.dataset = f"{image_folder.PREFIX}{directory}"
   out.train_split = SPLIT  # <dir>/train/<class>, or <dir>/<class> when there is no train/
   out.class_order = class_order
+  out.train_images_per_class = 0  # the folder is a split of its own (the cut made it, if any)
   out.selection, out.images_per_class, out.scores_file, out.subset_ids_file = "random", 0, "", ""
   out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
   out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)

@@ -9,6 +9,7 @@ import numpy as np
 
 from hardlabel_jax import config_schema
 from hardlabel_jax import selection
+from hardlabel_jax.data import class_cut
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import errors as data_errors
 from hardlabel_jax.data import image_folder
@@ -42,10 +43,12 @@ def scored_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.nda
                      "positive number of images per class")
   scored = selection.load_scores(config.scores_file, expected_fingerprint=train.info.fingerprint)
   name = SELECTION_SCORES[config.selection]
+  if name == "cad":
+    name = selection.CAD_SCORES[config.cad_signal]
   if name not in scored.scores:
     raise ValueError(f"config.scores_file: {config.scores_file} has no {name!r} scores (it has "
-                     f"{', '.join(sorted(scored.scores))}); for CAD the scoring run needs at "
-                     "least cad_window + cad_num_windows epochs")
+                     f"{', '.join(sorted(scored.scores))}); for CAD the scoring run's K epochs "
+                     "must hold its windows (scoring.cad_windows)")
   labels = np.asarray(train.labels())[scored.ids]
   chosen = selection.select(config.selection, labels, config.images_per_class,
                             scores=scored.scores[name], seed=config.subset_seed,
@@ -65,9 +68,12 @@ def rded_factor(config: ml_collections.ConfigDict) -> int:
 
 def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
   """The training crops of a run, by `config_schema.train_crop_recipe`: 'rrc' or RDED's."""
-  if config_schema.train_crop_recipe(config) == "rded":
+  recipe = config_schema.train_crop_recipe(config)
+  if recipe == "rded":
     return crops.rded_spec(config.image_size, rded_factor(config), flip=config.random_flip,
                            cutmix_alpha=config.cutmix_alpha)
+  if recipe == "dsa":  # the whole image; the train step applies DSA on the device
+    return crops.whole_image_spec(config.image_size)
   return crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
                         ratio=tuple(config.crop_ratio), flip=config.random_flip,
                         cutmix_alpha=config.cutmix_alpha)
@@ -82,20 +88,24 @@ def _test_source(config: ml_collections.ConfigDict) -> ImageSource:
 
 
 def train_source(config: ml_collections.ConfigDict, test: ImageSource | None = None) -> ImageSource:
-  """The train split, an image folder's classes mapped by `config.class_order` onto the test's.
+  """The train split, an image folder's classes mapped by `config.class_order` onto the test's,
+  cut to `train_images_per_class` per class when that is set.
 
   With class_order '' this is the plain train split (folder names sorted) and the test split is
   not opened; otherwise `test` (opened here when None) supplies the classes to map onto, so a
   folder that does not match them fails here, before anything is built or trained.
   """
   if not config.class_order:
-    return sources.load_source(config.dataset, config.train_split, config.data_dir or None)
-  test = _test_source(config) if test is None else test
-  info = test.info
-  # A TFDS ClassLabel made from a class count names its classes '0'..'n-1'; so do we.
-  reference = info.class_names or tuple(str(c) for c in range(info.num_classes))
-  return sources.load_source(config.dataset, config.train_split, config.data_dir or None,
-                             class_order=config.class_order, reference_classes=reference)
+    split = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
+  else:
+    test = _test_source(config) if test is None else test
+    info = test.info
+    # A TFDS ClassLabel made from a class count names its classes '0'..'n-1'; so do we.
+    reference = info.class_names or tuple(str(c) for c in range(info.num_classes))
+    split = sources.load_source(config.dataset, config.train_split, config.data_dir or None,
+                                class_order=config.class_order, reference_classes=reference)
+  # `train_images_per_class`: every artefact sees the cut as the whole split (class_cut).
+  return class_cut.cut(split, config.train_images_per_class)
 
 
 def _split_name(source: ImageSource) -> str:

@@ -41,8 +41,8 @@ _MARGINS_FILE = re.compile(r"margins_(\d{8})_(\d{8})\.npz")
 # margin (now `aum_eval_logit`) are not reused.
 AUM_DEFINITION = "mean training-batch softmax margin p_y - max_other p (CCS official)"
 # Score-file header fields that say which CAD windows the scores used (and were asked for).
-CAD_RECORD_FIELDS = ("cad_window", "cad_num_windows", "cad_windows_shrink", "cad_window_used",
-                     "cad_num_windows_used")
+CAD_RECORD_FIELDS = ("cad_window_rule", "cad_window", "cad_num_windows", "cad_windows_shrink",
+                     "cad_window_used", "cad_num_windows_used")
 
 
 def scoring_epochs(config: ml_collections.ConfigDict, pool_size: int, num_classes: int) -> int:
@@ -50,7 +50,8 @@ def scoring_epochs(config: ml_collections.ConfigDict, pool_size: int, num_classe
   if config.score_epochs:
     return int(config.score_epochs)
   subset = config.cad_subset_images_per_class * num_classes
-  epochs = selection.cad_prune_epochs(pool_size, subset, config.cad_downstream_epochs)
+  epochs = selection.cad_prune_epochs(pool_size, subset, config.cad_downstream_epochs,
+                                      config.cad_epochs_rounding)
   # This run exists for CAD: a K its windows do not fit is an error before training, not a
   # score file without CAD (or with silently smaller windows).
   check_cad_windows(config, epochs,
@@ -58,8 +59,18 @@ def scoring_epochs(config: ml_collections.ConfigDict, pool_size: int, num_classe
   return epochs
 
 
-def cad_windows(epochs: int, window: int, num_windows: int, shrink: bool) -> tuple[int, int] | None:
-  """(J, W) CAD uses on a K-epoch run: the configured ones, the largest that fit, or None."""
+def cad_windows(epochs: int, num_windows: int, *, rule: str, window: int = 6,
+                shrink: bool = False) -> tuple[int, int] | None:
+  """(J, W) CAD uses on a K-epoch run under `rule`, or None when no window fits.
+
+  'span': W = num_windows and J = K − W, so the W windows averaged start at epochs 0..W−1 and
+  together cover the run (J >= 2: a standard deviation). 'fixed': J = `window`, or with `shrink`
+  the largest J >= 2, then W >= 1, that fit in K.
+  """
+  if rule == "span":
+    return (epochs - num_windows, num_windows) if epochs - num_windows >= 2 else None
+  if rule != "fixed":
+    raise ValueError(f"unknown CAD window rule {rule!r}")
   if epochs >= window + num_windows:
     return window, num_windows
   if not shrink or epochs < 3:
@@ -69,11 +80,24 @@ def cad_windows(epochs: int, window: int, num_windows: int, shrink: bool) -> tup
   return used_window, min(num_windows, epochs - used_window)
 
 
+def config_cad_windows(config: ml_collections.ConfigDict, epochs: int) -> tuple[int, int] | None:
+  """`cad_windows` with the config's rule, J, W and shrink."""
+  return cad_windows(epochs, config.cad_num_windows, rule=config.cad_window_rule,
+                     window=config.cad_window, shrink=config.cad_windows_shrink)
+
+
 def check_cad_windows(config: ml_collections.ConfigDict, epochs: int, what: str) -> tuple[int, int]:
   """The (J, W) CAD uses on `epochs`, or a ValueError naming the fields that decide it."""
-  used = cad_windows(epochs, config.cad_window, config.cad_num_windows, config.cad_windows_shrink)
+  used = config_cad_windows(config, epochs)
   if used is not None:
     return used
+  if config.cad_window_rule == "span":
+    raise ValueError(
+        f"config.cad_window_rule: {what} K={epochs} epochs; windows spanning the run ('span') "
+        f"take J = K − W = {epochs} − {config.cad_num_windows} = {epochs - config.cad_num_windows} "
+        "epochs, fewer than the 2 a standard deviation needs: this subset size is outside "
+        "CAD-Prune's range at this budget (more downstream epochs or a larger subset make K "
+        "longer); no window is shrunk silently")
   needed = config.cad_window + config.cad_num_windows
   if config.cad_windows_shrink:
     raise ValueError(f"config.cad_windows_shrink: {what} K={epochs} epochs, too few for any CAD "
@@ -81,8 +105,9 @@ def check_cad_windows(config: ml_collections.ConfigDict, epochs: int, what: str)
   raise ValueError(
       f"config.cad_window: {what} K={epochs} epochs, fewer than cad_window + "
       f"cad_num_windows = {config.cad_window} + {config.cad_num_windows} = {needed}; raise the "
-      "budget, lower cad_window / cad_num_windows, or set cad_windows_shrink=True to score with "
-      "the largest J >= 2, W >= 1 that fit (recorded as cad_window_used, cad_num_windows_used)")
+      "budget, lower cad_window / cad_num_windows, use cad_window_rule='span', or set "
+      "cad_windows_shrink=True to score with the largest J >= 2, W >= 1 that fit (recorded as "
+      "cad_window_used, cad_num_windows_used)")
 
 
 def cad_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -238,11 +263,14 @@ def scores_from_statistics(per_epoch: dict[str, np.ndarray], window: int, num_wi
   }
   if training_aum is not None:
     scores["aum"] = training_aum
-  if epochs >= window:
+  if epochs > window:
+    # BAAI-DCAI/Dataset-Pruning get_coreset.py averages the windows that end before the last
+    # epoch (k = 0 .. K−J−1): the window ending at the last recorded epoch is never appended.
     scores["dynamic_uncertainty"] = np.asarray(
-        difficulty.dynamic_uncertainty(per_epoch["true_prob"], window)).mean(axis=0)
+        difficulty.dynamic_uncertainty(per_epoch["true_prob"], window))[:-1].mean(axis=0)
   if epochs >= window + num_windows:
-    scores["cad"] = np.asarray(difficulty.cad_scores(per_epoch["true_prob"], window, num_windows))
+    for signal, name in selection.CAD_SCORES.items():
+      scores[name] = np.asarray(difficulty.cad_scores(per_epoch[signal], window, num_windows))
   return {k: np.asarray(v, np.float32) for k, v in scores.items()}
 
 
@@ -276,7 +304,7 @@ def write_scores(config: ml_collections.ConfigDict, workdir: str, data: run_data
   per_epoch = {}
   for name in STATISTICS:
     per_epoch[name] = np.stack([np.load(recorder.path(e))[name] for e in range(epochs)])
-  used = cad_windows(epochs, config.cad_window, config.cad_num_windows, config.cad_windows_shrink)
+  used = config_cad_windows(config, epochs)
   # Without a fit (and without the shrink) the windows stay as configured: CAD is left out.
   window, num_windows = used or (config.cad_window, config.cad_num_windows)
   aum = margins.aum(int(final_state.step))
@@ -295,9 +323,14 @@ def write_scores(config: ml_collections.ConfigDict, workdir: str, data: run_data
       "model": config.model,
       "epochs": epochs,
       "seed": config.seed,
+      "cad_window_rule": config.cad_window_rule,
       "cad_window": config.cad_window,
       "cad_num_windows": config.cad_num_windows,
       "cad_windows_shrink": bool(config.cad_windows_shrink),
+      # Which per-epoch trajectory each CAD score is the dynamic uncertainty of.
+      "cad_signals": {
+          name: signal for signal, name in selection.CAD_SCORES.items()
+      },
       # null when K holds no CAD window: the file then has no 'cad' scores.
       "cad_window_used": used[0] if used else None,
       "cad_num_windows_used": used[1] if used else None,

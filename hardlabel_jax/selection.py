@@ -89,9 +89,15 @@ _CCS_BETA_ROWS = {
 _DISTILLATION_METHODS: tuple[str, ...] = ("rded", "ca2d")
 CAD_DIRECTIONS: tuple[str, ...] = ("hardest", "easiest")
 
+# The CAD scores a score file holds, by the per-epoch trajectory they are computed on
+# (config_schema.CAD_SIGNALS): `cad` is the paper's p(y|x), `cad_el2n` the replication's EL2N.
+CAD_SCORES = {"true_prob": "cad", "el2n": "cad_el2n"}
+CAD_EPOCHS_ROUNDINGS = {"ceil": math.ceil, "round": round, "floor": math.floor}
 
-def cad_prune_epochs(num_examples: int, subset_size: int, downstream_epochs: float) -> int:
-  """Scoring-run length K with K·N = E_down·n (compute-matched, DESIGN §7), rounded up, >= 1."""
+
+def cad_prune_epochs_exact(num_examples: int, subset_size: int,
+                           downstream_epochs: float) -> fractions.Fraction:
+  """K·N = E_down·n solved exactly: E_down·n/N as a fraction (DESIGN §7)."""
   for name, value in (("num_examples", num_examples), ("subset_size", subset_size)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -103,8 +109,20 @@ def cad_prune_epochs(num_examples: int, subset_size: int, downstream_epochs: flo
   if subset_size > num_examples:
     raise ValueError(f"subset_size {subset_size} is larger than the data set ({num_examples})")
   # Exact rational arithmetic: 300·5000/50000 must give 30, not 30.000000000000004 → 31.
-  epochs = fractions.Fraction(repr(float(downstream_epochs))) * int(subset_size) / int(num_examples)
-  return max(1, math.ceil(epochs))
+  return fractions.Fraction(repr(float(downstream_epochs))) * int(subset_size) / int(num_examples)
+
+
+def cad_prune_epochs(num_examples: int, subset_size: int, downstream_epochs: float,
+                     rounding: str = "ceil") -> int:
+  """Scoring-run length K with K·N = E_down·n (compute-matched), by `rounding`, at least 1.
+
+  `rounding` (CAD_EPOCHS_ROUNDINGS) applies only when E_down·n/N is not whole: 'ceil' (the
+  nearest whole epoch at or above the matched compute), 'round' (half to even) or 'floor'.
+  """
+  if rounding not in CAD_EPOCHS_ROUNDINGS:
+    raise ValueError(f"rounding {rounding!r} is not one of {', '.join(CAD_EPOCHS_ROUNDINGS)}")
+  epochs = cad_prune_epochs_exact(num_examples, subset_size, downstream_epochs)
+  return max(1, int(CAD_EPOCHS_ROUNDINGS[rounding](epochs)))
 
 
 def _check_labels_1d(labels: np.ndarray) -> np.ndarray:

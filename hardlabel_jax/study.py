@@ -49,9 +49,12 @@ RESULTS_CSV = "results.csv"
 CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, before resolution
 # crops_per_image and label_keep_fraction: the soft-label table an SL/HALD cell trained on (empty
 # for the regimes that read no table).
-CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "examples_seen", "steps",
-              "epochs", "pool_size", "label_source", "label_bytes", "crops_per_image",
-              "label_keep_fraction", "wall_seconds")
+# budget_rule: the study's (STUDY_BUDGET_RULES); cad_scoring_epochs and cad_window_used: the K and
+# J of a CAD-ranked cell's scoring run (empty for the other methods).
+CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "budget_rule",
+              "examples_seen", "steps", "epochs", "pool_size", "label_source", "label_bytes",
+              "crops_per_image", "label_keep_fraction", "cad_scoring_epochs", "cad_window_used",
+              "wall_seconds")
 # Where each regime's training targets come from (the bytes plot separates the three).
 LABEL_SOURCES = {
     regime: "table" if regime in config_schema.TABLE_REGIMES else "teacher" if regime
@@ -143,15 +146,45 @@ def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
   return config_schema.reset_unread(score)
 
 
+def epochs_per_subset(config: ml_collections.ConfigDict) -> bool:
+  """Whether the study trains every cell a fixed number of epochs of its own pool."""
+  return config.study_budget_rule == "epochs_per_subset"
+
+
+def downstream_epochs(config: ml_collections.ConfigDict, ipc: int, num_classes: int) -> float:
+  """E_down of a subset of `ipc` images per class: the rule's epochs, or the budget over n."""
+  if epochs_per_subset(config):
+    return float(config.study_epochs_per_subset)
+  return config.budget_examples / (ipc * num_classes)
+
+
 def cad_scoring_epochs(config: ml_collections.ConfigDict, ipc: int, num_examples: int,
                        num_classes: int) -> int:
-  """CAD-Prune's K: the scoring run on all N examples costs the cell's budget, K·N = E_down·n.
+  """CAD-Prune's K: the scoring run on all N examples costs the cell's compute, K·N = E_down·n.
 
-  Set as `score_epochs` (not via the cad_* fields) so every size with the same K, and the EL2N
-  run when its length is K too, share one scoring run.
+  Under the epochs-per-subset rule K grows with the subset (K = E·n/N); under the fixed budget
+  one K = B/N serves every size. A K that is not whole is rounded by `cad_epochs_rounding`. Set
+  as `score_epochs` (not via the cad_* fields) so every size with the same K, and the EL2N run
+  when its length is K too, share one scoring run.
   """
-  subset = ipc * num_classes
-  return selection.cad_prune_epochs(num_examples, subset, config.budget_examples / subset)
+  return selection.cad_prune_epochs(num_examples, ipc * num_classes,
+                                    downstream_epochs(config, ipc, num_classes),
+                                    config.cad_epochs_rounding)
+
+
+def cell_pool_size(cell: Cell, class_counts: np.ndarray) -> int:
+  """The images a cell trains on: `ipc` per class, or the whole split for `full`."""
+  return int(class_counts.sum()) if cell.method == FULL else cell.ipc * len(class_counts)
+
+
+def cell_batch_size(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.ndarray) -> int:
+  """`global_batch_size`, or the cell's pool rounded down to a multiple of 8 when that is smaller.
+
+  The DC/DSA evaluation loader (`DataLoader(batch_size=256)`) never batches more images than the
+  set holds; a multiple of 8 keeps every batch splittable over 8 devices.
+  """
+  pool = cell_pool_size(cell, class_counts)
+  return max(8, min(int(config.global_batch_size), pool // 8 * 8))
 
 
 def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.ndarray,
@@ -169,6 +202,14 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
                                         config.study_external_class_order)
   else:
     cell_cfg.selection, cell_cfg.images_per_class = cell.method, cell.ipc
+  if epochs_per_subset(config):
+    # Every subset trains E epochs of its own pool; the full split its own (reported) epochs.
+    cell_cfg.budget_examples = 0
+    full_epochs = config.study_full_epochs or config.study_epochs_per_subset
+    cell_cfg.num_epochs = float(full_epochs if cell.method ==
+                                FULL else config.study_epochs_per_subset)
+  if config.study_batch_at_most_pool:
+    cell_cfg.global_batch_size = cell_batch_size(config, cell, class_counts)
   if cell.crops:  # a study_label_tables cell (no regime override sets these: _check_grid_fields)
     cell_cfg.crops_per_image, cell_cfg.label_keep_fraction = cell.crops, cell.keep
   if cell.method in config_schema.SCORED_SELECTIONS:
@@ -192,6 +233,10 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
         _fail(field, f"{value!r} is not one of {', '.join(known)}")
     if len(set(values)) != len(values):
       _fail(field, f"{values} repeats an entry")
+  for regime in config.study_first_regimes:
+    if regime not in config.study_regimes:
+      _fail("study_first_regimes", f"{regime!r} is not a regime of this study "
+            f"({', '.join(config.study_regimes)})")
   if not config.study_seeds or any(int(s) < 0 for s in config.study_seeds):
     _fail("study_seeds", "must be a non-empty list of seeds >= 0")
   if len(set(config.study_seeds)) != len(config.study_seeds):
@@ -199,14 +244,27 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
   if set(config.study_methods) - {FULL}:
     if not config.study_images_per_class or any(int(i) < 1 for i in config.study_images_per_class):
       _fail("study_images_per_class", "must be a non-empty list of sizes >= 1")
-  if config.budget_examples <= 0:
-    _fail(
-        "budget_examples", "every cell of a study trains for the same budget; set a positive "
-        "number of training examples")
-  if config.budget_examples < config.global_batch_size:
-    _fail(
-        "budget_examples", f"{config.budget_examples} examples is less than one global batch "
-        f"({config.global_batch_size})")
+  if epochs_per_subset(config):
+    if config.study_epochs_per_subset <= 0:
+      _fail(
+          "study_epochs_per_subset", "study_budget_rule='epochs_per_subset' trains every cell "
+          "this many epochs of its own pool; set a positive number")
+    if config.study_full_epochs < 0:
+      _fail("study_full_epochs", "must be >= 0 (0: study_epochs_per_subset)")
+  else:
+    for field in ("study_epochs_per_subset", "study_full_epochs"):
+      if config[field]:
+        _fail(
+            field, "only study_budget_rule='epochs_per_subset' reads it; this study gives every "
+            "cell budget_examples")
+    if config.budget_examples <= 0:
+      _fail(
+          "budget_examples", "every cell of a study trains for the same budget; set a positive "
+          "number of training examples")
+    if config.budget_examples < config.global_batch_size:
+      _fail(
+          "budget_examples", f"{config.budget_examples} examples is less than one global batch "
+          f"({config.global_batch_size})")
   if set(config.study_methods) & {"el2n_easy", "el2n_hard", "ccs"} and \
       config.study_score_epochs < 1:
     _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
@@ -245,8 +303,14 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
           "study_images_per_class", f"rded at {ipc} images per class stitch {needed} crops of "
           f"as many real images per class; only {candidates} candidates "
           "(rded_candidates_per_class)")
-    if "ca2d" in distilled and needed > smallest:
-      # CA2D builds from CAD-Prune's ipc·f² images of every class, whatever mipc says.
+    if "ca2d" in distilled and config.ca2d_pool == "cad_top_mipc" and needed > candidates:
+      # CA2D filters the best crops of the top-mipc images by CAD of every class, as RDED.
+      _fail(
+          "study_images_per_class", f"ca2d at {ipc} images per class stitch {needed} crops of "
+          f"as many real images per class; only {candidates} candidates by CAD "
+          "(rded_candidates_per_class)")
+    if "ca2d" in distilled and config.ca2d_pool == "cad_selection" and needed > smallest:
+      # 'cad_selection' builds from CAD-Prune's ipc·f² images of every class, whatever mipc says.
       _fail(
           "study_images_per_class", f"ca2d at {ipc} images per class needs {needed} real "
           f"images of every class; class {int(class_counts.argmin())} has {smallest}")
@@ -341,8 +405,8 @@ def _table_columns(cell: Cell, results: dict[str, Any]) -> tuple[Any, Any]:
   return (cell.crops, cell.keep) if cell.crops else ("", "")
 
 
-def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
-  """The CSV row of a finished cell."""
+def cell_row(cell: Cell, results: dict[str, Any], budget_rule: str) -> dict[str, Any]:
+  """The CSV row of a finished cell of a study under `budget_rule`."""
   crops, keep = _table_columns(cell, results)
   return {
       "regime": cell.regime,
@@ -351,6 +415,7 @@ def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
       "seed": cell.seed,
       "test_top1": results["test_top1"],
       "test_loss": results["test_loss"],
+      "budget_rule": budget_rule,
       "examples_seen": results["examples_seen"],
       "steps": results["steps"],
       "epochs": round(results["epochs"], 4),
@@ -359,6 +424,8 @@ def cell_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
       "label_bytes": results["label_bytes"],
       "crops_per_image": crops,
       "label_keep_fraction": keep,
+      "cad_scoring_epochs": results.get("cad_scoring_epochs") or "",
+      "cad_window_used": results.get("cad_window_used") or "",
       "wall_seconds": round(results["wall_seconds"], 1)
   }
 
@@ -368,14 +435,23 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
   metrics_log.write_csv_atomic(path, rows, CSV_FIELDS)
 
 
-def _finished_rows(workdir: str, cells: list[Cell]) -> list[dict[str, Any]]:
+def _finished_rows(workdir: str, cells: list[Cell], budget_rule: str) -> list[dict[str, Any]]:
   rows = []
   for cell in cells:
     path = os.path.join(workdir, CELLS_DIR, cell.name, plan_lib.RESULTS_FILE)
     if os.path.exists(path):
       with open(path) as f:
-        rows.append(cell_row(cell, json.load(f)))
+        rows.append(cell_row(cell, json.load(f), budget_rule))
   return rows
+
+
+def budget_text(config: ml_collections.ConfigDict) -> str:
+  """The study's budget rule in words, for the log and the report."""
+  if epochs_per_subset(config):
+    full = config.study_full_epochs or config.study_epochs_per_subset
+    return (f"epochs per subset: every cell trains {config.study_epochs_per_subset:g} epochs of "
+            f"its own pool, the full split {full:g}")
+  return f"fixed budget: every cell trains {config.budget_examples} examples"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.Device] | None = None,
@@ -411,15 +487,19 @@ def training_order(config: ml_collections.ConfigDict, cells: list[Cell]) -> list
 
   A study cut short then holds whole comparisons (every method and regime of the first seeds
   and sizes) rather than whole regimes; the CSV keeps the grid's order whatever trained first.
+  `study_first_regimes` trains those regimes' cells (in this order) before any other.
   """
   seeds = [int(s) for s in config.study_seeds]
   sizes = [int(i) for i in config.study_images_per_class]
   methods, regimes = list(config.study_methods), list(config.study_regimes)
 
+  first = tuple(config.study_first_regimes)
+
   def key(cell: Cell) -> tuple:
     # The full split is every size's reference: it trains once the first size's cells have.
     size = 0.5 if cell.method == FULL else sizes.index(cell.ipc)
-    return (seeds.index(cell.seed), size, methods.index(cell.method), regimes.index(cell.regime))
+    return (cell.regime not in first, seeds.index(cell.seed), size, methods.index(cell.method),
+            regimes.index(cell.regime))
 
   return sorted(cells, key=key)  # stable: a size's label tables keep their grid order
 
@@ -443,7 +523,7 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
                        f"{len(config.study_methods)} methods × "
                        f"{len(config.study_images_per_class)} sizes × {axis}"
                        f"{len(config.study_seeds)} seeds), {len(cells) - len(todo)} already "
-                       f"finished; budget {config.budget_examples} examples per cell; "
+                       f"finished; {budget_text(config)}; "
                        f"shared teacher, scores and tables in {cache_dir}")
   started = time.perf_counter()
   for done, cell in enumerate(todo):
@@ -457,11 +537,11 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
       checkpointing.write_run_identity(cell_dir, configs[cell], CELL_CONFIG_FILE)
     plan_lib.train(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
     if is_writer:
-      write_csv(_finished_rows(workdir, cells), csv_path)
-  rows = _finished_rows(workdir, cells)
+      write_csv(_finished_rows(workdir, cells, config.study_budget_rule), csv_path)
+  rows = _finished_rows(workdir, cells, config.study_budget_rule)
   if is_writer:
     write_csv(rows, csv_path)
-    report = study_report.write_report(rows, workdir)
+    report = study_report.write_report(rows, workdir, budget=budget_text(config))
     metrics_log.log_line(report.markdown)
     metrics_log.log_line("results: " + ", ".join([csv_path, *report.paths]))
   return rows

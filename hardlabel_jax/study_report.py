@@ -33,6 +33,12 @@ FLOAT_FIELDS = ("test_top1", "test_loss", "epochs", "wall_seconds")
 # The label table of an SL/HALD row: empty for the other regimes, absent from older CSVs; a row
 # without them has no such key.
 TABLE_FIELDS = {"crops_per_image": int, "label_keep_fraction": float}
+# Protocol columns, absent from CSVs written before they existed (read as empty).
+PROTOCOL_FIELDS = {"budget_rule": str, "cad_scoring_epochs": int, "cad_window_used": int}
+BUDGET_RULE_TEXT = {
+    "fixed_examples": "fixed budget (every cell the same examples)",
+    "epochs_per_subset": "epochs per subset (every cell the same epochs of its own pool)"
+}
 REGIME_NAMES = {"hl": "HL", "sl": "SL", "sl_kd": "SL+KD", "hald": "HALD", "kd": "KD"}
 PLOTS = ("accuracy_vs_ipc.png", "gain_over_random.png", "accuracy_vs_label_bytes.png")
 REPORT_FILE = "report.md"
@@ -57,7 +63,7 @@ def read_csv(path: str) -> list[dict[str, Any]]:
       row[field] = int(row[field])
     for field in FLOAT_FIELDS:
       row[field] = float(row[field])
-    for field, kind in TABLE_FIELDS.items():
+    for field, kind in {**TABLE_FIELDS, **PROTOCOL_FIELDS}.items():
       value = row.pop(field, None)
       if value not in (None, ""):
         row[field] = kind(value)
@@ -223,6 +229,45 @@ def accuracy_table(summary: list[dict]) -> str:
           cells.append(_cell_text(table.get((*key, 0))) if method == FULL else "–")
         name = _series({"method": method, "table": label})
         lines.append(f"| {REGIME_NAMES.get(regime, regime)} | {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def gain_table(summary: list[dict]) -> str:
+  """Markdown: each subset method's gain over random ± its standard error, per regime and size."""
+  gains = {(g["regime"], g["table"], g["method"], g["ipc"]): g for g in gains_over_random(summary)}
+  if not gains:
+    return ""
+  sizes = _sizes(summary)
+  header = ["regime", "method", *[f"ipc {i}" for i in sizes]]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for regime, table, method in _ordered((g[0], g[1], g[2]) for g in gains):
+    cells = []
+    for ipc in sizes:
+      gain = gains.get((regime, table, method, ipc))
+      cells.append(f"{gain['gain']:+.1f} ± {gain['stderr']:.1f} ({gain['seeds']})" if gain else "–")
+    lines.append(f"| {_regime_text(regime, table)} | {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def protocol_table(rows: list[dict[str, Any]]) -> str:
+  """Markdown: per method and size, the budget rule, epochs, examples seen and CAD's K, J.
+
+  One line per distinct protocol, so a study whose cells trained differently shows each.
+  """
+  seen: dict[tuple, set] = {}
+  for row in rows:
+    key = (row["method"], row["ipc"])
+    seen.setdefault(key, set()).add(
+        (row.get("budget_rule", ""), round(row["epochs"], 2), row["examples_seen"], row["steps"],
+         row.get("cad_scoring_epochs", ""), row.get("cad_window_used", "")))
+  lines = [
+      "| method | ipc | budget rule | epochs | examples seen | steps | CAD K | CAD J |",
+      "|---|---|---|---|---|---|---|---|"
+  ]
+  for (method, ipc), protocols in seen.items():
+    for rule, epochs, examples, steps, k, j in sorted(protocols, key=str):
+      lines.append(f"| {method} | {ipc or 'all'} | {rule or '–'} | {epochs:g} | {examples} | "
+                   f"{steps} | {k if k != '' else '–'} | {j if j != '' else '–'} |")
   return "\n".join(lines)
 
 
@@ -605,28 +650,57 @@ def cad_windows_line(out_dir: str) -> str | None:
       record = _cad_windows_of(json.load(f))
     if record is not None:
       key = (record["cad_scoring_epochs"], record["cad_window_used"],
-             record["cad_num_windows_used"], record["cad_window"], record["cad_num_windows"])
+             record["cad_num_windows_used"], record["cad_window"], record["cad_num_windows"],
+             record.get("cad_window_rule") or "fixed")  # a record from before the rule existed
       used[key] = bool(record.get("cad_windows_shrink"))
   if not used:
     return None
   parts = []
-  for (epochs, window, num_windows, asked_window, asked_num), shrink in sorted(used.items()):
+  for (epochs, window, num_windows, asked_window, asked_num, rule), shrink in sorted(used.items()):
     part = f"J={window}, W={num_windows} over K={epochs} scoring epochs"
-    if (window, num_windows) != (asked_window, asked_num):
+    if rule == "span":
+      part += " (windows spanning the run: J = K − W)"
+    elif (window, num_windows) != (asked_window, asked_num):
       part += (f" (shrunk from J={asked_window}, W={asked_num} by cad_windows_shrink)"
                if shrink else f" (configured J={asked_window}, W={asked_num})")
     parts.append(part)
   return "CAD scores used " + "; ".join(parts) + "."
 
 
-def write_report(rows: list[dict[str, Any]], out_dir: str) -> Report:
-  """Writes report.md and the three plots into `out_dir`; returns the text and paths."""
+def budget_line(rows: list[dict[str, Any]], budget: str | None) -> str:
+  """The protocol sentence: the study's own words, else the rules its rows name."""
+  if budget:
+    return f"Budget rule: {budget}."
+  rules = _ordered(row.get("budget_rule", "") for row in rows)
+  named = [BUDGET_RULE_TEXT.get(rule, rule) for rule in rules if rule]
+  return f"Budget rule: {'; '.join(named)}." if named else "Budget rule: not recorded (older CSV)."
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = None) -> Report:
+  """Writes report.md and the three plots into `out_dir`; returns the text and paths.
+
+  `budget`: the study's budget rule in words (study.budget_text); without it (a report redrawn
+  from a CSV) the rule is named from the CSV's `budget_rule` column.
+  """
   summary = summarize(rows)
   paths = tuple(os.path.join(out_dir, name) for name in PLOTS)
   plot_accuracy_vs_ipc(summary, paths[0])
   plot_gain_over_random(summary, paths[1])
   plot_accuracy_vs_label_bytes(summary, paths[2])
-  lines = ["## Test top-1 (%), mean ± std over seeds (seeds)", "", accuracy_table(summary), ""]
+  lines = [
+      "## Protocol", "",
+      budget_line(rows, budget), "",
+      protocol_table(rows), "", "## Test top-1 (%), mean ± std over seeds (seeds)", "",
+      accuracy_table(summary), ""
+  ]
+  gains = gain_table(summary)
+  if gains:
+    lines += [
+        "## Gain over random (points), mean ± standard error (seeds)",
+        "",
+        gains,
+        "",
+    ]
   if any(row["methods"] > 1 for row in spreads(summary)):  # one method has no spread to show
     lines += [
         "## Spread between subset methods and gain over random (points)", "",

@@ -18,6 +18,23 @@ from hardlabel_jax.train_state import TrainState
 
 # The metrics key of a step's per-example outputs (`[batch]` arrays, not scalars to log).
 PER_EXAMPLE = "per_example"
+# The random stream of on-device augmentation, apart from dropout's: fold_in(step key, stream).
+_AUGMENT_STREAM = 1
+# An on-device augmentation `(images, key) -> images` (data.dsa.augment with its strategy bound).
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def augmented(batch: dict[str, jax.Array], augment: Augment | None, base_rng: jax.Array,
+              step: jax.Array) -> dict[str, jax.Array]:
+  """The batch with its images augmented on the device, keyed by (seed, step) only.
+
+  Per-image parameters are `[batch]` draws from that key, so an image's augmentation depends on
+  its position in the global batch, never on the mesh; a resumed run replays the same step keys.
+  """
+  if augment is None:
+    return batch
+  key = jax.random.fold_in(jax.random.fold_in(base_rng, step), _AUGMENT_STREAM)
+  return {**batch, "image": augment(batch["image"], key)}
 
 
 def hard_label_targets(batch: dict[str, jax.Array], num_classes: int,
@@ -74,13 +91,15 @@ def _update(state: TrainState, batch: dict[str, jax.Array],
 
 def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                   tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
-                  label_smoothing: float, base_rng: jax.Array,
-                  record_margins: bool = False) -> tuple[TrainState, dict]:
+                  label_smoothing: float, base_rng: jax.Array, record_margins: bool = False,
+                  augment: Augment | None = None) -> tuple[TrainState, dict]:
   """One step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy.
 
   `record_margins` adds `{id, margin}` per example under `PER_EXAMPLE`: the probability margin
   p_y − max_{i≠y} p_i of the train-mode forward pass the gradient comes from (a scoring run's AUM).
+  `augment` (DSA) transforms the images on the device first.
   """
+  batch = augmented(batch, augment, base_rng, state.step)
   targets = hard_label_targets(batch, num_classes, label_smoothing)
   per_example = None
   if record_margins:
@@ -121,8 +140,13 @@ def hybrid_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: 
 def kd_train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any, *,
                   model: nn.Module, teacher_model: nn.Module, tx: optax.GradientTransformation,
                   schedule: optax.Schedule, distillation_loss: Callable, warmup_epochs: float,
-                  steps_per_epoch: float, base_rng: jax.Array) -> tuple[TrainState, dict]:
-  """One step against a teacher queried online on the same crops (eval-mode BatchNorm)."""
+                  steps_per_epoch: float, base_rng: jax.Array,
+                  augment: Augment | None = None) -> tuple[TrainState, dict]:
+  """One step against a teacher queried online on the same crops (eval-mode BatchNorm).
+
+  With `augment` (DSA) the teacher labels the augmented view the student trains on.
+  """
+  batch = augmented(batch, augment, base_rng, state.step)
   teacher_logits = jax.lax.stop_gradient(
       teacher_model.apply(teacher_variables, batch["image"], train=False))
   extra = {}

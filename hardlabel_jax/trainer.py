@@ -32,6 +32,7 @@ from hardlabel_jax import optim
 from hardlabel_jax import run_data
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
+from hardlabel_jax.data import dsa
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import pool_memory
 from hardlabel_jax.data import replay
@@ -178,6 +179,9 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
                 teacher: FrozenModel | None, record_margins: bool = False) -> dict[str, Callable]:
   """The compiled train step of each phase of the configured regime, as `step(state, batch)`."""
   common = dict(model=model, tx=tx, schedule=schedule, base_rng=step_rng)
+  if config_schema.train_crop_recipe(config) == "dsa":
+    # Only the HL and online-teacher steps take it (config_schema.DSA_REGIMES).
+    common["augment"] = functools.partial(dsa.augment, strategy=config.dsa_strategy)
   if record_margins and config.regime != "hl":
     raise ValueError(f"config.regime: per-example training margins are recorded by the HL step "
                      f"only, not under {config.regime!r}")

@@ -48,6 +48,7 @@ DOCUMENTED_ARGS = {
     "imagenet_hald_ipc10.py": ["ipc=50", "crops=5,seed=1", "task=relabel", "regime=sl"],
     "imagenet_hl_resnet18.py": ["ipc=50"],
     "imagenet_study.py": [],
+    "fashion_paper.py": ["seeds=1"],
 }
 CONFIG_ARGS = [(name, arg)
                for name in sorted(DOCUMENTED_ARGS)
@@ -343,12 +344,17 @@ def test_label_pruning_is_read_where_a_fraction_is_pruned_and_defaults_to_lpld_b
 
 
 def test_cad_windows_shrink_is_a_scoring_field_and_the_cad_configs_set_it():
-  assert config_schema.default_config().cad_windows_shrink is False
-  assert (config_schema.default_config().cad_window,
-          config_schema.default_config().cad_num_windows) == (6, 2)
-  config_schema.validate(_config(task="score", score_epochs=2, cad_windows_shrink=True))
-  with pytest.raises(ValueError, match=r"config\.cad_windows_shrink: set to True .*task=score"):
+  defaults = config_schema.default_config()
+  assert (defaults.cad_window_rule, defaults.cad_windows_shrink) == ("span", False)
+  assert (defaults.cad_window, defaults.cad_num_windows) == (6, 2)
+  config_schema.validate(
+      _config(task="score", score_epochs=2, cad_window_rule="fixed", cad_windows_shrink=True))
+  with pytest.raises(ValueError, match=r"config\.cad_windows_shrink: set to True .*task=train"):
     config_schema.validate(_config(cad_windows_shrink=True))
+  # Under the spanning rule J is K − W: the literal J and the shrink are read by 'fixed' only.
+  for field, value in (("cad_window", 4), ("cad_windows_shrink", True)):
+    with pytest.raises(ValueError, match=rf"config\.{field}: .* cad_window_rule=fixed"):
+      config_schema.validate(_config(task="score", score_epochs=2, **{field: value}))
   # Configs whose compute-matched K is below J + W = 8 shrink explicitly, at the paper's J, W.
   for name, arg in (("embedded_select.py", "method=cad_prune,ipc=10"),
                     ("embedded_select.py", "method=ca2d,ipc=50"), ("imagenet_ca2d_ipc10.py",

@@ -3,16 +3,19 @@
 import json
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
+from hardlabel_jax import config_schema
 from hardlabel_jax import distill
 from hardlabel_jax import image_sets
 from hardlabel_jax import inference
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import selection
+from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
@@ -93,27 +96,36 @@ def _cad_scores(tmp_path, train):
   return scores_file, cad
 
 
+def _provenance(directory: str) -> dict:
+  with open(os.path.join(directory, image_sets.PROVENANCE_FILE)) as f:
+    return json.load(f)
+
+
 def _source_ids(directory: str) -> list[tuple[int, int]]:
   """(real image id, label) of every patch of a distilled set, from its provenance."""
-  provenance = json.loads(open(os.path.join(directory, image_sets.PROVENANCE_FILE)).read())
+  provenance = _provenance(directory)
   return [(p["id"], e["label"]) for e in provenance["images"] for p in e["patches"]]
 
 
 @pytest.mark.parametrize("factor,direction", [(1, "easiest"), (2, "hardest")])
-def test_ca2d_uses_the_images_cad_prune_selects(tmp_path, teacher_dir, factor, direction):
-  # Hard Truths (DESIGN.md §7): CA2D distils the images CAD-Prune keeps at the compute budget, one
-  # best crop per image; ipc·factor² of them per class, one per patch (LINs-lab/RDED
-  # synthesize/main.py stitches ipc·factor² crops into ipc images).
+def test_ca2d_cad_selection_uses_the_images_cad_prune_selects(tmp_path, teacher_dir, factor,
+                                                              direction):
+  # ca2d_pool='cad_selection' (the library's former CA2D rule, kept by name): the images CAD-Prune
+  # keeps at the compute budget, one best crop per image; ipc·factor² of them per class, one per
+  # patch (LINs-lab/RDED synthesize/main.py stitches ipc·factor² crops into ipc images).
   train = sources.load_source("embedded_mnist", "train")
   scores_file, cad = _cad_scores(tmp_path, train)
   config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file,
-                          rded_factor=factor, cad_direction=direction)
+                          rded_factor=factor, cad_direction=direction, ca2d_pool="cad_selection")
   directory = plan.distill_set(config, str(tmp_path / "run"))
   used = _source_ids(directory)
   labels = train.labels()
   per_class = 2 * factor**2
   expected = selection.select("cad_prune", labels, per_class, scores=cad, direction=direction)
   assert sorted(i for i, _ in used) == expected.tolist()  # each image once
+  pool = _provenance(directory)["candidate_pool"]
+  assert pool["rule"] == "cad_selection" and pool["mipc"] == per_class
+  assert sorted(i for c in pool["classes"] for i in c["ids"]) == expected.tolist()
   assert all(labels[i] == c for i, c in used)
   # By hand: the per_class highest (hardest) or lowest (easiest) CAD of every class.
   sign = -1 if direction == "hardest" else 1
@@ -128,6 +140,118 @@ def test_ca2d_uses_the_images_cad_prune_selects(tmp_path, teacher_dir, factor, d
     np.testing.assert_array_equal(run_data.load_run_data(cad_prune).pool_ids, expected)
   # The same config reuses the set.
   assert plan.distill_set(config, str(tmp_path / "run")) == directory
+
+
+def _top_by_cad(labels: np.ndarray, cad: np.ndarray, count: int,
+                direction: str) -> dict[int, np.ndarray]:
+  """By hand: each class's `count` highest (hardest) or lowest (easiest) CAD, best first."""
+  sign = -1 if direction == "hardest" else 1
+  return {
+      c: np.flatnonzero(labels == c)[np.argsort(sign * cad[labels == c], kind="stable")[:count]]
+      for c in np.unique(labels)
+  }
+
+
+@pytest.mark.parametrize("factor,direction", [(1, "hardest"), (2, "easiest")])
+def test_ca2d_crops_selects_and_stitches_rded_style_from_the_top_mipc_by_cad(
+    tmp_path, teacher_dir, factor, direction):
+  # The paper's CA2D ("crop, select and stitch RDED-style from the CAD-Prune coreset"; Hard Truths,
+  # DESIGN.md §7, no official code): RDED's random mipc candidates per class replaced by the
+  # top-mipc images of each class by CAD (the ranking and direction selection='cad_prune' uses).
+  # Then RDED's own algorithm (LINs-lab/RDED synthesize/main.py, synthesize/utils.py `selector`):
+  # each candidate's lowest-CE crop of rded_crops_per_image, the class-wide ipc·factor² lowest of
+  # those, stitched.
+  train = sources.load_source("embedded_mnist", "train")
+  scores_file, cad = _cad_scores(tmp_path, train)
+  config = distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file,
+                          rded_factor=factor, cad_direction=direction)
+  assert config.ca2d_pool == "cad_top_mipc"  # the default
+  directory = plan.distill_set(config, str(tmp_path / "run"))
+  provenance = _provenance(directory)
+  labels = np.asarray(train.labels())
+  ipc, mipc, per_class = 2, 10, 2 * factor**2
+  # (a) The candidates are each class's top-mipc by CAD, recorded in CAD order; every patch is one.
+  top = _top_by_cad(labels, cad, mipc, direction)
+  pool = provenance["candidate_pool"]
+  assert (pool["rule"], pool["mipc"], pool["cad_direction"]) == ("cad_top_mipc", mipc, direction)
+  assert {e["label"]: e["ids"] for e in pool["classes"]} == {c: v.tolist() for c, v in top.items()}
+  used = _source_ids(directory)
+  assert len(set(used)) == len(used) == 10 * per_class
+  assert all(i in top[c] for i, c in used)
+  # (b) Every candidate's crops scored here by the teacher (RDED's padded view, pinned by
+  # test_rded_scores_the_patch_normalised_then_zero_padded): the patches are the class-wide
+  # lowest-CE best crops, stitched in ascending CE (patches j, j+ipc, … of image j).
+  candidates = np.concatenate([top[c] for c in range(10)])
+  normalizer = pipeline.Normalizer(tuple(train.info.mean), tuple(train.info.std))
+  example = distill.scoring_example(config, train, candidates, normalizer)
+  rows = inference.CropRows(example, slots=5, first_row=0, num_rows=len(candidates) * 5)
+  images = np.stack([rows(r)["image"] for r in range(len(candidates) * 5)])
+  teacher = teacher_lib.load_teacher(teacher_dir, num_classes=10, input_shape=(1, 28, 28, 1),
+                                     mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)))
+  log_probs = jax.nn.log_softmax(teacher.model.apply(teacher.variables, images, train=False))
+  ce = -np.asarray(log_probs)[np.arange(len(images)), np.repeat(labels[candidates], 5)]
+  ce = ce.reshape(len(candidates), 5)
+  best_slot, best_ce = ce.argmin(1), ce.min(1)
+  for c in range(10):
+    members = np.flatnonzero(labels[candidates] == c)
+    kept = members[np.argsort(best_ce[members], kind="stable")[:per_class]]
+    images_of_class = [e for e in provenance["images"] if e["label"] == c]
+    assert len(images_of_class) == ipc
+    for j, entry in enumerate(images_of_class):
+      expected = [kept[j + r * ipc] for r in range(factor**2)]
+      chosen = [(int(candidates[k]), int(best_slot[k])) for k in expected]
+      assert [(p["id"], p["slot"]) for p in entry["patches"]] == chosen
+      np.testing.assert_allclose([p["teacher_ce"] for p in entry["patches"]], best_ce[expected],
+                                 rtol=1e-4, atol=1e-5)
+  # The class-wide filter chose other images than CAD-Prune's ipc·factor² would.
+  cad_prune = _top_by_cad(labels, cad, per_class, direction)
+  assert {i for i, _ in used} != {int(i) for v in cad_prune.values() for i in v}
+
+
+def test_ca2d_candidates_are_mipc_capped_at_the_smallest_scored_class(tmp_path):
+  train = sources.load_source("embedded_mnist", "train")
+  labels = np.asarray(train.labels())
+  ids = np.concatenate([np.flatnonzero(labels == c)[:3 + c] for c in range(10)])  # 3..12 a class
+  scores_file = str(tmp_path / "scores.npz")
+  header = {"dataset": "embedded_mnist", "fingerprint": train.info.fingerprint}
+  cad = np.linspace(0, 1, len(ids), dtype=np.float32)
+  selection.save_scores(scores_file, {"cad": cad}, ids, header)
+  ca2d = dict(selection="ca2d", scores_file=scores_file, images_per_class=1)
+  for mipc, expected in ((0, 3), (2, 2), (10, 3)):
+    config = tiny_config(**ca2d, rded_factor=1, rded_candidates_per_class=mipc)
+    assert distill.ca2d_candidates_per_class(config, train) == expected
+    pool = distill.candidate_pool(config, train)
+    assert np.bincount(labels[pool]).tolist() == [expected] * 10 and set(pool) <= set(ids)
+  config = tiny_config(**ca2d, rded_factor=2, ca2d_pool="cad_selection",
+                       rded_candidates_per_class=2)
+  assert distill.ca2d_candidates_per_class(config, train) == 4  # ipc·factor², whatever mipc says
+
+
+def test_ca2d_identity_names_its_candidate_pool():
+  ident = lambda **kw: distill.identity(tiny_config(**kw), "fp", "teacher", "scores")
+  paper = ident(selection="ca2d")
+  assert paper["ca2d_pool"] == "cad_top_mipc"
+  old = ident(selection="ca2d", ca2d_pool="cad_selection")
+  assert old != paper
+  assert distill.set_directory("/c", old) != distill.set_directory("/c", paper)
+  assert ident(selection="ca2d", rded_candidates_per_class=50) != paper  # mipc counts for CA2D
+  assert ident(selection="rded")["ca2d_pool"] == ""
+
+
+def test_ca2d_pool_is_refused_outside_ca2d_and_outside_its_choices(tmp_path):
+  rded = tiny_config(selection="rded", teacher_workdir="/teacher", ca2d_pool="cad_selection")
+  unread = r"^config\.ca2d_pool: set to 'cad_selection' but .*rded\) never reads it.*selection=ca2d"
+  with pytest.raises(ValueError, match=unread):
+    config_schema.validate(rded)
+  with pytest.raises(ValueError, match=r"^config\.ca2d_pool: set to"):
+    plan.distill_set(rded, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+  unknown = tiny_config(selection="ca2d", scores_file="scores.npz", ca2d_pool="cad_top")
+  choices = r"^config\.ca2d_pool: 'cad_top' is not one of cad_top_mipc, cad_selection"
+  with pytest.raises(ValueError, match=choices):
+    config_schema.validate(unknown)
+  config_schema.validate(
+      tiny_config(selection="ca2d", scores_file="s.npz", ca2d_pool="cad_selection"))
 
 
 def test_rded_factor_follows_the_image_size_as_the_official_scripts():
@@ -191,4 +315,9 @@ def test_distillation_needs_its_inputs(tmp_path, teacher_dir):
   with pytest.raises(ValueError, match="fewer than"):  # 2·2² patches per class from 5 images
     plan.train(distill_config(tmp_path, teacher_dir, rded_candidates_per_class=5, rded_factor=2),
                str(tmp_path / "b"))
-  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+  scores_file, _ = _cad_scores(tmp_path, sources.load_source("embedded_mnist", "train"))
+  with pytest.raises(ValueError, match="fewer than"):  # CA2D's top 5 by CAD, as RDED's 5
+    plan.train(
+        distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file,
+                       rded_candidates_per_class=5, rded_factor=2), str(tmp_path / "c"))
+  assert not any((tmp_path / d).exists() for d in "abc")

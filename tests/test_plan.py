@@ -165,8 +165,7 @@ def test_evaluation_pads_any_batch_and_counts_the_exact_test_set(tmp_path):
 
 @pytest.mark.slow
 def test_the_distill_task_builds_a_ca2d_set_with_its_scores(tmp_path, teacher_dir):
-  score = tiny_config(task="score", images_per_class=20, score_epochs=3, cad_window=2,
-                      cad_num_windows=1)
+  score = tiny_config(task="score", images_per_class=20, score_epochs=3, cad_num_windows=1)
   config = config_schema.default_config()
   config.task, config.selection, config.images_per_class = "distill", "ca2d", 1
   config.rded_factor, config.rded_candidates_per_class = 1, 5

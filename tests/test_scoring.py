@@ -27,7 +27,8 @@ from helpers import tiny_config
 
 def score_config(**overrides):
   # 20 images per class are scored: 200 examples, 3 epochs of batch 16 (37 steps).
-  fields = dict(task="score", images_per_class=20, score_epochs=3, cad_window=2, cad_num_windows=1)
+  # Windows spanning the 3-epoch run: W = 1, J = K − W = 2.
+  fields = dict(task="score", images_per_class=20, score_epochs=3, cad_num_windows=1)
   return tiny_config(**{**fields, **overrides})
 
 

@@ -127,7 +127,9 @@ def test_killed_study_reruns_only_missing_cells_and_gives_the_same_csv(
         "temperature": 4.0
     }}), "config.study_regime_overrides.hl.temperature: set to 4.0 but the hl cells"),
     (dict(study_regimes=("hl", "sl_kd")), "config.crops_per_image: set to 2 but task=study"),
-    (dict(study_methods=("random", "cad_prune")), "config.cad_window: CAD-Prune at 5 images"),
+    (dict(study_methods=("random", "cad_prune")), "config.cad_window_rule: CAD-Prune at 5 images"),
+    (dict(study_methods=("random", "cad_prune"),
+          cad_window_rule="fixed"), "config.cad_window: CAD-Prune at 5 images"),
     (dict(study_methods=("rded",), rded_candidates_per_class=10, study_images_per_class=(5,),
           rded_factor=2), "config.study_images_per_class: rded at 5 images per class stitch 20"),
     (dict(learning_rate=-1.0), "config.learning_rate"),
@@ -146,7 +148,7 @@ def test_a_cell_config_is_a_train_run_of_its_cell():
                       study_images_per_class=(10, 50), study_seeds=(0, 1),
                       study_regime_overrides={"sl": {
                           "learning_rate": 0.5
-                      }}, budget_examples=12_000, cad_window=2, cad_num_windows=1)
+                      }}, budget_examples=12_000, cad_num_windows=1)
   configs = study.validate_study(config, EMBEDDED_COUNTS, "/cache")
   names = [cell.name for cell in configs]
   assert len(names) == 2 * (2 + 2 * 2 * 2)  # full: one cell per regime and seed
@@ -303,24 +305,37 @@ def test_cifar100_study_runs_end_to_end_on_mock_data(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# CAD-Prune's windows: J=6, W=2 unless K is too short and `cad_windows_shrink` says to shrink.
+# CAD-Prune's windows. 'span' (default): W windows spanning the run, J = K − W, refused where
+# J < 2. 'fixed': J=6, W=2 unless K is too short and `cad_windows_shrink` says to shrink.
+
+
+def test_cad_windows_span_the_run_by_default_and_refuse_below_two_epochs():
+  assert scoring.cad_windows(6, 2, rule="span") == (4, 2)  # CIFAR-100 IPC10: K = 6
+  assert scoring.cad_windows(30, 2, rule="span") == (28, 2)  # IPC50: K = 30 (replication's J)
+  assert scoring.cad_windows(8, 2, rule="span") == (6, 2)  # ImageNet's K ≈ 8: the paper's J = 6
+  assert scoring.cad_windows(4, 2, rule="span") == (2, 2)
+  assert scoring.cad_windows(3, 2, rule="span") is None  # J = 1: no standard deviation
+  assert scoring.cad_windows(3, 1, rule="span") == (2, 1)
+  with pytest.raises(ValueError, match="rule 'wide'"):
+    scoring.cad_windows(6, 2, rule="wide")
 
 
 def test_cad_windows_used_are_the_configured_ones_or_the_largest_that_fit():
-  assert scoring.cad_windows(8, 6, 2, shrink=False) == (6, 2)
-  assert scoring.cad_windows(30, 6, 2, shrink=True) == (6, 2)  # K fits: no shrink
-  assert scoring.cad_windows(7, 6, 2, shrink=False) is None
-  assert scoring.cad_windows(3, 6, 2, shrink=True) == (2, 1)
-  assert scoring.cad_windows(5, 6, 2, shrink=True) == (4, 1)
-  assert scoring.cad_windows(7, 6, 2, shrink=True) == (6, 1)
-  assert scoring.cad_windows(5, 3, 4, shrink=True) == (3, 2)
-  assert scoring.cad_windows(2, 6, 2, shrink=True) is None  # J >= 2 and W >= 1 need K >= 3
+  fixed = lambda k, j, w, shrink: scoring.cad_windows(k, w, rule="fixed", window=j, shrink=shrink)
+  assert fixed(8, 6, 2, shrink=False) == (6, 2)
+  assert fixed(30, 6, 2, shrink=True) == (6, 2)  # K fits: no shrink
+  assert fixed(7, 6, 2, shrink=False) is None
+  assert fixed(3, 6, 2, shrink=True) == (2, 1)
+  assert fixed(5, 6, 2, shrink=True) == (4, 1)
+  assert fixed(7, 6, 2, shrink=True) == (6, 1)
+  assert fixed(5, 3, 4, shrink=True) == (3, 2)
+  assert fixed(2, 6, 2, shrink=True) is None  # J >= 2 and W >= 1 need K >= 3
 
 
 def test_a_study_whose_cad_run_is_shorter_than_its_windows_needs_the_shrink_flag():
   # 12,000 examples at 10 images per class on 4,000 images: K = 12,000 / 4,000 = 3 < 6 + 2.
   config = tiny_study("/teacher", "/cache", study_methods=("random", "cad_prune"),
-                      study_images_per_class=(10,), budget_examples=12_000)
+                      study_images_per_class=(10,), budget_examples=12_000, cad_window_rule="fixed")
   with pytest.raises(
       ValueError, match=r"config\.cad_window: CAD-Prune at 10 images per class scores .* for "
       r"K=3 epochs, fewer than cad_window \+ cad_num_windows = 6 \+ 2 = 8.*cad_windows_shrink"):
@@ -331,14 +346,16 @@ def test_a_study_whose_cad_run_is_shorter_than_its_windows_needs_the_shrink_flag
   assert (score.score_epochs, score.cad_window, score.cad_num_windows) == (3, 6, 2)
   assert score.cad_windows_shrink  # the scoring run shrinks to J=2, W=1 and records it
   # K = 1 (64 examples at 5 images per class) holds no window even when shrinking.
-  short = tiny_study("/teacher", "/cache", study_methods=("cad_prune",), cad_windows_shrink=True)
+  short = tiny_study("/teacher", "/cache", study_methods=("cad_prune",), cad_windows_shrink=True,
+                     cad_window_rule="fixed")
   with pytest.raises(ValueError, match=r"config\.cad_windows_shrink: .* K=1 epochs, too few"):
     study.validate_study(short, EMBEDDED_COUNTS, "/cache")
 
 
 def test_a_compute_matched_scoring_run_refuses_windows_that_do_not_fit():
   config = tiny_config(task="score", images_per_class=0, score_epochs=0,
-                       cad_subset_images_per_class=10, cad_downstream_epochs=120.0)
+                       cad_subset_images_per_class=10, cad_downstream_epochs=120.0,
+                       cad_window_rule="fixed")
   with pytest.raises(ValueError, match=r"config\.cad_window: .* K=3 epochs, fewer than"):
     scoring.scoring_epochs(config, 4000, 10)  # 120 × 100 / 4,000 = 3
   config.cad_windows_shrink = True
@@ -364,7 +381,7 @@ def _score_file(tmp_path, shrink, epochs=3):
   rng = np.random.default_rng(0)
   true_prob = rng.uniform(0, 1, (epochs, 6)).astype(np.float32)
   config = tiny_config(task="score", images_per_class=0, score_epochs=epochs,
-                       cad_windows_shrink=shrink)
+                       cad_window_rule="fixed", cad_windows_shrink=shrink)
   info = types.SimpleNamespace(name="toy", fingerprint="fp")
   data = types.SimpleNamespace(train=types.SimpleNamespace(info=info), pool_ids=np.arange(6))
   workdir = tmp_path / f"scores-{shrink}"
@@ -386,6 +403,7 @@ def test_the_score_file_records_the_cad_windows_it_used(tmp_path):
   np.testing.assert_allclose(scores["cad"], np.std(true_prob[:2], axis=0, ddof=1), rtol=1e-5)
   config = tiny_config(selection="cad_prune", images_per_class=1, scores_file=path)
   assert scoring.cad_record(config) == {
+      "cad_window_rule": "fixed",
       "cad_window": 6,
       "cad_num_windows": 2,
       "cad_windows_shrink": True,

@@ -126,6 +126,15 @@ def rded_spec(output_size: int, factor: int, flip: bool = True,
                   cutmix_alpha=cutmix_alpha, shuffle_factor=factor)
 
 
+def whole_image_spec(output_size: int) -> CropSpec:
+  """The whole image resized to `output_size`, unflipped: the host view DSA's device ops start from.
+
+  At scale 1 and ratio 1 torchvision's RandomResizedCrop box of a square image is the image
+  itself, so a square image already at `output_size` passes through unchanged.
+  """
+  return CropSpec(output_size=output_size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+
+
 def patch_orders(seed: int, example_id: int, slot: int,
                  factor: int) -> tuple[np.ndarray, np.ndarray]:
   """The column-strip order, then the row-strip order, of ShufflePatches for a crop key."""
