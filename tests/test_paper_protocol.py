@@ -6,21 +6,33 @@ here and compared with the library on a random [K, N] trajectory.
 """
 
 import csv
+import functools
+import json
+import os
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import difficulty
+from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study
 from hardlabel_jax import study_report
+from hardlabel_jax import train_steps
 from hardlabel_jax.data import class_cut
+from hardlabel_jax.data import crops
+from hardlabel_jax.data import dsa
+from helpers import Killed
 from helpers import tiny_config
 
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 EMBEDDED_COUNTS = np.full(10, 400)  # the embedded train split: 400 images of each digit
 
 
@@ -291,3 +303,88 @@ def test_the_class_cut_is_the_first_n_of_every_class_renumbered_with_its_own_fin
     class_cut.first_per_class(labels, 401)
   with pytest.raises(ValueError, match=r"config\.train_images_per_class: must be an int >= 0"):
     config_schema.validate(tiny_config(train_images_per_class=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# DSA as a training-crop recipe: on the device, keyed by (seed, step), any mesh, exact on resume.
+
+
+def test_the_dsa_recipe_trains_on_the_whole_image_augmented_by_seed_and_step():
+  config = tiny_config(train_crop_recipe="dsa")
+  spec = run_data.crop_spec(config)
+  assert (spec.scale, spec.ratio, spec.flip, spec.cutmix_alpha) == ((1.0, 1.0), (1.0, 1.0), False,
+                                                                    0.0)
+  # A square image at the output size passes the host crop unchanged: DSA sees the image itself.
+  data = run_data.load_run_data(config)
+  image = data.train[int(data.pool_ids[0])]["image"]
+  crop, _, _ = crops.crop_image(image, 0, 0, 0, spec)
+  np.testing.assert_array_equal(crop, image)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  batch = {"image": images}
+  augment = functools.partial(dsa.augment, strategy=config.dsa_strategy)
+  base = jax.random.PRNGKey(config.seed)
+  step3 = train_steps.augmented(batch, augment, base, jnp.int32(3))["image"]
+  again = train_steps.augmented(batch, augment, base, jnp.int32(3))["image"]
+  step4 = train_steps.augmented(batch, augment, base, jnp.int32(4))["image"]
+  np.testing.assert_array_equal(step3, again)
+  assert not np.allclose(step3, images) and not np.allclose(step3, step4)
+  key = jax.random.fold_in(jax.random.fold_in(base, 3), 1)  # the documented stream
+  np.testing.assert_array_equal(step3, dsa.augment(images, key, config.dsa_strategy))
+  assert train_steps.augmented(batch, None, base, jnp.int32(3)) is batch
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(regime="sl", teacher_workdir="/t"), r"config\.train_crop_recipe: 'dsa' augments on the "
+     r"device, so a 'sl' run"),
+    (dict(dsa_strategy="color_warp"), r"config\.dsa_strategy: .*'warp'"),
+    (dict(crop_scale=(0.5, 1.0)), r"config\.crop_scale: set to .* never reads it"),
+])
+def test_the_dsa_recipe_refuses_what_it_cannot_honour(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    config_schema.validate(tiny_config(train_crop_recipe="dsa", **overrides))
+
+
+@pytest.mark.slow
+def test_a_dsa_run_is_the_same_on_8_devices_and_after_a_kill(tmp_path):
+  config = tiny_config(train_crop_recipe="dsa", schedule="step", step_milestones=(0.5,))
+  one = plan.train(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  eight = plan.train(config, str(tmp_path / "eight"), devices=jax.devices()[:8])
+  chex.assert_trees_all_close(eight.state.params, one.state.params, atol=2e-5)
+
+  def kill_at_6(step):
+    if step == 6:
+      raise Killed("simulated preemption after step 6")
+
+  with pytest.raises(Killed):
+    plan.train(config, str(tmp_path / "resumed"), devices=jax.devices()[:1], step_hook=kill_at_6)
+  resumed = plan.train(config, str(tmp_path / "resumed"), devices=jax.devices()[:1])
+  assert resumed.results["resumed_from_step"] == 4
+  chex.assert_trees_all_close(resumed.state.params, one.state.params, atol=1e-6)
+  assert resumed.results["test_top1"] == one.results["test_top1"]
+
+
+@pytest.mark.slow
+def test_fashion_paper_runlocal_runs_the_protocol_end_to_end(tmp_path):
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_paper.py"), "runlocal")
+  rows = study.run(config, str(tmp_path / "study"))
+  assert len(rows) == 8
+  by_name = {(r["regime"], r["method"]): r for r in rows}
+  assert all(r["budget_rule"] == "epochs_per_subset" for r in rows)
+  # 80 epochs of 20 images (batch 16: the pool rounded down to a multiple of 8) and 2 of 400.
+  assert by_name["hl", "random"]["steps"] == 80 * 20 // 16
+  assert by_name["hl", "full"]["examples_seen"] == 2 * 400 // 48 * 48
+  assert (by_name["hl", "cad_prune"]["cad_scoring_epochs"],
+          by_name["hl", "cad_prune"]["cad_window_used"]) == (4, 2)
+  report = (tmp_path / "study" / "report.md").read_text()
+  assert "Budget rule: epochs per subset" in report and "## Gain over random" in report
+  # CA2D's patches come from the top-mipc images of their class by CAD (provenance).
+  (cell,) = [c for c in os.listdir(tmp_path / "study" / "cells") if c.startswith("hl-ca2d")]
+  results = json.loads((tmp_path / "study" / "cells" / cell / "results.json").read_text())
+  provenance = json.loads(
+      open(os.path.join(results["config"]["dataset"].split(":", 1)[1], "provenance.json")).read())
+  pool = provenance["candidate_pool"]
+  assert pool["rule"] == "cad_top_mipc" and pool["mipc"] == 10
+  candidates = {entry["label"]: set(entry["ids"]) for entry in pool["classes"]}
+  assert len(provenance["images"]) == 20
+  for image in provenance["images"]:
+    assert {patch["id"] for patch in image["patches"]} <= candidates[image["label"]]
