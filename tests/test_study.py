@@ -274,17 +274,33 @@ def test_changing_the_recipe_under_finished_cells_is_refused(finished_study, tea
                                  study.CELL_CONFIG_FILE)
 
 
-@pytest.mark.parametrize("name, counts, cells, cad_epochs", [
-    ("cifar100_study.py", np.full(100, 500), 4 * 3 * (6 * 2 + 1), 30),
-    ("imagenet_study.py", np.r_[np.full(999, 1300), 732], 4 * 3 * (6 * 3 + 1), 12),
-])
-def test_paper_study_grids_validate_at_full_scale(name, counts, cells, cad_epochs):
-  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, name))
-  configs = study.validate_study(config, counts, "/cache")
-  assert len(configs) == cells
+def test_the_imagenet_study_grid_validates_at_full_scale_under_the_fixed_budget():
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "imagenet_study.py"))
+  configs = study.validate_study(config, np.r_[np.full(999, 1300), 732], "/cache")
+  assert len(configs) == 4 * 3 * (6 * 3 + 1)
   cad = next(c for c in configs if c.method == "cad_prune")
-  assert configs[cad].score_config.score_epochs == cad_epochs
+  assert configs[cad].score_config.score_epochs == 12  # K = B / N for every size
   assert {c.budget_examples for c in configs.values()} == {config.budget_examples}
+
+
+def test_the_cifar100_study_is_tab4s_protocol_at_full_scale():
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "cifar100_study.py"))
+  configs = study.validate_study(config, np.full(100, 500), "/cache")
+  assert len(configs) == 3 * 3 * (6 * 2 + 1)
+  cells = {c.name: cfg for c, cfg in configs.items()}
+  hl, sl = cells["hl-random-ipc10-s0"], cells["sl-random-ipc10-s0"]
+  assert (hl.num_epochs, hl.budget_examples, cells["hl-full-all-s0"].num_epochs) == (300.0, 0, 300)
+  assert (hl.optimizer, hl.learning_rate, hl.momentum, hl.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
+  assert (hl.schedule, tuple(hl.step_milestones), hl.step_gamma) == ("step", (0.5,), 0.1)
+  assert (hl.train_crop_recipe, hl.dsa_strategy) == ("dsa", "color_crop_cutout_flip_scale_rotate")
+  assert hl.global_batch_size == 256 and hl.model_kwargs.width == 128
+  assert (sl.optimizer, sl.schedule, sl.temperature, sl.train_crop_recipe) == ("adamw", "cosine",
+                                                                               20.0, "auto")
+  # K = E·n/N = 300·1,000/50,000 = 6 and 300·5,000/50,000 = 30, windows spanning the run.
+  for ipc, k in ((10, 6), (50, 30)):
+    score = cells[f"hl-cad_prune-ipc{ipc}-s0"].score_config
+    assert (score.score_epochs, score.cad_window_rule, score.cad_num_windows) == (k, "span", 2)
+  assert [c.regime for c in study.training_order(config, list(configs))][:39] == ["hl"] * 39
 
 
 @pytest.mark.slow
