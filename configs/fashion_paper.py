@@ -62,65 +62,26 @@ def teacher_config(runlocal: bool) -> ml_collections.ConfigDict:
   return teacher
 
 
-def sl_recipe() -> ml_collections.ConfigDict:
-  """Tab. 4's soft-label recipe: AdamW, cosine, RandomResizedCrop views (KL at T = 20)."""
-  return ml_collections.ConfigDict({
-      "optimizer": "adamw",
-      "learning_rate": 1e-3,
-      "weight_decay": 0.01,
-      "schedule": "cosine",
-      "train_crop_recipe": "auto",  # RandomResizedCrop; RDED's own views on RDED/CA2D sets
-      "crop_scale": (0.35, 1.0),
-      "random_flip": True,
-  })
-
-
 def get_config(arg=None):
   """The grid; `seeds=N` the first N seeds; `runlocal` a minute-long smoke test."""
   args = config_schema.parse_arg(arg, runlocal=False, seeds=3)
-  config = config_schema.default_config()
-  config.task = "study"
-  config.study_regimes = ("hl", "sl", "sl_kd")
-  config.study_first_regimes = ("hl",)
+  # configs/cifar100_study.py is Tab. 4's protocol (budget rule, HL and SL recipes, CAD windows,
+  # RDED/CA2D mipc); the miniature swaps the data, the student's width, the teacher and sizes.
+  config = config_schema.sibling_config(__file__, "cifar100_study.py")
   config.study_methods = ("random", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d", "sre2l",
                           "full")
-  config.study_images_per_class = (10, 50)
   config.study_seeds = tuple(range(args.seeds))
-  config.study_budget_rule = "epochs_per_subset"
-  config.study_epochs_per_subset = 300.0
   config.study_full_epochs = 30.0
-  config.study_batch_at_most_pool = True
-  config.study_score_epochs = 6  # EL2N / CCS; = CAD-Prune's K at IPC10, one run for both
 
   config.dataset = "fashion_mnist_local"
   config.train_images_per_class = POOL_IMAGES_PER_CLASS
   config.image_size = 28
-  config.model = "convnet_d3"
   config.model_kwargs.width = 16
-  config.model_kwargs.norm = "instance"
-  # The HL recipe is the study's own (the scoring runs train it too); SL and SL+KD override it.
-  config.train_crop_recipe = "dsa"
-  config.global_batch_size = 256
   config.eval_batch_size = 1000
-  config.optimizer = "sgd"
-  config.learning_rate = 0.01
-  config.momentum = 0.9
-  config.weight_decay = 5e-4
-  config.schedule = "step"
-  config.step_milestones = (0.5,)  # lr × 0.1 from epoch 151 of 300
-  config.step_gamma = 0.1
-  config.study_regime_overrides = ml_collections.ConfigDict({
-      "sl": sl_recipe(),
-      "sl_kd": sl_recipe()
-  })
 
   config.teacher_config = teacher_config(args.runlocal)
-  config.temperature = 20.0
   config.crops_per_image = 4
-  config.cad_window_rule = "span"
-  config.cad_num_windows = 2
   config.rded_factor = 1  # 28 px: one crop per image, no grid, as RDED's 32-px CIFAR scripts
-  config.rded_candidates_per_class = 300  # RDED's CIFAR mipc; CA2D's top-mipc by CAD
   config.synth_iterations = 1000
   config.log_every_steps = 2500
   config.checkpoint_every_steps = 2500
@@ -143,6 +104,7 @@ def get_config(arg=None):
     config.rded_candidates_per_class = 10
     config.eval_batch_size = 500
     config.log_every_steps = 1000
-    config.study_regime_overrides = ml_collections.ConfigDict({"sl_kd": sl_recipe()})
+    config.study_regime_overrides = ml_collections.ConfigDict(
+        {"sl_kd": config.study_regime_overrides.sl_kd})
   # Fields no cell of this grid reads back at their defaults.
   return config_schema.reset_unread(config)
