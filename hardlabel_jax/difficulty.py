@@ -204,6 +204,7 @@ def _epoch_statistics_kernel(z: Array, y: Array) -> dict[str, Array]:
       "margin": _margin(z, y),
       "prob_margin": _probability_margin(z, y),
       "correct": jnp.argmax(z, axis=-1) == y,
+      "prediction": jnp.argmax(z, axis=-1).astype(jnp.int32),
   }
 
 
@@ -326,7 +327,7 @@ def cad_scores(true_prob_per_epoch: ArrayLike, window: int = 6, num_windows: int
 
 
 def epoch_statistics(logits: ArrayLike, labels: ArrayLike) -> dict[str, Array]:
-  """What a scoring run records per epoch: true_prob, el2n, margin, prob_margin, correct (bool)."""
+  """What a scoring run records per epoch: true_prob, el2n, margins, correct (bool), prediction."""
   z = _check_float("logits", logits, "n, classes")
   return _epoch_statistics_kernel(z, _check_labels(labels, z.shape[1], z.shape[0]))
 

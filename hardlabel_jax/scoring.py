@@ -2,7 +2,7 @@
 
 An HL run on the pool (by default the whole train split) for K epochs; after every epoch the
 model is evaluated on the centre view of every pool example and `difficulty.epoch_statistics`
-(true-class probability, EL2N, margins, correctness) is stored, a few floats per example per
+(true-class probability, EL2N, margins, correctness, predicted class) is stored, a few floats per example per
 epoch. Every training step also hands over the probability margin of each example of its
 mini-batch (`TrainingMargins`), CCS's AUM. At the end these become scores — EL2N, AUM (training
 batches, what `ccs` ranks by), `aum_eval_logit` (logit margins of the centre views), forgetting
@@ -34,7 +34,7 @@ from hardlabel_jax import train_state as train_state_lib
 
 SCORES_FILE = "scores.npz"
 EPOCHS_DIR = "score_epochs"
-STATISTICS = ("true_prob", "el2n", "margin", "prob_margin", "correct")
+STATISTICS = ("true_prob", "el2n", "margin", "prob_margin", "correct", "prediction")
 # A chunk of training-batch margins: the rows of steps <first>..<last> (`TrainingMargins`).
 _MARGINS_FILE = re.compile(r"margins_(\d{8})_(\d{8})\.npz")
 # What a score file's `aum` is, in its identity: caches made when it meant the centre-view logit
@@ -260,6 +260,9 @@ def scores_from_statistics(per_epoch: dict[str, np.ndarray], window: int, num_wi
       "aum_eval_logit": per_epoch["margin"].mean(axis=0),
       "forgetting": np.asarray(difficulty.forgetting_events(per_epoch["correct"])),
       "final_true_prob": per_epoch["true_prob"][-1],
+      # The scoring model's last-epoch class (exact in float32): what a chosen image is confused
+      # with (study_report's picks analysis).
+      "final_prediction": per_epoch["prediction"][-1],
   }
   if training_aum is not None:
     scores["aum"] = training_aum
@@ -279,7 +282,9 @@ def identity(score_config: ml_collections.ConfigDict, dataset_fingerprint: str) 
   return {
       "run": cache.run_recipe(score_config),
       "dataset_fingerprint": dataset_fingerprint,
-      "aum": AUM_DEFINITION
+      "aum": AUM_DEFINITION,
+      # A run recorded with fewer per-epoch statistics (before `prediction`) is not resumed.
+      "statistics": list(STATISTICS)
   }
 
 

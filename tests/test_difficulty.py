@@ -125,6 +125,7 @@ def test_epoch_statistics_hand_values():
                              [3 * math.sqrt(2) / 4, math.sqrt(2) / (1 + e2)], rtol=1e-6)
   np.testing.assert_array_equal(stats["correct"], [False, True])
   assert stats["correct"].dtype == jnp.bool_
+  np.testing.assert_array_equal(stats["prediction"], [1, 0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def test_scoring_run_records_every_epoch_and_writes_scores(scored):
                              rtol=1e-6)
   np.testing.assert_array_equal(loaded.scores["forgetting"],
                                 difficulty.forgetting_events(per_epoch["correct"]))
+  np.testing.assert_array_equal(loaded.scores["final_prediction"], per_epoch["prediction"][-1])
   # CAD with J=2, W=1 over K=3 epochs: U_0 = std(p_0, p_1) (the window before the last).
   np.testing.assert_allclose(loaded.scores["cad"], np.std(per_epoch["true_prob"][:2], 0, ddof=1),
                              rtol=1e-5, atol=1e-7)
@@ -158,7 +159,7 @@ def test_examples_never_drawn_take_the_final_centre_view_margin(tmp_path):
   epochs_dir.mkdir()
   stats = dict(true_prob=np.full(3, 0.5, np.float32), el2n=np.zeros(3, np.float32),
                margin=np.zeros(3, np.float32), prob_margin=np.array([0.1, 0.2, 0.3], np.float32),
-               correct=np.ones(3, bool))
+               correct=np.ones(3, bool), prediction=np.zeros(3, np.int32))
   recorder = types.SimpleNamespace(path=lambda e: str(epochs_dir / f"epoch_{e:04d}.npz"))
   np.savez(recorder.path(0), **stats)
   info = types.SimpleNamespace(name="toy", fingerprint="fp")
