@@ -22,9 +22,15 @@ from hardlabel_jax import models
 from hardlabel_jax.data import dsa
 
 TASKS = ("train", "relabel", "drift", "score", "distill", "synthesize", "study")
-SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "rded", "ca2d", "sre2l",
-              "cda")
-SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "ca2d")
+SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "el2n_window", "cad_window",
+              "rded", "ca2d", "sre2l", "cda")
+SCORED_SELECTIONS = ("el2n_easy", "el2n_hard", "ccs", "cad_prune", "el2n_window", "cad_window",
+                     "ca2d")
+# A window of consecutive ranks by EL2N or CAD at `window_position` (0 lowest, 1 highest): the
+# offset scan ("EL2N-Best") that asks which difficulty suits a compute budget.
+WINDOW_SELECTIONS = ("el2n_window", "cad_window")
+# Selections that rank by CAD (their scoring run lasts CAD-Prune's compute-matched K).
+CAD_SELECTIONS = ("cad_prune", "cad_window", "ca2d")
 CAD_DIRECTIONS = ("hardest", "easiest")
 # The per-epoch trajectory CAD's dynamic uncertainty is the std of: the true-class probability
 # p(y|x) (the paper's Eq. 1, Dynamic Uncertainty's code) or the example's EL2N (the replication's).
@@ -101,7 +107,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
              "train_images_per_class", "normalization_mean", "normalization_std"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
     "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "ccs_scope",
-                  "cad_direction", "cad_signal"),
+                  "cad_direction", "cad_signal", "window_position"),
     "distilled_set":
         ("rded_factor", "rded_crops_per_image", "rded_candidates_per_class", "ca2d_pool"),
     "synthesis": ("synth_iterations", "synth_lr", "synth_r_bn", "synth_first_bn_multiplier",
@@ -125,11 +131,11 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
                     "teacher_bn_mode", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
     "drift": ("drift_crop_counts",),
-    "study":
-        ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
-         "study_score_epochs", "study_budget_rule", "study_epochs_per_subset", "study_full_epochs",
-         "study_batch_at_most_pool", "study_first_regimes", "study_regime_overrides",
-         "study_label_tables", "study_external_set", "study_external_class_order"),
+    "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
+              "study_score_epochs", "study_budget_rule", "study_epochs_per_subset",
+              "study_full_epochs", "study_batch_at_most_pool", "study_first_regimes",
+              "study_regime_overrides", "study_label_tables", "study_external_set",
+              "study_external_class_order", "study_window_positions", "study_cad_epochs"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
                     "read_threads", "read_buffer", "tensorboard"),
 }
@@ -185,6 +191,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.ccs_scope = "global"  # CCS_SCOPES: over the whole set (the official code) or 'per_class'
   c.cad_direction = "hardest"  # cad_prune keeps the highest CAD (the paper) or the lowest
   c.cad_signal = "true_prob"  # CAD_SIGNALS: the trajectory CAD ranks by (score file has both)
+  # el2n_window / cad_window: where in each class's ranking (ascending score) the window of
+  # images_per_class consecutive ranks starts: 0 the lowest scores, 1 the highest.
+  c.window_position = 1.0
   # RDED / CA2D distilled sets (selection='rded'|'ca2d'), built on first use in cache_dir.
   # factor×factor patches per distilled image; 0 -> run_data.rded_factor: 1 up to 64 px (RDED's
   # CIFAR and Tiny-ImageNet scripts), 2 above (its ImageNet scripts).
@@ -334,6 +343,11 @@ def default_config() -> ml_collections.ConfigDict:
   # grid's size.
   c.study_external_set = ""  # a path, or 'imagefolder:<path>'
   c.study_external_class_order = ""
+  # The premise sweep (configs/fashion_premise.py): el2n_window / cad_window cells split into one
+  # cell per window position, and cad_prune cells into one per scoring length K (() -> the
+  # compute-matched K alone).
+  c.study_window_positions = ()
+  c.study_cad_epochs = ()
 
   # Run control: where shared artefacts live, logging, checkpoints, input loading.
   c.cache_dir = ""  # teachers, scores, distilled sets and tables shared between runs; '' -> workdir
@@ -381,8 +395,10 @@ _TABLE_READS = frozenset({
 _DRIFT_READS = frozenset({"crop_seed", "temperature", "teacher_bn_mode", "drift_crop_counts"})
 # Fields a study sets in every cell (study.cell_config) or scoring run (study.score_config): the
 # study's own values of them are never read there.
-_CELL_SETS = frozenset(
-    {"task", "regime", "seed", "subset_seed", "selection", "images_per_class", "score_config"})
+_CELL_SETS = frozenset({
+    "task", "regime", "seed", "subset_seed", "selection", "images_per_class", "score_config",
+    "window_position"
+})
 _SCORE_SETS = frozenset({
     "task", "regime", "selection", "images_per_class", "subset_ids_file", "scores_file",
     "score_config", "teacher_config", "teacher_workdir", "budget_examples", "score_epochs"
@@ -424,8 +440,12 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
     read |= {"scores_file", "score_config"}
   if selection == "ccs":
     read |= {"ccs_beta", "ccs_strata", "ccs_scope"}
+  if selection in CAD_SELECTIONS:
+    read.add("cad_signal")
   if selection in ("cad_prune", "ca2d"):
-    read |= {"cad_direction", "cad_signal"}
+    read.add("cad_direction")
+  if selection in WINDOW_SELECTIONS:
+    read.add("window_position")
   if selection in DISTILLED_SELECTIONS:  # distill: teacher CE of seeded crops, stitched
     read |= {*FIELD_GROUPS["distilled_set"], *FIELD_GROUPS["teacher"], "crop_seed"}
     if selection != "ca2d":
@@ -586,7 +606,7 @@ def _reads(config: ml_collections.ConfigDict, run: Mapping[str, Any]) -> set[str
   if set(config.study_methods) & set(SCORED_SELECTIONS):
     score = {**run, "task": "score", "regime": "hl", "selection": "random", "score_epochs": 1}
     read |= _run_reads(score) - _SCORE_SETS
-  if set(config.study_methods) & {"cad_prune", "ca2d"}:
+  if set(config.study_methods) & set(CAD_SELECTIONS):
     read.add("cad_epochs_rounding")  # study.cad_scoring_epochs: K per subset size
   if config.study_budget_rule == "epochs_per_subset":
     read -= {"budget_examples", "num_epochs"}  # study.cell_config sets both in every cell
@@ -752,6 +772,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.ccs_strata >= 1, "ccs_strata", "must be >= 1")
   _require_choice(config, "cad_direction", CAD_DIRECTIONS)
   _require_choice(config, "cad_signal", CAD_SIGNALS)
+  _require(0 <= config.window_position <= 1, "window_position",
+           "must lie in [0, 1] (0: the lowest scores of each class, 1: the highest)")
   _require_choice(config, "cad_window_rule", CAD_WINDOW_RULES)
   _require_choice(config, "cad_epochs_rounding", CAD_EPOCHS_ROUNDINGS)
   _require(

@@ -180,6 +180,11 @@ def _data_identity(config: ml_collections.ConfigDict, fingerprint: str, scores_i
     pool.update(scores=scores_identity, subset_seed=config.subset_seed, ccs_beta=config.ccs_beta,
                 ccs_strata=config.ccs_strata, ccs_scope=config.ccs_scope,
                 cad_direction=config.cad_direction)
+    # The score file holds both CAD signals and every rank window: which one chose the pool.
+    if config.selection in config_schema.CAD_SELECTIONS:
+      pool["cad_signal"] = config.cad_signal
+    if config.selection in config_schema.WINDOW_SELECTIONS:
+      pool["window_position"] = config.window_position
   return {
       "fingerprint": fingerprint,
       "pool": pool,

@@ -33,7 +33,14 @@ class RunData:
 
 
 # The score a selection method ranks by (names in a task='score' run's score file).
-SELECTION_SCORES = {"el2n_easy": "el2n", "el2n_hard": "el2n", "ccs": "aum", "cad_prune": "cad"}
+SELECTION_SCORES = {
+    "el2n_easy": "el2n",
+    "el2n_hard": "el2n",
+    "el2n_window": "el2n",
+    "ccs": "aum",
+    "cad_prune": "cad",
+    "cad_window": "cad"
+}
 
 
 def scored_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.ndarray:
@@ -54,7 +61,7 @@ def scored_pool(config: ml_collections.ConfigDict, train: ImageSource) -> np.nda
                             scores=scored.scores[name], seed=config.subset_seed,
                             beta=config.ccs_beta, num_strata=config.ccs_strata,
                             direction=config.cad_direction, ccs_scope=config.ccs_scope,
-                            dataset=config.dataset)
+                            dataset=config.dataset, position=config.window_position)
   return np.sort(scored.ids[chosen]).astype(np.int64)
 
 

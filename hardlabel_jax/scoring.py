@@ -2,8 +2,8 @@
 
 An HL run on the pool (by default the whole train split) for K epochs; after every epoch the
 model is evaluated on the centre view of every pool example and `difficulty.epoch_statistics`
-(true-class probability, EL2N, margins, correctness, predicted class) is stored, a few floats per example per
-epoch. Every training step also hands over the probability margin of each example of its
+(true-class probability, EL2N, margins, correctness, predicted class) is stored, a few numbers per
+example per epoch. Every training step also hands over the probability margin of each example of its
 mini-batch (`TrainingMargins`), CCS's AUM. At the end these become scores — EL2N, AUM (training
 batches, what `ccs` ranks by), `aum_eval_logit` (logit margins of the centre views), forgetting
 events, dynamic uncertainty and CAD — written with a header to `<workdir>/scores.npz` for the
@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from hardlabel_jax import cache
+from hardlabel_jax import config_schema
 from hardlabel_jax import difficulty
 from hardlabel_jax import faults
 from hardlabel_jax import inference
@@ -112,7 +113,7 @@ def check_cad_windows(config: ml_collections.ConfigDict, epochs: int, what: str)
 
 def cad_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """For a run that ranks by CAD, the windows its score file's CAD used (for results.json)."""
-  if config.selection not in ("cad_prune", "ca2d") or not config.scores_file:
+  if config.selection not in config_schema.CAD_SELECTIONS or not config.scores_file:
     return {}
   header = selection.load_scores(config.scores_file).header
   # `epochs` renamed: results.json's own `epochs` are the training run's.

@@ -70,7 +70,8 @@ def training_pool(labels: np.ndarray, *, images_per_class: int, seed: int,
 # Score-based selectors (DESIGN §7). Scores are one value per example of the split (index = id).
 # Unless told otherwise a score means "higher = harder"; AUM (CCS) is the exception.
 
-SELECTORS: tuple[str, ...] = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune")
+SELECTORS: tuple[str, ...] = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "el2n_window",
+                              "cad_window")
 # CCS prunes and stratifies over the whole data set (the official code) or within each class.
 CCS_SCOPES: tuple[str, ...] = ("global", "per_class")
 # `beta` meaning "the hard cutoff rate the CCS paper uses at this pruning rate" (`ccs_paper_beta`).
@@ -242,6 +243,27 @@ def select_percentile_window(scores: np.ndarray, labels: np.ndarray, images_per_
   return _finish(chosen)
 
 
+def select_rank_window(scores: np.ndarray, labels: np.ndarray, images_per_class: int,
+                       position: float, *, class_balanced: bool = True) -> np.ndarray:
+  """A window of consecutive ranks per class: the offset scan of "EL2N-Best"; sorted ids.
+
+  Each group's examples ranked by ascending score (ties → lower id); the window holds its
+  `images_per_class` (per group) examples starting at rank round(position · (n − k)), so
+  `position` 0 is the lowest scores, 1 the highest (`select_hardest` when no scores tie) and the
+  same position is the same relative place in the ranking at every subset size.
+  """
+  if not 0 <= position <= 1:
+    raise ValueError(f"a window position must lie in [0, 1] (0: lowest scores), got {position}")
+  labels = _check_labels_1d(labels)
+  scores = _check_scores(scores, labels)
+  chosen = []
+  for ids, budget, _ in _groups(labels, images_per_class, class_balanced):
+    ranked = _ranked(ids, scores, False)
+    start = round(position * (ranked.size - budget))
+    chosen.append(ranked[start:start + budget])
+  return _finish(chosen)
+
+
 def ccs_strata(scores: np.ndarray, num_strata: int) -> np.ndarray:
   """Equal-width stratum index in [0, num_strata) of each finite score; the max goes to the last."""
   lo, hi = scores.min(), scores.max()
@@ -333,8 +355,10 @@ def select_ccs(aum_scores: np.ndarray, labels: np.ndarray, images_per_class: int
 def select(method: str, labels: np.ndarray, images_per_class: int, *,
            scores: np.ndarray | None = None, seed: int = 0, beta: float = CCS_PAPER_BETA,
            num_strata: int = 50, direction: str = "hardest", class_balanced: bool = True,
-           ccs_scope: str = "global", dataset: str = "") -> np.ndarray:
-  """Config name → sorted ids. `scores`: EL2N for el2n_*, AUM for ccs, CAD for cad_prune.
+           ccs_scope: str = "global", dataset: str = "", position: float = 1.0) -> np.ndarray:
+  """Config name → sorted ids. `scores`: EL2N for el2n_*, AUM for ccs, CAD for cad_*.
+
+  `position` places the rank window of el2n_window / cad_window (`select_rank_window`).
 
   `class_balanced` applies to every method but CCS, whose `ccs_scope` says whether it selects over
   the whole set ('global', the official code) or within each class ('per_class').
@@ -352,6 +376,9 @@ def select(method: str, labels: np.ndarray, images_per_class: int, *,
     return select_easiest(scores, labels, images_per_class, class_balanced=class_balanced)
   if method == "el2n_hard":
     return select_hardest(scores, labels, images_per_class, class_balanced=class_balanced)
+  if method in ("el2n_window", "cad_window"):
+    return select_rank_window(scores, labels, images_per_class, position,
+                              class_balanced=class_balanced)
   if method == "ccs":
     if ccs_scope not in CCS_SCOPES:
       raise ValueError(f"unknown ccs_scope {ccs_scope!r}; valid: {', '.join(CCS_SCOPES)}")

@@ -43,18 +43,20 @@ from hardlabel_jax.data import image_folder
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
 EXTERNAL = "external"  # an external set (study_external_set) trained as a pool of the data set
 METHODS = config_schema.SELECTIONS + config_schema.STUDY_POOLS
-CAD_METHODS = ("cad_prune", "ca2d")
+CAD_METHODS = config_schema.CAD_SELECTIONS
 CELLS_DIR = "cells"
 RESULTS_CSV = "results.csv"
 CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, before resolution
 # crops_per_image and label_keep_fraction: the soft-label table an SL/HALD cell trained on (empty
 # for the regimes that read no table).
 # budget_rule: the study's (STUDY_BUDGET_RULES); cad_scoring_epochs and cad_window_used: the K and
-# J of a CAD-ranked cell's scoring run (empty for the other methods).
+# J of a CAD-ranked cell's scoring run, cad_matched_epochs the compute-matched K = E·n/N at its size
+# (empty for the other methods). variant: a premise-sweep cell's K or window ('k12', 'w0.25'; empty
+# elsewhere), window_position: a rank-window cell's position.
 CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "budget_rule",
               "examples_seen", "steps", "epochs", "pool_size", "label_source", "label_bytes",
               "crops_per_image", "label_keep_fraction", "cad_scoring_epochs", "cad_window_used",
-              "wall_seconds")
+              "cad_matched_epochs", "variant", "window_position", "wall_seconds")
 # Where each regime's training targets come from (the bytes plot separates the three).
 LABEL_SOURCES = {
     regime: "table" if regime in config_schema.TABLE_REGIMES else "teacher" if regime
@@ -76,12 +78,24 @@ class Cell:
   # study's own crops_per_image and label_keep_fraction), whose name stays as before the axis.
   crops: int = 0
   keep: float = 0.0
+  # The premise sweep: a cad_prune cell's scoring length K of `study_cad_epochs` (0: the
+  # compute-matched K), a rank-window cell's position of `study_window_positions`.
+  cad_epochs: int = 0
+  position: float | None = None
+
+  @property
+  def variant(self) -> str:
+    """'k12' / 'w0.25' for a premise-sweep cell, '' for every other."""
+    if self.cad_epochs:
+      return f"k{self.cad_epochs}"
+    return "" if self.position is None else f"w{self.position:g}"
 
   @property
   def name(self) -> str:
     size = "all" if self.method == FULL else f"ipc{self.ipc}"
     table = f"-c{self.crops}k{self.keep:g}" if self.crops else ""
-    return f"{self.regime}-{self.method}-{size}{table}-s{self.seed}"
+    variant = f"-{self.variant}" if self.variant else ""
+    return f"{self.regime}-{self.method}-{size}{table}{variant}-s{self.seed}"
 
 
 def label_tables(config: ml_collections.ConfigDict, regime: str) -> tuple[tuple[int, float], ...]:
@@ -89,17 +103,27 @@ def label_tables(config: ml_collections.ConfigDict, regime: str) -> tuple[tuple[
   return config_schema.regime_label_tables(config, regime) or ((0, 0.0),)
 
 
+def method_variants(config: ml_collections.ConfigDict, method: str) -> list[dict[str, Any]]:
+  """The premise axis a method's cells split into: one K or window position each, or none."""
+  if method in config_schema.WINDOW_SELECTIONS:
+    return [{"position": float(p)} for p in config.study_window_positions]
+  if method == "cad_prune" and config.study_cad_epochs:
+    return [{"cad_epochs": int(k)} for k in config.study_cad_epochs]
+  return [{}]
+
+
 def grid(config: ml_collections.ConfigDict) -> list[Cell]:
-  """Every cell, in CSV order: regime, method, images per class, label table, seed."""
+  """Every cell, in CSV order: regime, method, images per class, label table, variant, seed."""
   cells = []
   for regime in config.study_regimes:
     tables = label_tables(config, regime)
     for method in config.study_methods:
       sizes = (0,) if method == FULL else config.study_images_per_class
       cells += [
-          Cell(regime, method, int(ipc), int(seed), crops, keep)
+          Cell(regime, method, int(ipc), int(seed), crops, keep, **variant)
           for ipc in sizes
           for crops, keep in tables
+          for variant in method_variants(config, method)
           for seed in config.study_seeds
       ]
   return cells
@@ -123,9 +147,13 @@ def _train_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return base
 
 
-def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
-                 class_counts: np.ndarray) -> ml_collections.ConfigDict:
-  """The scoring run a scored method ranks by: HL on the whole split, seeded by the study."""
+def score_config(config: ml_collections.ConfigDict, method: str, ipc: int, class_counts: np.ndarray,
+                 cad_epochs: int = 0) -> ml_collections.ConfigDict:
+  """The scoring run a scored method ranks by: HL on the whole split, seeded by the study.
+
+  A CAD-ranked method's run lasts `cad_epochs` when given (the premise sweep), else the
+  compute-matched K.
+  """
   score = _train_base(config)
   score.task = "score"
   score.regime = "hl"
@@ -139,7 +167,8 @@ def score_config(config: ml_collections.ConfigDict, method: str, ipc: int,
   score.budget_examples = 0
   score.score_epochs = config.study_score_epochs
   if method in CAD_METHODS:
-    score.score_epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
+    score.score_epochs = cad_epochs or cad_scoring_epochs(config, ipc, int(class_counts.sum()),
+                                                          len(class_counts))
   # Fields only other runs read (soft labels, KD, an optimizer the study does not use) back at
   # their defaults: the scoring run must validate, and its identity (its cache entry) must not
   # depend on them.
@@ -212,8 +241,11 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
     cell_cfg.global_batch_size = cell_batch_size(config, cell, class_counts)
   if cell.crops:  # a study_label_tables cell (no regime override sets these: _check_grid_fields)
     cell_cfg.crops_per_image, cell_cfg.label_keep_fraction = cell.crops, cell.keep
+  if cell.position is not None:
+    cell_cfg.window_position = cell.position
   if cell.method in config_schema.SCORED_SELECTIONS:
-    cell_cfg.score_config = score_config(config, cell.method, cell.ipc, class_counts)
+    cell_cfg.score_config = score_config(config, cell.method, cell.ipc, class_counts,
+                                         cell.cad_epochs)
   overrides = config.study_regime_overrides.get(cell.regime)
   for field, value in (overrides.items() if overrides else ()):
     cell_cfg[field] = value
@@ -265,7 +297,8 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
       _fail(
           "budget_examples", f"{config.budget_examples} examples is less than one global batch "
           f"({config.global_batch_size})")
-  if set(config.study_methods) & {"el2n_easy", "el2n_hard", "ccs"} and \
+  _check_premise_axes(config)
+  if set(config.study_methods) & {"el2n_easy", "el2n_hard", "el2n_window", "ccs"} and \
       config.study_score_epochs < 1:
     _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
   tables = config_schema.label_tables(config)
@@ -285,6 +318,31 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
         # The override would give every table of the axis one value: cells named apart, run alike.
         _fail(f"study_regime_overrides.{regime}.{field}",
               "study_label_tables sets it in every table cell; remove one of the two")
+
+
+def _check_premise_axes(config: ml_collections.ConfigDict) -> None:
+  """study_window_positions exactly with a rank-window method; study_cad_epochs with cad_prune."""
+  positions = tuple(float(p) for p in config.study_window_positions)
+  windows = set(config.study_methods) & set(config_schema.WINDOW_SELECTIONS)
+  if bool(positions) != bool(windows):
+    _fail(
+        "study_window_positions", "set it exactly when study_methods has "
+        f"{' or '.join(config_schema.WINDOW_SELECTIONS)} (their cells are one per position)")
+  if any(not 0 <= p <= 1 for p in positions):
+    _fail(
+        "study_window_positions", f"{positions}: every position lies in [0, 1] (0: the lowest "
+        "scores of each class, 1: the highest)")
+  if len(set(positions)) != len(positions):
+    _fail("study_window_positions", f"{positions} repeats a position")
+  epochs = tuple(config.study_cad_epochs)
+  if epochs and "cad_prune" not in config.study_methods:
+    _fail(
+        "study_cad_epochs", "only cad_prune cells split by scoring length; add 'cad_prune' to "
+        "study_methods or leave it empty")
+  if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in epochs):
+    _fail("study_cad_epochs", f"{epochs}: scoring lengths are whole epochs >= 1")
+  if len(set(epochs)) != len(epochs):
+    _fail("study_cad_epochs", f"{epochs} repeats a length")
 
 
 def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) -> None:
@@ -314,12 +372,16 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
       _fail(
           "study_images_per_class", f"ca2d at {ipc} images per class needs {needed} real "
           f"images of every class; class {int(class_counts.argmin())} has {smallest}")
-    if set(config.study_methods) & set(CAD_METHODS):
+    cad = set(config.study_methods) & set(CAD_METHODS)
+    if cad - {"cad_prune"} or (cad and not config.study_cad_epochs):
       epochs = cad_scoring_epochs(config, ipc, int(class_counts.sum()), len(class_counts))
       # The scoring run gets K as score_epochs, so it cannot refuse a K its windows do not fit
       # (an EL2N run may be as short): the study refuses it here, naming the fields.
       scoring.check_cad_windows(config, epochs,
                                 f"CAD-Prune at {ipc} images per class scores (K·N = E_down·n) for")
+  if "cad_prune" in config.study_methods:
+    for epochs in (int(k) for k in config.study_cad_epochs):
+      scoring.check_cad_windows(config, epochs, "study_cad_epochs has a scoring run of")
 
 
 def external_path(config: ml_collections.ConfigDict) -> str:
@@ -405,8 +467,10 @@ def _table_columns(cell: Cell, results: dict[str, Any]) -> tuple[Any, Any]:
   return (cell.crops, cell.keep) if cell.crops else ("", "")
 
 
-def cell_row(cell: Cell, results: dict[str, Any], budget_rule: str) -> dict[str, Any]:
-  """The CSV row of a finished cell of a study under `budget_rule`."""
+def cell_row(cell: Cell, results: dict[str, Any], budget_rule: str,
+             matched_epochs: int = 0) -> dict[str, Any]:
+  """The CSV row of a finished cell of a study under `budget_rule`; `matched_epochs` is CAD's
+  compute-matched K at the cell's size (0 for a cell that does not rank by CAD)."""
   crops, keep = _table_columns(cell, results)
   return {
       "regime": cell.regime,
@@ -426,6 +490,9 @@ def cell_row(cell: Cell, results: dict[str, Any], budget_rule: str) -> dict[str,
       "label_keep_fraction": keep,
       "cad_scoring_epochs": results.get("cad_scoring_epochs") or "",
       "cad_window_used": results.get("cad_window_used") or "",
+      "cad_matched_epochs": matched_epochs or "",
+      "variant": cell.variant,
+      "window_position": "" if cell.position is None else cell.position,
       "wall_seconds": round(results["wall_seconds"], 1)
   }
 
@@ -435,13 +502,24 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
   metrics_log.write_csv_atomic(path, rows, CSV_FIELDS)
 
 
-def _finished_rows(workdir: str, cells: list[Cell], budget_rule: str) -> list[dict[str, Any]]:
+def matched_cad_epochs(config: ml_collections.ConfigDict, cell: Cell,
+                       class_counts: np.ndarray) -> int:
+  """CAD's compute-matched K at a CAD-ranked cell's size; 0 for the other cells."""
+  if cell.method not in CAD_METHODS:
+    return 0
+  return cad_scoring_epochs(config, cell.ipc, int(class_counts.sum()), len(class_counts))
+
+
+def _finished_rows(workdir: str, cells: list[Cell], config: ml_collections.ConfigDict,
+                   class_counts: np.ndarray) -> list[dict[str, Any]]:
   rows = []
   for cell in cells:
     path = os.path.join(workdir, CELLS_DIR, cell.name, plan_lib.RESULTS_FILE)
     if os.path.exists(path):
       with open(path) as f:
-        rows.append(cell_row(cell, json.load(f), budget_rule))
+        rows.append(
+            cell_row(cell, json.load(f), config.study_budget_rule,
+                     matched_cad_epochs(config, cell, class_counts)))
   return rows
 
 
@@ -479,7 +557,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
       plan_lib.check(plan_lib.make_plan(cell_cfg, cell_dir, "train"))
   lock = workdir_lock.workdir_lock_path(workdir)
   with workdir_lock.hold(lock, f"the study workdir {os.path.abspath(workdir)}"):
-    return _train_cells(config, configs, workdir, cache_dir, devices, step_hook)
+    return _train_cells(config, configs, counts, workdir, cache_dir, devices, step_hook)
 
 
 def training_order(config: ml_collections.ConfigDict, cells: list[Cell]) -> list[Cell]:
@@ -505,7 +583,7 @@ def training_order(config: ml_collections.ConfigDict, cells: list[Cell]) -> list
 
 
 def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_collections.ConfigDict],
-                 workdir: str, cache_dir: str, devices: list[jax.Device] | None,
+                 counts: np.ndarray, workdir: str, cache_dir: str, devices: list[jax.Device] | None,
                  step_hook: Callable[[int], None] | None) -> list[dict[str, Any]]:
   """Trains the cells not finished yet (each in its own locked workdir), then the report."""
   cells = list(configs)
@@ -519,6 +597,13 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
   axis = (f"{len(tables)} label tables for "
           f"{', '.join(r for r in config.study_regimes if r in config_schema.TABLE_REGIMES)} × "
           if tables else "")
+  premise = [
+      f"{len(values)} {what}" for values, what in ((config.study_window_positions,
+                                                    "window positions"), (config.study_cad_epochs,
+                                                                          "CAD scoring lengths"))
+      if values
+  ]
+  axis += "".join(f"{text} × " for text in premise)
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
                        f"{len(config.study_methods)} methods × "
                        f"{len(config.study_images_per_class)} sizes × {axis}"
@@ -537,8 +622,8 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
       checkpointing.write_run_identity(cell_dir, configs[cell], CELL_CONFIG_FILE)
     plan_lib.train(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
     if is_writer:
-      write_csv(_finished_rows(workdir, cells, config.study_budget_rule), csv_path)
-  rows = _finished_rows(workdir, cells, config.study_budget_rule)
+      write_csv(_finished_rows(workdir, cells, config, counts), csv_path)
+  rows = _finished_rows(workdir, cells, config, counts)
   if is_writer:
     write_csv(rows, csv_path)
     report = study_report.write_report(rows, workdir, budget=budget_text(config))

@@ -34,7 +34,15 @@ FLOAT_FIELDS = ("test_top1", "test_loss", "epochs", "wall_seconds")
 # without them has no such key.
 TABLE_FIELDS = {"crops_per_image": int, "label_keep_fraction": float}
 # Protocol columns, absent from CSVs written before they existed (read as empty).
-PROTOCOL_FIELDS = {"budget_rule": str, "cad_scoring_epochs": int, "cad_window_used": int}
+PROTOCOL_FIELDS = {
+    "budget_rule": str,
+    "cad_scoring_epochs": int,
+    "cad_window_used": int,
+    "cad_matched_epochs": int,
+    # A premise-sweep cell's K or window ('k12', 'w0.25') and its window position.
+    "variant": str,
+    "window_position": float
+}
 BUDGET_RULE_TEXT = {
     "fixed_examples": "fixed budget (every cell the same examples)",
     "epochs_per_subset": "epochs per subset (every cell the same epochs of its own pool)"
@@ -81,7 +89,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean)**2 for v in values) / (len(values) - 1))
 
 
-def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
   """Mean and its standard error (0 with one value)."""
   mean, std = _mean_std(values)
   return mean, std / math.sqrt(len(values))
@@ -107,17 +115,28 @@ def _table_of(row: dict) -> tuple[int | None, float | None]:
   return row.get("crops_per_image"), row.get("label_keep_fraction")
 
 
+def method_label(row: dict[str, Any]) -> str:
+  """A row's method as the tables name it: a premise-sweep cell's K or window joins it
+  ('cad_prune K=12', 'el2n_window @0.25')."""
+  variant = row.get("variant", "")
+  if not variant:
+    return row["method"]
+  return f"{row['method']} " + (f"K={variant[1:]}" if variant[0] == "k" else f"@{variant[1:]}")
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One entry per (regime, method, ipc, label table): accuracy mean/std in %, seeds, label bytes.
 
   `table` names the label table ('16 crops, keep 1/4') only where the regime's rows hold more
   than one (a study_label_tables axis); elsewhere it is '' and the entry is as without the axis.
+  A premise-sweep cell's K or window is part of its method (`method_label`).
   """
   tables: dict[str, set] = {}
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     tables.setdefault(row["regime"], set()).add(_table_of(row))
-    groups.setdefault((row["regime"], row["method"], row["ipc"], *_table_of(row)), []).append(row)
+    groups.setdefault((row["regime"], method_label(row), row["ipc"], *_table_of(row)),
+                      []).append(row)
   summary = []
   for (regime, method, ipc, crops, keep), members in groups.items():
     summary.append({
@@ -340,7 +359,7 @@ def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seed: 100 * (hald[seed]["test_top1"] - sl[seed]["test_top1"])
         for seed in sorted(set(sl) & set(hald))
     }
-    gap, stderr = _mean_stderr(list(per_seed.values())) if per_seed else (math.nan, math.nan)
+    gap, stderr = mean_stderr(list(per_seed.values())) if per_seed else (math.nan, math.nan)
     if not per_seed:
       verdict = None
     elif len(per_seed) < 2:
@@ -470,22 +489,22 @@ def label_bytes_findings(rows: list[dict[str, Any]]) -> list[str]:
                 f"stored crops grow ({fewest['gap']:+.1f} with {_stored_text(fewest)}, "
                 f"{most['gap']:+.1f} with {_stored_text(most)}")
     if len(change) >= 2:
-      mean, stderr = _mean_stderr(change)
+      mean, stderr = mean_stderr(change)
       resolved = "resolved" if abs(mean) > 2 * stderr else "not resolved (noise)"
       sentence += f"; change {mean:+.1f} ± {stderr:.1f} over {len(change)} seeds, {resolved}"
     sentences.append(sentence + ").")
   return sentences
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
 
 
-def _save(fig, path: str) -> None:
-  plt = _pyplot()
+def save_figure(fig, path: str) -> None:
+  plt = pyplot()
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110)
@@ -496,7 +515,7 @@ def _save(fig, path: str) -> None:
 def _method_colors(summary: list[dict],
                    key: Callable[[dict], str] = lambda s: s["method"]) -> dict[str, Any]:
   """A colour per method (or per `key` of the entries, e.g. `_series`)."""
-  plt = _pyplot()
+  plt = pyplot()
   methods = _ordered(key(s) for s in summary)
   cycle = plt.get_cmap("tab10")
   return {m: cycle(i % 10) for i, m in enumerate(methods)}
@@ -504,7 +523,7 @@ def _method_colors(summary: list[dict],
 
 def plot_accuracy_vs_ipc(summary: list[dict], path: str) -> None:
   """One panel per regime: accuracy vs images per class, a line per method, full data dashed."""
-  plt = _pyplot()
+  plt = pyplot()
   regimes = _ordered(s["regime"] for s in summary)
   colors = _method_colors(summary, _series)
   sizes = _sizes(summary)
@@ -530,12 +549,12 @@ def plot_accuracy_vs_ipc(summary: list[dict], path: str) -> None:
     axis.grid(alpha=0.3)
   axes[0][0].set_ylabel("test top-1 (%)")
   axes[0][-1].legend(fontsize=7, loc="lower right")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_gain_over_random(summary: list[dict], path: str) -> None:
   """One panel per regime: each method's gain over random (points, ± 1 s.e.) per size."""
-  plt = _pyplot()
+  plt = pyplot()
   gains = gains_over_random(summary)
   regimes = _ordered(s["regime"] for s in summary)
   colors = _method_colors(summary, _series)
@@ -561,7 +580,7 @@ def plot_gain_over_random(summary: list[dict], path: str) -> None:
   else:
     axes[0][0].text(0.5, 0.5, "no random baseline in this study", ha="center",
                     transform=axes[0][0].transAxes)
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def _point_label(s: dict) -> str:
@@ -579,7 +598,7 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
   Under a label-table axis the tables of one regime, method and size are joined by a line in
   order of bytes (SL solid, HALD dashed).
   """
-  plt = _pyplot()
+  plt = pyplot()
   colors = _method_colors(summary)
   markers = {"sl": "o", "hald": "s"}
   lines = {"sl": "-", "hald": "--"}
@@ -625,7 +644,7 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
   axis.set_ylabel("test top-1 (%)")
   axis.set_title("accuracy vs soft-label storage (HL: 0 bytes; SL+KD: teacher online)", fontsize=9)
   axis.grid(alpha=0.3)
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def _cad_windows_of(results: dict[str, Any]) -> dict[str, Any] | None:

@@ -108,8 +108,10 @@ def test_the_score_file_holds_cad_of_both_signals_and_the_official_dynamic_uncer
       "el2n": rng.uniform(0, 1.4, (6, 20)).astype(np.float32),
       "margin": rng.normal(size=(6, 20)).astype(np.float32),
       "correct": rng.uniform(size=(6, 20)) > 0.5,
+      "prediction": rng.integers(0, 10, (6, 20)).astype(np.int32),
   }
   scores = scoring.scores_from_statistics(per_epoch, 4, 2)
+  np.testing.assert_array_equal(scores["final_prediction"], per_epoch["prediction"][-1])
   np.testing.assert_allclose(scores["cad"], paper_cad(per_epoch["true_prob"], 4, 2), rtol=1e-5)
   np.testing.assert_allclose(scores["cad_el2n"], paper_cad(per_epoch["el2n"], 4, 2), rtol=1e-5)
   np.testing.assert_allclose(scores["dynamic_uncertainty"] * 10,

@@ -387,7 +387,8 @@ class _Recorder:
     self.directory = directory
     for epoch, probs in enumerate(true_prob):
       np.savez(self.path(epoch), true_prob=probs, el2n=1 - probs, margin=2 * probs - 1,
-               prob_margin=2 * probs - 1, correct=probs > 0.5)
+               prob_margin=2 * probs - 1, correct=probs > 0.5,
+               prediction=np.zeros(probs.shape, np.int32))
 
   def path(self, epoch):
     return os.path.join(self.directory, f"epoch_{epoch}.npz")
