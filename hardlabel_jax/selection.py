@@ -248,7 +248,7 @@ def select_rank_window(scores: np.ndarray, labels: np.ndarray, images_per_class:
   """A window of consecutive ranks per class: the offset scan of "EL2N-Best"; sorted ids.
 
   Each group's examples ranked by ascending score (ties → lower id); the window holds its
-  `images_per_class` (per group) examples starting at rank round(position · (n − k)), so
+  `images_per_class` (per group) examples starting at rank ⌊position · (n − k) + ½⌋, so
   `position` 0 is the lowest scores, 1 the highest (`select_hardest` when no scores tie) and the
   same position is the same relative place in the ranking at every subset size.
   """
@@ -259,7 +259,7 @@ def select_rank_window(scores: np.ndarray, labels: np.ndarray, images_per_class:
   chosen = []
   for ids, budget, _ in _groups(labels, images_per_class, class_balanced):
     ranked = _ranked(ids, scores, False)
-    start = round(position * (ranked.size - budget))
+    start = math.floor(position * (ranked.size - budget) + 0.5)  # half up, not to even
     chosen.append(ranked[start:start + budget])
   return _finish(chosen)
 

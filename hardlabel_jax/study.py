@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import cad_picks
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import distill
@@ -33,6 +34,7 @@ from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import plan as plan_lib
+from hardlabel_jax import premise_report
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
@@ -560,6 +562,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
     return _train_cells(config, configs, counts, workdir, cache_dir, devices, step_hook)
 
 
+def cad_prune_picks(config: ml_collections.ConfigDict, configs: dict[Cell,
+                                                                     ml_collections.ConfigDict],
+                    class_counts: np.ndarray, workdir: str) -> list[cad_picks.Picks]:
+  """The picks of every finished CAD-Prune cell at its compute-matched K, one per size and seed.
+
+  The pool is chosen again from the cell's score file (selection is a pure function of it), so
+  the picture is of exactly the images the cell trained on.
+  """
+  picks, seen = [], set()
+  for cell, cell_cfg in configs.items():
+    if cell.method != "cad_prune" or (cell.ipc, cell.seed) in seen:
+      continue
+    if cell.cad_epochs and cell.cad_epochs != matched_cad_epochs(config, cell, class_counts):
+      continue
+    cell_dir = os.path.join(workdir, CELLS_DIR, cell.name)
+    if not os.path.exists(os.path.join(cell_dir, plan_lib.RESULTS_FILE)):
+      continue
+    resolved = plan_lib.make_plan(cell_cfg, cell_dir, "train").config
+    train = run_data.train_source(resolved)
+    scores = selection.load_scores(resolved.scores_file)
+    try:
+      picks.append(
+          cad_picks.pick_statistics(scores, np.asarray(train.labels()),
+                                    run_data.scored_pool(resolved, train), len(class_counts),
+                                    ipc=cell.ipc, seed=cell.seed))
+    except cad_picks.MissingPredictionsError as e:
+      metrics_log.log_line(f"study: no picks analysis for {cell.name}: {e}")
+      continue
+    seen.add((cell.ipc, cell.seed))
+  return picks
+
+
 def training_order(config: ml_collections.ConfigDict, cells: list[Cell]) -> list[Cell]:
   """Cells by seed, then size (the full split after the first size), then method and regime.
 
@@ -626,7 +660,14 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
   rows = _finished_rows(workdir, cells, config, counts)
   if is_writer:
     write_csv(rows, csv_path)
+    # The premise sweep's and CAD-Prune's picks' own pages first: report.md links them.
+    extra = [
+        premise_report.write(rows, workdir),
+        cad_picks.write(cad_prune_picks(config, configs, counts, workdir), workdir,
+                        run_data.train_source(config).info.class_names or None)
+    ]
     report = study_report.write_report(rows, workdir, budget=budget_text(config))
     metrics_log.log_line(report.markdown)
-    metrics_log.log_line("results: " + ", ".join([csv_path, *report.paths]))
+    paths = [*report.paths, *(path for page in extra if page for path in page.paths)]
+    metrics_log.log_line("results: " + ", ".join([csv_path, *paths]))
   return rows

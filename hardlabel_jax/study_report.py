@@ -51,7 +51,10 @@ REGIME_NAMES = {"hl": "HL", "sl": "SL", "sl_kd": "SL+KD", "hald": "HALD", "kd": 
 PLOTS = ("accuracy_vs_ipc.png", "gain_over_random.png", "accuracy_vs_label_bytes.png")
 REPORT_FILE = "report.md"
 CELLS_DIR = "cells"  # study.CELLS_DIR: each cell's workdir, with its results.json
-CAD_SELECTIONS = ("cad_prune", "ca2d")
+CAD_SELECTIONS = ("cad_prune", "cad_window", "ca2d")  # config_schema.CAD_SELECTIONS
+# Pages a study writes beside report.md (premise_report, cad_picks), linked when present.
+LINKED_PAGES = (("premise.md", "the premise sweep: accuracy against K and the difficulty window"),
+                ("picks.md", "what CAD-Prune picks"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -738,6 +741,11 @@ def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = 
       f"- {sentence}" for sentence in findings(summary, rows) + ([cad_line] if cad_line else [])
   ]
   lines += [""]
+  pages = [
+      (name, text) for name, text in LINKED_PAGES if os.path.exists(os.path.join(out_dir, name))
+  ]
+  if pages:
+    lines += ["See also: " + "; ".join(f"[{text}]({name})" for name, text in pages) + ".", ""]
   lines += [f"![{name}]({name})" for name in PLOTS]
   markdown = "\n".join(lines) + "\n"
   report_path = os.path.join(out_dir, REPORT_FILE)

@@ -49,6 +49,7 @@ DOCUMENTED_ARGS = {
     "imagenet_hl_resnet18.py": ["ipc=50"],
     "imagenet_study.py": [],
     "fashion_paper.py": ["seeds=1"],
+    "fashion_premise.py": ["seeds=1"],
 }
 CONFIG_ARGS = [(name, arg)
                for name in sorted(DOCUMENTED_ARGS)
