@@ -19,7 +19,7 @@ def get_config(arg=None):
   # Drift labels crops with the teacher and trains nothing: embedded_hald.py's optimizer, soft-loss
   # weight and stored crops per image (drift_crop_counts says how many crops) are never read.
   config_schema.unset(config, "optimizer", "learning_rate", "weight_decay", "schedule", "hald_eta",
-                      "soft_loss_weight", "crops_per_image")
+                      "soft_loss_weight", "crops_per_image", "hald_hard_cutmix")
   config.temperature = 1.0
   config.drift_crop_counts = (1, 2, 4, 8, 16, 32)
   if arg and "runlocal" in arg:

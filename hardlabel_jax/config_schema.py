@@ -48,6 +48,9 @@ STUDY_BUDGET_RULES = ("fixed_examples", "epochs_per_subset")
 # by CAD, then RDED's per-image best crop and class-wide CE filter (the paper, DESIGN.md §7);
 # 'cad_selection' exactly CAD-Prune's ipc·factor² images per class, each its own best crop.
 CA2D_POOLS = ("cad_top_mipc", "cad_selection")
+# How HALD's hard phase CutMixes (trainer._make_steps): the official batch-reversed partner on
+# the device, or a per-example partner from the pool in the pipeline.
+HALD_HARD_CUTMIX = ("batch_reversed", "pool")
 # CCS prunes and stratifies over the whole pool (the official code) or within each class.
 CCS_SCOPES = ("global", "per_class")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
@@ -129,7 +132,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
                     "crop_seed", "soft_loss_weight", "label_keep_fraction", "label_pruning",
                     "teacher_bn_mode", "table_positions_per_shard"),
-    "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha"),
+    "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha",
+             "hald_hard_cutmix"),
     "drift": ("drift_crop_counts",),
     "study": ("study_regimes", "study_methods", "study_images_per_class", "study_seeds",
               "study_score_epochs", "study_budget_rule", "study_epochs_per_subset",
@@ -295,6 +299,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.hald_hard_fraction = 0.5  # share of epochs in the hard phase
   c.hald_label_smoothing = 0.8  # hard phase: one-hot smoothed by 0.8 (true class 0.2 + 0.8/C)
   c.hald_cutmix_alpha = 1.0  # hard phase: CutMix on every batch
+  # HALD_HARD_CUTMIX: 'batch_reversed' one λ and box per batch, pasted from the batch reversed, on
+  # the device (the official timm Mixup, mode='batch'); 'pool' a λ, box and partner per example
+  # drawn from the whole pool by the pipeline (this library's earlier recipe).
+  c.hald_hard_cutmix = "batch_reversed"
 
   # Local semantic drift (task='drift').
   c.drift_crop_counts = (1, 2, 4, 8, 16, 32)  # crops per image to measure
@@ -843,6 +851,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.hald_hard_fraction <= 1, "hald_hard_fraction", "must be in [0, 1]")
   _require(0 <= config.hald_label_smoothing < 1, "hald_label_smoothing", "must be in [0, 1)")
   _require(config.hald_cutmix_alpha >= 0, "hald_cutmix_alpha", "must be >= 0")
+  _require_choice(config, "hald_hard_cutmix", HALD_HARD_CUTMIX)
+  _require(
+      config.regime != "hald" or config.hald_hard_cutmix != "batch_reversed"
+      or config.global_batch_size % 2 == 0, "global_batch_size",
+      "HALD's batch CutMix pastes from the batch reversed and needs an even batch (timm's Mixup "
+      "asserts it; Jiacheng8/HALD train_fkd.py drops the last image of an odd batch)")
   if config.regime == "hald":
     hald.parse_schedule(config.hald_schedule)
   _require(

@@ -14,12 +14,14 @@ import optax
 from hardlabel_jax import difficulty
 from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax.data import batch_cutmix
 from hardlabel_jax.train_state import TrainState
 
 # The metrics key of a step's per-example outputs (`[batch]` arrays, not scalars to log).
 PER_EXAMPLE = "per_example"
 # The random stream of on-device augmentation, apart from dropout's: fold_in(step key, stream).
 _AUGMENT_STREAM = 1
+_CUTMIX_STREAM = 2  # the batch CutMix of HALD's hard phase (data.batch_cutmix)
 # An on-device augmentation `(images, key) -> images` (data.dsa.augment with its strategy bound).
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -89,18 +91,34 @@ def _update(state: TrainState, batch: dict[str, jax.Array],
   return new_state, metrics
 
 
+def batch_cutmixed(batch: dict[str, jax.Array], alpha: float, num_classes: int, smoothing: float,
+                   base_rng: jax.Array, step: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+  """The batch CutMixed with itself reversed (one λ, keyed by seed and step) and its targets."""
+  key = jax.random.fold_in(jax.random.fold_in(base_rng, step), _CUTMIX_STREAM)
+  images, lam = batch_cutmix.mix_batch(batch["image"], key, alpha)
+  own = losses.label_smoothing_targets(batch["label"], num_classes, smoothing)
+  return {**batch, "image": images}, batch_cutmix.mixed_targets(own, lam)
+
+
 def hl_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                   tx: optax.GradientTransformation, schedule: optax.Schedule, num_classes: int,
                   label_smoothing: float, base_rng: jax.Array, record_margins: bool = False,
-                  augment: Augment | None = None) -> tuple[TrainState, dict]:
+                  augment: Augment | None = None,
+                  batch_cutmix_alpha: float = 0.0) -> tuple[TrainState, dict]:
   """One step on smoothed, CutMix-mixed one-hot targets with soft cross-entropy.
 
   `record_margins` adds `{id, margin}` per example under `PER_EXAMPLE`: the probability margin
   p_y − max_{i≠y} p_i of the train-mode forward pass the gradient comes from (a scoring run's AUM).
-  `augment` (DSA) transforms the images on the device first.
+  `augment` (DSA) transforms the images on the device first. `batch_cutmix_alpha` > 0 CutMixes
+  the batch with itself reversed on the device (HALD's hard phase, timm `Mixup(mode='batch')`)
+  instead of using the pipeline's per-example partners.
   """
   batch = augmented(batch, augment, base_rng, state.step)
-  targets = hard_label_targets(batch, num_classes, label_smoothing)
+  if batch_cutmix_alpha > 0:
+    batch, targets = batch_cutmixed(batch, batch_cutmix_alpha, num_classes, label_smoothing,
+                                    base_rng, state.step)
+  else:
+    targets = hard_label_targets(batch, num_classes, label_smoothing)
   per_example = None
   if record_margins:
     per_example = lambda logits: {

@@ -188,10 +188,10 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
   if config.regime in config_schema.ONLINE_TEACHER_REGIMES:
     return {hald.TRAIN: _online_teacher_step(config, mesh, budget, teacher, common)}
 
-  def hard(smoothing: float) -> Callable:
+  def hard(smoothing: float, batch_cutmix_alpha: float = 0.0) -> Callable:
     return train_steps.jit_train_step(train_steps.hl_train_step, mesh, num_classes=num_classes,
                                       label_smoothing=smoothing, record_margins=record_margins,
-                                      **common)
+                                      batch_cutmix_alpha=batch_cutmix_alpha, **common)
 
   if config.regime == "hl":
     return {hald.TRAIN: hard(config.label_smoothing)}
@@ -209,7 +209,13 @@ def _make_steps(config: ml_collections.ConfigDict, model, tx, schedule, step_rng
                                                 hard_weight=schedule_spec.hybrid_weight,
                                                 soft_weight=config.soft_loss_weight, **common)
     }
-  return {hald.SOFT: soft, hald.HARD: hard(config.hald_label_smoothing)}
+  # 'batch_reversed': the step CutMixes each hard batch with itself reversed (the official timm
+  # Mixup); 'pool': the pipeline pastes a per-example partner drawn from the pool.
+  on_device = config.hald_hard_cutmix == "batch_reversed"
+  return {
+      hald.SOFT: soft,
+      hald.HARD: hard(config.hald_label_smoothing, config.hald_cutmix_alpha if on_device else 0.0)
+  }
 
 
 def step_phases(config: ml_collections.ConfigDict, budget: Budget) -> hald.StepPhases:
@@ -241,7 +247,9 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
                            batches)
   if config.regime == "sl" or phases.schedule.is_hybrid:
     return soft
-  hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=config.hald_cutmix_alpha)
+  # Under 'batch_reversed' the hard step mixes the batch on the device; the crops stay unmixed.
+  pipeline_alpha = config.hald_cutmix_alpha if config.hald_hard_cutmix == "pool" else 0.0
+  hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=pipeline_alpha)
   hard = pipeline.FreshCrops(
       pipeline.CropExample(train, data.pool_ids, hard_spec, config.seed, data.normalizer), order,
       slot_offset=config.crops_per_image)

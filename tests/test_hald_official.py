@@ -1,0 +1,164 @@
+"""HALD's hard phase as Jiacheng8/HALD runs it: timm CutMix of the batch with itself reversed.
+
+Official: `validate/train_fkd.py` lines 449–453 build `Mixup(mixup_alpha=0.0, cutmix_alpha=1.0,
+label_smoothing=args.label_smoothing, num_classes=args.ncls)` and `hard_train` (line 541) applies it
+to every hard batch (line 559; an odd batch loses its last image first, line 554) with
+`soft_cross_entropy` (line 536) at T = 1. timm's Mixup in batch mode: one λ ~ Beta(1, 1), one
+`rand_bbox` box, `x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]`, λ corrected to the
+unpasted area, `mixup_target` = λ·one_hot(y) + (1−λ)·one_hot(y.flip(0)) with off = s/C and
+on = 1 − s + s/C. The NumPy port below is that code with its random draws passed in.
+"""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hardlabel_jax import config_schema
+from hardlabel_jax import mesh as mesh_lib
+from hardlabel_jax import models
+from hardlabel_jax import plan
+from hardlabel_jax import run_data
+from hardlabel_jax import train_state as train_state_lib
+from hardlabel_jax import train_steps
+from hardlabel_jax import trainer
+from hardlabel_jax.data import batch_cutmix
+from helpers import tiny_config
+from test_soft_label_regimes import soft_config
+
+
+def timm_batch_cutmix(x_nchw, target, num_classes, smoothing, lam, cy, cx):
+  """timm `Mixup._mix_batch` + `mixup_target` (mode='batch', cutmix only, correct_lam=True)."""
+  x = x_nchw.copy()
+  ratio = np.sqrt(1 - lam)
+  img_h, img_w = x.shape[-2:]
+  cut_h, cut_w = int(img_h * ratio), int(img_w * ratio)
+  yl = np.clip(cy - cut_h // 2, 0, img_h)
+  yh = np.clip(cy + cut_h // 2, 0, img_h)
+  xl = np.clip(cx - cut_w // 2, 0, img_w)
+  xh = np.clip(cx + cut_w // 2, 0, img_w)
+  lam = 1. - (yh - yl) * (xh - xl) / float(img_h * img_w)
+  x[:, :, yl:yh, xl:xh] = x[::-1][:, :, yl:yh, xl:xh]
+  off_value = smoothing / num_classes
+  on_value = 1. - smoothing + off_value
+  y1 = np.full((len(target), num_classes), off_value)
+  y1[np.arange(len(target)), target] = on_value
+  y2 = y1[::-1]
+  return x, y1 * lam + y2 * (1. - lam), lam
+
+
+def test_the_box_follows_timm_rand_bbox_on_a_hand_worked_case():
+  # λ = 0.36: √0.64 = 0.8, an 8 × 8 cut centred at (5, 2) of a 10 × 10 image: rows 1..8 and
+  # columns 0..5 (clipped at the left edge), 48 pixels pasted, so the corrected λ is 0.52.
+  yl, yh, xl, xh, lam = batch_cutmix.box_for_lambda(jnp.float32(0.36), 5, 2, 10, 10)
+  assert (int(yl), int(yh), int(xl), int(xh)) == (1, 9, 0, 6)
+  assert float(lam) == pytest.approx(0.52)
+  # λ near 1 cuts nothing (int(10 · 0.03) = 0): the batch is left as it is.
+  *_, lam = batch_cutmix.box_for_lambda(jnp.float32(0.9991), 4, 4, 10, 10)
+  assert float(lam) == 1.0
+
+
+def test_batch_cutmix_equals_the_timm_port_with_the_same_draws():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(6, 9, 7, 3)).astype(np.float32)  # NHWC, H ≠ W
+  labels = np.array([0, 3, 1, 1, 2, 4])
+  key = jax.random.key(5)
+  yl, yh, xl, xh, lam = batch_cutmix.cutmix_box(key, 9, 7, 1.0)
+  mixed, got_lam = batch_cutmix.mix_batch(jnp.asarray(images), key, 1.0)
+  assert float(got_lam) == float(lam)
+  # Recover the draw (λ before correction, centre) and run timm's arithmetic on it.
+  lam_key, y_key, x_key = jax.random.split(key, 3)
+  raw = float(jax.random.beta(lam_key, 1.0, 1.0))
+  cy, cx = int(jax.random.randint(y_key, (), 0, 9)), int(jax.random.randint(x_key, (), 0, 7))
+  want_x, want_y, want_lam = timm_batch_cutmix(images.transpose(0, 3, 1, 2), labels, 5, 0.8, raw,
+                                               cy, cx)
+  np.testing.assert_array_equal(np.asarray(mixed), want_x.transpose(0, 2, 3, 1))
+  assert float(got_lam) == pytest.approx(want_lam, abs=1e-6)
+  assert (int(yh) - int(yl)) * (int(xh) - int(xl)) > 0  # this key pastes a real box
+  own = np.full((6, 5), 0.8 / 5, np.float32)
+  own[np.arange(6), labels] = 1 - 0.8 + 0.8 / 5
+  np.testing.assert_allclose(batch_cutmix.mixed_targets(jnp.asarray(own), got_lam), want_y,
+                             rtol=1e-6)
+
+
+def test_the_pasted_box_comes_from_the_image_at_the_mirrored_position():
+  images = jnp.broadcast_to(jnp.arange(4, dtype=jnp.float32)[:, None, None, None], (4, 5, 5, 1))
+  out = np.asarray(batch_cutmix.paste_reversed(images, 1, 3, 2, 5))[..., 0]
+  for i in range(4):
+    inside = np.zeros((5, 5), bool)
+    inside[1:3, 2:5] = True
+    assert (out[i][inside] == 3 - i).all() and (out[i][~inside] == i).all()
+
+
+def _run_hard_steps(devices, num_steps=3):
+  mesh = mesh_lib.data_mesh(devices)
+  model = models.create_model("convnet_d3", 5, width=8, norm="batch")
+  # SGD: Adam would turn the rounding noise of gradients BatchNorm zeroes (conv biases) into
+  # full-size steps, hiding what the comparison is for.
+  schedule = optax.constant_schedule(0.05)
+  tx = optax.sgd(schedule, momentum=0.9)
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, model, tx, input_shape=(1, 12, 12, 3)),
+      out_shardings=mesh_lib.replicated(mesh))(jax.random.key(0))
+  step = train_steps.jit_train_step(train_steps.hl_train_step, mesh, model=model, tx=tx,
+                                    schedule=schedule, num_classes=5, label_smoothing=0.8,
+                                    base_rng=jax.random.key(1), batch_cutmix_alpha=1.0)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(num_steps):
+    labels = rng.integers(0, 5, 16).astype(np.int32)
+    batch = {
+        "image": rng.normal(size=(16, 12, 12, 3)).astype(np.float32),
+        "label": labels,
+        "partner_label": labels,  # the pipeline's, unused: the step mixes the batch itself
+        "mix_lambda": np.ones(16, np.float32),
+    }
+    state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_the_batch_cutmix_step_is_the_same_on_eight_devices_and_one():
+  # The reversal crosses devices: image 0's partner lives on the last device.
+  state8, losses8 = _run_hard_steps(jax.devices())
+  state1, losses1 = _run_hard_steps(jax.devices()[:1])
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  chex.assert_trees_all_close(state8.params, state1.params, atol=2e-5, rtol=2e-4)
+  # The loss is soft CE against the timm targets: above the entropy floor of the smoothed target.
+  floor = -(0.84 * math.log(0.84) + 4 * 0.04 * math.log(0.04))
+  assert min(losses1) > floor
+
+
+def test_the_official_batch_cutmix_is_the_default_and_needs_an_even_batch():
+  assert config_schema.default_config().hald_hard_cutmix == "batch_reversed"
+  assert config_schema.default_config().hald_cutmix_alpha == 1.0
+  assert config_schema.default_config().hald_label_smoothing == 0.8
+  config = tiny_config(regime="hald", global_batch_size=15, crops_per_image=2)
+  with pytest.raises(ValueError, match="global_batch_size: HALD's batch CutMix .* needs an even"):
+    config_schema.validate(config)
+  config.hald_hard_cutmix = "pool"  # the pipeline's per-example partner has no such need
+  config_schema.validate(config)
+
+
+@pytest.mark.parametrize("mode", ["batch_reversed", "pool"])
+def test_the_pipeline_leaves_hard_crops_unmixed_when_the_step_mixes_the_batch(
+    tmp_path, teacher_dir, mode):
+  config = soft_config(tmp_path, teacher_dir, regime="hald", hald_schedule="S1",
+                       hald_hard_cutmix=mode, budget_examples=16 * 12)
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
+  data = run_data.load_run_data(config)
+  budget = trainer.budget_from_config(config, len(data.pool_ids))
+  phases = trainer.step_phases(config, budget)
+  example_at = trainer.training_examples(config, data, table, phases)
+  hard = [p for p in range(budget.steps * 16) if phases.of_position(p) == "hard"][:32]
+  assert len(hard) == 32
+  lambdas = np.array([example_at(p)["mix_lambda"] for p in hard])
+  if mode == "batch_reversed":  # the step pastes from the reversed batch (on the device)
+    assert (lambdas == 1).all()
+  else:  # the pipeline pastes a partner per example
+    assert (lambdas < 1).mean() > 0.5
