@@ -3,10 +3,14 @@
 ResNet-18 teacher and student; 300 epochs over the 10,000 images at batch 16; AdamW lr 1e-3,
 weight decay 0.01 (none on BN/bias); cosine 0.5(1 + cos(π e / (E η))) with η = 2; T = 20;
 schedule S6 = 75 soft / 150 hard / 75 soft epochs; hard phase: CutMix α = 1 on every batch and
-label smoothing 0.8. The stored crops are CutMixed (α = 1) before the teacher labels them, as in
-the SRe²L/LPLD relabelling HALD's soft labels follow, and the soft phase replays them mixed. 15
-stored crops per image in `full` fp16 with CutMix metadata is 10,000 × 15 × 2,023 bytes ≈ 303 MB,
-the storage scale of HALD's 285 MB.
+label smoothing 0.8, the batch CutMixed with itself reversed on the device (timm's Mixup). lr and
+η come from validate/hyper.yaml (hald_hyper). The stored crops are CutMixed (α = 1) before the
+teacher labels them, as in HALD's relabel (`--mix-type cutmix`), and the soft phase replays them
+mixed. 10 stored crops per image (SLC 100 at IPC10, demo.sh / train.sh) in `full` fp16 with CutMix
+metadata is 10,000 × 10 × 2,023 bytes ≈ 202 MB. Not yet as the official code (issue 25): the
+table's CutMix partner is drawn per crop from the pool (official: a permutation of the relabel
+batch), and the teacher relabels in eval mode (official BSSL: train-mode BatchNorm on relabel
+batches of 16 for every set but RDED's).
 
 Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any finished HL run):
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py:task=relabel \
@@ -20,11 +24,14 @@ sits at ln(1000) after the switch, add `--config.soft_loss_weight=400` (T²).
 """
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import hald_hyper
 
 
 def get_config(arg=None):
   """The HALD IPC10 recipe; `ipc=50` switches to η = 1 as in the paper."""
-  args = config_schema.parse_arg(arg, runlocal=False, ipc=10, crops=15, seed=0, regime="hald",
+  # crops: SLC 100 soft labels per class (relabel/scripts/imagenet1k/demo.sh, train.sh `slc=100`)
+  # over IPC10's 10 images is 10 stored crops per image (train.sh: n = slc / ipc).
+  args = config_schema.parse_arg(arg, runlocal=False, ipc=10, crops=10, seed=0, regime="hald",
                                  task="train")
   config = config_schema.default_config()
   config.task = args.task
@@ -56,16 +63,18 @@ def get_config(arg=None):
   config.global_batch_size = 16
   config.eval_batch_size = 1024
   config.optimizer = "adamw"
-  config.learning_rate = 1e-3
+  # lr and η from validate/hyper.yaml (imagenet1k, ResNet18: IPC10 (1e-3, 2), IPC50 (1e-3, 1)).
+  config.learning_rate = hald_hyper.official_lr_eta(config.dataset, config.model, args.ipc)[0]
   config.weight_decay = 0.01
   config.schedule = "hald"
-  config.hald_eta = 2.0 if args.ipc <= 10 else 1.0
+  config.hald_eta = 0.0  # η from the same table (hald_hyper.resolved_eta)
   config.log_every_steps = 500
   config.checkpoint_every_steps = 10000
   config.num_workers = 16
   if args.runlocal:
     config.image_size = 64
     config.images_per_class = 2
+    config.hald_eta = 2.0  # hyper.yaml has no IPC2 row; IPC10's η
     config.crops_per_image = 2
     config.num_epochs = 4
     config.global_batch_size = 16

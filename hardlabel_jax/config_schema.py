@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 
 from hardlabel_jax import hald
+from hardlabel_jax import hald_hyper
 from hardlabel_jax import models
 from hardlabel_jax.data import dsa
 
@@ -322,7 +323,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.step_milestones = (0.5, 0.75)  # fractions of training, for schedule='step'
   c.step_gamma = 0.1
-  c.hald_eta = 1.0  # HALD: lr · 0.5 (1 + cos(π e / (E η)))
+  # HALD: lr · 0.5 (1 + cos(π e / (E η))); 0 -> η from HALD's validate/hyper.yaml by data set,
+  # student and images per class (hald_hyper; refused where the table has no entry).
+  c.hald_eta = 0.0
 
   # Label-regime studies (task='study', DESIGN.md §3): every cell of the grid regimes × methods ×
   # images per class × seeds is this config as a task='train' run with `budget_examples`, and
@@ -824,7 +827,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
   _require(0 <= config.adam_b1 < 1 and 0 <= config.adam_b2 < 1, "adam_b2",
            "Adam's b1 and b2 must lie in [0, 1)")
-  _require(config.hald_eta > 0, "hald_eta", "must be positive")
+  _require(config.hald_eta >= 0, "hald_eta", "must be >= 0 (0: HALD's hyper.yaml value)")
+  if config.schedule == "hald" and config.task in TRAINING_TASKS:
+    hald_hyper.resolved_eta(config)  # a missing table entry is an error before anything runs
   _require(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
   _require(all(0 < m < 1 for m in config.step_milestones), "step_milestones",
            "must be fractions of training in (0, 1)")

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from hardlabel_jax import hald_hyper
+
 
 def hald_schedule(base_lr: float, steps_per_epoch: float, total_epochs: float,
                   eta: float) -> optax.Schedule:
@@ -33,7 +35,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
     boundaries = {int(m * main_steps): config.step_gamma for m in config.step_milestones}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   elif config.schedule == "hald":
-    main = hald_schedule(lr, steps_per_epoch, total_steps / steps_per_epoch, config.hald_eta)
+    main = hald_schedule(lr, steps_per_epoch, total_steps / steps_per_epoch,
+                         hald_hyper.resolved_eta(config))
   elif config.schedule == "constant":
     main = optax.constant_schedule(lr)
   else:

@@ -8,6 +8,7 @@ import pytest
 
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald
+from hardlabel_jax import hald_hyper
 from hardlabel_jax import run_data
 from hardlabel_jax import study
 from hardlabel_jax.soft_labels import table as table_lib
@@ -264,7 +265,8 @@ def test_a_study_resets_what_each_cell_does_not_read():
 def test_imagenet_hald_recipe_is_the_papers():
   config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "imagenet_hald_ipc10.py"))
   assert (config.model, config.global_batch_size, config.optimizer) == ("resnet18", 16, "adamw")
-  assert (config.learning_rate, config.weight_decay, config.hald_eta) == (1e-3, 0.01, 2.0)
+  assert (config.learning_rate, config.weight_decay, config.hald_eta) == (1e-3, 0.01, 0.0)
+  assert hald_hyper.resolved_eta(config) == 2.0 and config.crops_per_image == 10
   assert (config.temperature, config.hald_label_smoothing, config.hald_cutmix_alpha) == (20, .8, 1)
   pool, epochs = 1000 * config.images_per_class, config.num_epochs
   steps = int(epochs * pool) // config.global_batch_size
@@ -384,6 +386,7 @@ def test_imagenet_hald_table_stores_cutmix_partners_as_sre2l_relabels():
                                    slots_per_image=config.crops_per_image)
   assert table_spec.cutmix
   assert {"partner_id", "mix_lambda", "cut_box"} <= set(table_lib.row_dtype(table_spec).names)
-  # 23 bytes of crop and CutMix metadata + 1,000 fp16 probabilities per row; 15 rows per image.
+  # 23 bytes of crop and CutMix metadata + 1,000 fp16 probabilities per row; 10 rows per image
+  # (SLC 100 at IPC10).
   assert table_lib.bytes_per_row(table_spec) == 2_023
-  assert table_spec.num_rows * table_lib.bytes_per_row(table_spec) == 303_450_000
+  assert table_spec.num_rows * table_lib.bytes_per_row(table_spec) == 202_300_000

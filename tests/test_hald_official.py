@@ -1,4 +1,4 @@
-"""HALD's hard phase as Jiacheng8/HALD runs it: timm CutMix of the batch with itself reversed.
+"""HALD as Jiacheng8/HALD runs it: the hard phase's batch CutMix, hyper.yaml's η.
 
 Official: `validate/train_fkd.py` lines 449–453 build `Mixup(mixup_alpha=0.0, cutmix_alpha=1.0,
 label_smoothing=args.label_smoothing, num_classes=args.ncls)` and `hard_train` (line 541) applies it
@@ -20,8 +20,10 @@ import optax
 import pytest
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import hald_hyper
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
+from hardlabel_jax import optim
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import train_state as train_state_lib
@@ -162,3 +164,34 @@ def test_the_pipeline_leaves_hard_crops_unmixed_when_the_step_mixes_the_batch(
     assert (lambdas == 1).all()
   else:  # the pipeline pastes a partner per example
     assert (lambdas < 1).mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- hyper.yaml
+
+
+def test_hyper_yaml_rows_and_the_eta_a_run_takes():
+  # validate/hyper.yaml, as read: imagenet1k ResNet18 "10": [0.001, 2], "50": [0.001, 1];
+  # cifar100 ResNet18 "1": [0.0005, 2]; imagewoof ResNet50 "10": [0.005, 1].
+  assert hald_hyper.official_lr_eta("tfds:imagenet2012", "resnet18", 10) == (0.001, 2)
+  assert hald_hyper.official_lr_eta("imagenet2012:5.1.0", "resnet18", 50) == (0.001, 1)
+  assert hald_hyper.official_lr_eta("cifar100", "resnet18_cifar", 1) == (0.0005, 2)
+  assert hald_hyper.official_lr_eta("imagewoof", "resnet50", 10) == (0.005, 1)
+  assert hald_hyper.official_lr_eta("fashion_mnist_local", "convnet_d3", 10) is None
+  config = tiny_config(schedule="hald", dataset="cifar100", model="resnet18_cifar",
+                       images_per_class=50)
+  assert hald_hyper.resolved_eta(config) == 1.0
+  config.hald_eta = 3.0  # a config's own η wins
+  assert hald_hyper.resolved_eta(config) == 3.0
+
+
+def test_a_hald_schedule_without_a_table_row_is_refused_and_the_schedule_uses_the_row():
+  config = tiny_config(schedule="hald")  # embedded digits: not in hyper.yaml
+  with pytest.raises(ValueError, match="config.hald_eta: 0 takes η from Jiacheng8/HALD"):
+    config_schema.validate(config)
+  config.hald_eta = 2.0
+  config_schema.validate(config)
+  # η = 2 over E = 4 epochs of 10 steps: epoch e at lr · ½(1 + cos(π e / 8)), stepped per epoch.
+  schedule = optim.learning_rate_schedule(config, 40, 10.0)
+  for step, epoch in ((0, 0), (9, 0), (10, 1), (35, 3)):
+    want = config.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / 8))
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-6)
