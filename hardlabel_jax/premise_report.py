@@ -190,6 +190,21 @@ def _k_findings(rows: list[dict[str, Any]], regime: str) -> list[str]:
   return sentences
 
 
+def _move_text(method: str, low: float, high: float) -> str:
+  """How the best window moves from the largest compute (`high`) to the smallest (`low`).
+
+  Only EL2N's position is a difficulty (low = easy); a low CAD is an image the scoring run was
+  sure of, learned or not, so CAD's move is named as a position only.
+  """
+  if low == high:
+    return "at the same position at both ends of compute"
+  if method != "el2n_window":
+    return f"{'lower' if low < high else 'higher'} in CAD rank at the smaller compute"
+  if low < high:
+    return "easier (a lower EL2N position) at the smaller compute, as the premise says"
+  return "harder (a higher EL2N position) at the smaller compute, against the premise"
+
+
 def _window_findings(rows: list[dict[str, Any]], regime: str) -> list[str]:
   curves = window_curves(rows, regime)
   compute = examples_per_size(rows, regime)
@@ -204,12 +219,7 @@ def _window_findings(rows: list[dict[str, Any]], regime: str) -> list[str]:
         ", ".join(parts)
     if len(sizes) > 1:
       low, high = tops[sizes[0]].x, tops[sizes[-1]].x
-      if low < high:
-        verdict = "easier (a lower position) at the smaller compute, as the premise says"
-      elif low > high:
-        verdict = "harder at the smaller compute, against the premise"
-      else:
-        verdict = "the same at both ends of compute"
+      verdict = _move_text(method, low, high)
       other = _at(points, sizes[0], high)
       sentence += f"; the best window is {verdict}"
       if other is not None and low != high:

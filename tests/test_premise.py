@@ -222,7 +222,8 @@ def test_premise_tables_and_findings_on_hand_made_rows(tmp_path):
                                  "of 3 scoring lengths; next K=6")
   assert sentences[2] == ("EL2N windows, best per size (least compute first): ipc 10 @0 "
                           "(80.0 ± 1.0 (2)), ipc 50 @0.5 (80.0 ± 1.0 (2)); the best window is "
-                          "easier (a lower position) at the smaller compute, as the premise says "
+                          "easier (a lower EL2N position) at the smaller compute, as the premise "
+                          "says "
                           "(at ipc 10, ipc 50's best @0.5 gives 60.0 ± 1.0 (2)).")
   page = premise_report.write(rows, str(tmp_path))
   assert [os.path.basename(p) for p in page.paths] == ["premise.md", *premise_report.PLOTS]
