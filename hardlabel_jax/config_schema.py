@@ -132,7 +132,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
     "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
                     "crop_seed", "soft_loss_weight", "label_keep_fraction", "label_pruning",
-                    "teacher_bn_mode", "table_positions_per_shard"),
+                    "teacher_bn_mode", "bssl_batch_size", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha",
              "hald_hard_cutmix"),
     "drift": ("drift_crop_counts",),
@@ -293,6 +293,9 @@ def default_config() -> ml_collections.ConfigDict:
   # (DESIGN.md §9), or 'per_image' (each image keeps round(f·slots) of its slots).
   c.label_pruning = "lpld_batches"
   c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
+  # BSSL: images per relabel batch (HALD's demo.sh `-b 16`), drawn per slot from a permutation of
+  # the whole pool; each batch's BatchNorm statistics are its own (hardlabel_jax/bssl.py).
+  c.bssl_batch_size = 16
   c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
 
   # HALD (regime='hald', DESIGN.md §5): soft and hard phases over the epochs.
@@ -389,7 +392,7 @@ _ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GRO
                          + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
 _DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
-             "train_crop_recipe", "label_keep_fraction", "cad_window_rule")
+             "train_crop_recipe", "label_keep_fraction", "cad_window_rule", "teacher_bn_mode")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -481,6 +484,8 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
     read |= _TABLE_READS
     if run["label_format"] != "full":
       read.add("topk")
+    if run["teacher_bn_mode"] == "batch_stats":
+      read.add("bssl_batch_size")  # relabel's BSSL batches (bssl.group_rows)
   if task == "drift":
     read |= _DRIFT_READS
   if task == "score":  # scoring.scoring_epochs, scores_from_statistics
@@ -852,6 +857,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 < config.label_keep_fraction <= 1, "label_keep_fraction", "must be in (0, 1]")
   _require_choice(config, "label_pruning", LABEL_PRUNING_MODES)
   _require_choice(config, "teacher_bn_mode", TEACHER_BN_MODES)
+  _require(config.bssl_batch_size >= 1, "bssl_batch_size", "must be >= 1")
   _require(config.table_positions_per_shard >= 0, "table_positions_per_shard", "must be >= 0")
   _require(0 <= config.hald_hard_fraction <= 1, "hald_hard_fraction", "must be in [0, 1]")
   _require(0 <= config.hald_label_smoothing < 1, "hald_label_smoothing", "must be in [0, 1)")

@@ -9,6 +9,7 @@ so any batch size runs on any device count and outputs hold exactly the real row
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import bssl
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import run_data
 from hardlabel_jax.data import pipeline
@@ -41,18 +43,38 @@ class CropRows:
   def __call__(self, offset: int) -> dict[str, np.ndarray]:
     valid = offset < self.num_rows
     row = self.first_row + (offset if valid else offset % self.num_rows)
-    position, slot = divmod(row, self.slots)
-    pixels, fields, metadata = self.example.raw_crop(position, slot)
-    return {
-        "image": self.example.normalizer(pixels),
-        "label": fields["label"],
-        "mix_lambda": fields["mix_lambda"],
-        "row": np.int32(row),
-        "mask": np.float32(valid),
-        **{
-            k: metadata[k] for k in _METADATA_FIELDS if k in metadata
-        }
-    }
+    return _crop_row(self.example, self.slots, row, valid)
+
+
+def _crop_row(example: pipeline.CropExample, slots: int, row: int,
+              valid: bool) -> dict[str, np.ndarray]:
+  """The normalised crop of grid row `row` with its label, metadata and mask."""
+  position, slot = divmod(row, slots)
+  pixels, fields, metadata = example.raw_crop(position, slot)
+  return {
+      "image": example.normalizer(pixels),
+      "label": fields["label"],
+      "mix_lambda": fields["mix_lambda"],
+      "row": np.int32(row),
+      "mask": np.float32(valid),
+      **{
+          k: metadata[k] for k in _METADATA_FIELDS if k in metadata
+      }
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedRows:
+  """Offset into the flattened `bssl.group_rows` table → crop; a -1 entry (padding) repeats the
+  table's first row with `mask` 0, which no BSSL statistic reads."""
+
+  example: pipeline.CropExample
+  slots: int
+  rows: np.ndarray
+
+  def __call__(self, offset: int) -> dict[str, np.ndarray]:
+    row = int(self.rows[offset])
+    return _crop_row(self.example, self.slots, row if row >= 0 else int(self.rows[0]), row >= 0)
 
 
 def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
@@ -72,6 +94,48 @@ def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
 
   return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
                  out_shardings=mesh_lib.replicated(mesh))
+
+
+def bssl_log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
+                      group_size: int) -> Callable:
+  """Jitted BSSL labelling: each `group_size` rows of a batch normalised by their own stats."""
+
+  def fn(variables, batch):
+    logits = bssl.grouped_logits(model, variables, batch["image"], batch["mask"], group_size)
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+    return out
+
+  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                 out_shardings=mesh_lib.replicated(mesh))
+
+
+def bssl_groups_per_call(group_size: int, batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  """Relabel batches per jitted call: about `batch_size` rows, a whole number of groups that
+  splits over the mesh's devices and processes."""
+  devices = mesh.devices.size * jax.process_count()
+  step = devices // math.gcd(devices, group_size)  # groups · group_size divisible by devices
+  return max(step, batch_size // group_size // step * step)
+
+
+def bssl_crop_outputs(
+    example: pipeline.CropExample, *, slots: int, group_size: int, seed: int, predict: Callable,
+    variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
+    loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
+) -> Iterator[dict[str, np.ndarray]]:
+  """`predict` (`bssl_log_probs_fn`) over every row of the grid in BSSL batches; valid rows."""
+  table = bssl.group_rows(len(example.pool_ids), slots, group_size, seed)
+  per_call = bssl_groups_per_call(group_size, batch_size, mesh)
+  padding = np.full((-len(table) % per_call, group_size), -1, table.dtype)
+  flat = np.concatenate([table, padding]).reshape(-1)
+  dataset = pipeline.process_batches(GroupedRows(example, slots, flat), num_batches=len(flat) //
+                                     (per_call * group_size), global_batch=per_call * group_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  for local in pipeline.to_iterator(dataset, loading):
+    out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
+    keep = out.pop("mask") > 0
+    yield {k: np.asarray(v)[keep] for k, v in out.items()}
 
 
 def crop_outputs(

@@ -75,7 +75,9 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
     recipe.update(crop_scale=config.crop_scale, crop_ratio=config.crop_ratio)
   recipe["topk"] = config.topk if config.label_format != "full" else 0
   if config.teacher_bn_mode == "batch_stats":
-    recipe["eval_batch_size"] = config.eval_batch_size  # BSSL statistics are per relabel batch
+    # BSSL labels depend on their batch: its size and how batches are drawn (bssl.group_rows).
+    recipe["bssl_batch_size"] = config.bssl_batch_size
+    recipe["bssl_batches"] = "per-slot permutation of the pool"
   return cache.canonical({"recipe": recipe, "data": data_identity, "teacher": teacher_digest})
 
 
@@ -91,7 +93,15 @@ def table_directory(config: ml_collections.ConfigDict, cache_root: str,
 
 
 def positions_per_shard(config: ml_collections.ConfigDict, spec: table_lib.TableSpec) -> int:
-  """Images per shard: the config's, or enough for about 64 MB."""
+  """Images per shard: the config's, or enough for about 64 MB; the whole pool under BSSL."""
+  if config.teacher_bn_mode == "batch_stats":
+    # A BSSL batch draws its images from the whole pool, so no shard is complete before all are.
+    if config.table_positions_per_shard and config.table_positions_per_shard < len(spec.ids):
+      raise ValueError(
+          f"config.table_positions_per_shard: {config.table_positions_per_shard} images per shard, "
+          f"but teacher_bn_mode='batch_stats' draws every relabel batch from all {len(spec.ids)} "
+          "images, so a BSSL table is one shard; leave it 0")
+    return len(spec.ids)
   if config.table_positions_per_shard:
     return int(config.table_positions_per_shard)
   per_image = table_lib.bytes_per_row(spec) * spec.slots_per_image
@@ -137,7 +147,12 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   done = _completed_everywhere(writer, num_shards)
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, config.teacher_bn_mode)
+  bssl = config.teacher_bn_mode == "batch_stats"
+  if bssl:
+    predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
+                                          config.bssl_batch_size)
+  else:
+    predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, "eval")
   row_dtype = table_lib.row_dtype(spec)
   progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image, int(done.sum()))
   for shard in range(num_shards):
@@ -146,11 +161,19 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
     start, stop = shard * per_shard, min((shard + 1) * per_shard, len(spec.ids))
     first_row, num_rows = start * spec.slots_per_image, (stop - start) * spec.slots_per_image
     rows = np.zeros(num_rows, row_dtype)
-    for outputs in inference.crop_outputs(example, slots=spec.slots_per_image, first_row=first_row,
+    loading = pipeline.LoaderOptions.from_config(config)
+    if bssl:  # one shard: every row, in BSSL batches drawn slot by slot from the whole pool
+      outputs_of = inference.bssl_crop_outputs(example, slots=spec.slots_per_image,
+                                               group_size=config.bssl_batch_size,
+                                               seed=config.crop_seed, predict=predict,
+                                               variables=teacher.variables, mesh=mesh,
+                                               batch_size=config.eval_batch_size, loading=loading)
+    else:
+      outputs_of = inference.crop_outputs(example, slots=spec.slots_per_image, first_row=first_row,
                                           num_rows=num_rows, predict=predict,
                                           variables=teacher.variables, mesh=mesh,
-                                          batch_size=config.eval_batch_size,
-                                          loading=pipeline.LoaderOptions.from_config(config)):
+                                          batch_size=config.eval_batch_size, loading=loading)
+    for outputs in outputs_of:
       _rows_of(outputs, spec, first_row, rows)
     if writer is not None:
       writer.write_shard(shard, rows)

@@ -1,4 +1,4 @@
-"""HALD as Jiacheng8/HALD runs it: the hard phase's batch CutMix, hyper.yaml's η.
+"""HALD as Jiacheng8/HALD runs it: the hard phase's batch CutMix, hyper.yaml's η, BSSL relabel.
 
 Official: `validate/train_fkd.py` lines 449–453 build `Mixup(mixup_alpha=0.0, cutmix_alpha=1.0,
 label_smoothing=args.label_smoothing, num_classes=args.ncls)` and `hard_train` (line 541) applies it
@@ -19,17 +19,22 @@ import numpy as np
 import optax
 import pytest
 
+from hardlabel_jax import bssl
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald_hyper
+from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
 from hardlabel_jax import optim
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
+from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
 from hardlabel_jax import trainer
 from hardlabel_jax.data import batch_cutmix
+from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import replay
 from helpers import tiny_config
 from test_soft_label_regimes import soft_config
 
@@ -195,3 +200,98 @@ def test_a_hald_schedule_without_a_table_row_is_refused_and_the_schedule_uses_th
   for step, epoch in ((0, 0), (9, 0), (10, 1), (35, 3)):
     want = config.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / 8))
     assert float(schedule(step)) == pytest.approx(want, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- BSSL relabel
+
+
+def _bn_teacher(width=8):
+  model = models.create_model("convnet_d3", 4, width=width, norm="batch")
+  images = np.random.default_rng(0).normal(2.0, 3.0, size=(24, 12, 12, 1)).astype(np.float32)
+  variables = model.init(jax.random.key(0), images[:1], train=False)
+  return model, variables, images
+
+
+def _train_mode_logits(model, variables, images):
+  """PyTorch's model.train() forward: each BatchNorm normalised by the batch it is given."""
+  return np.asarray(model.apply(variables, images, train=True, mutable=["batch_stats"])[0])
+
+
+def test_each_bssl_batch_is_normalised_by_its_own_real_rows():
+  model, variables, images = _bn_teacher()
+  # Three relabel batches of 8: the second holds 3 real rows and 5 padding rows of garbage.
+  padded = images.copy()
+  padded[11:16] = 1e3
+  mask = np.ones(24, np.float32)
+  mask[11:16] = 0
+  got = np.asarray(bssl.grouped_logits(model, variables, padded, mask, 8))
+  np.testing.assert_allclose(got[:8], _train_mode_logits(model, variables, images[:8]), atol=1e-4)
+  np.testing.assert_allclose(got[8:11], _train_mode_logits(model, variables, images[8:11]),
+                             atol=1e-4)
+  np.testing.assert_allclose(got[16:], _train_mode_logits(model, variables, images[16:]), atol=1e-4)
+  # One batch of all 24 is the plain train-mode forward; batches of 8 are not.
+  whole = np.asarray(bssl.grouped_logits(model, variables, images, np.ones(24, np.float32), 24))
+  np.testing.assert_allclose(whole, _train_mode_logits(model, variables, images), atol=1e-4)
+  assert np.abs(whole[:8] - got[:8]).max() > 1e-3
+
+
+def test_bssl_labels_are_the_same_on_eight_devices_and_one():
+  model, variables, images = _bn_teacher()
+  batch = {"image": images[:16], "mask": np.ones(16, np.float32)}
+  outs = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = mesh_lib.data_mesh(devices)
+    predict = inference.bssl_log_probs_fn(model, mesh, 2.0, 4)  # 4 batches of 4 rows
+    outs.append(np.asarray(predict(variables, mesh_lib.global_batch(batch, mesh))["log_probs"]))
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+  assert inference.bssl_groups_per_call(3, 100, mesh_lib.data_mesh()) % 8 == 0  # 3·8k rows
+  assert inference.bssl_groups_per_call(16, 100, mesh_lib.data_mesh()) == 6  # 96 rows
+
+
+def test_bssl_batches_are_drawn_slot_by_slot_from_a_permutation_of_the_pool():
+  table = bssl.group_rows(5, 2, 2, seed=7)
+  assert table.shape == (6, 2)  # per slot ⌈5 / 2⌉ = 3 batches, the last one short
+  real = table[table >= 0]
+  assert sorted(real.tolist()) == list(range(10))  # every (position, slot) row exactly once
+  assert (table[[2, 5], 1] == -1).all() and (table[table >= 0] % 2 == np.repeat([0, 1], 5)).all()
+  for slot in (0, 1):
+    order = bssl.relabel_order(5, slot, 7)
+    np.testing.assert_array_equal(table[3 * slot:3 * slot + 3].reshape(-1)[:5], order * 2 + slot)
+  assert not np.array_equal(bssl.relabel_order(50, 0, 7), bssl.relabel_order(50, 1, 7))
+
+
+@pytest.fixture(scope="module")
+def bn_teacher(tmp_path_factory):
+  """A tiny BatchNorm teacher run (BSSL needs BatchNorm)."""
+  path = str(tmp_path_factory.mktemp("bssl_teacher"))
+  config = tiny_config(budget_examples=16 * 20)
+  config.model_kwargs.norm = "batch"
+  plan.train(config, path)
+  return path
+
+
+@pytest.mark.slow
+def test_a_bssl_table_stores_each_crop_labelled_within_its_own_relabel_batch(tmp_path, bn_teacher):
+  config = soft_config(tmp_path, bn_teacher, teacher_bn_mode="batch_stats", bssl_batch_size=16,
+                       crops_per_image=2, temperature=2.0, cutmix_alpha=1.0)
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
+  data = run_data.load_run_data(config)
+  example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                                 data.normalizer)
+  teacher = teacher_lib.load_teacher(bn_teacher, num_classes=10, input_shape=(1, 28, 28, 1),
+                                     mesh=mesh_lib.data_mesh(jax.devices()[:1]))
+  groups = bssl.group_rows(len(data.pool_ids), 2, 16, config.crop_seed)
+  for group in groups[[0, 6, 12]]:  # a full batch of slot 0, slot 0's short one, one of slot 1
+    rows = group[group >= 0]
+    crops = np.stack([example.normalizer(example.raw_crop(*divmod(int(r), 2))[0]) for r in rows])
+    want = jax.nn.softmax(_train_mode_logits(teacher.model, teacher.variables, crops) / 2.0)
+    for row, expected in zip(rows, np.asarray(want), strict=True):
+      position, slot = divmod(int(row), 2)
+      stored = replay.TableCrops(example, pipeline.EpochShuffle(100, 0), table.directory,
+                                 draw_seed=0).replay(position, slot)["soft_label"]
+      np.testing.assert_allclose(stored, expected, atol=2e-3)
+  assert len(groups[6][groups[6] >= 0]) == 100 % 16
+  with pytest.raises(ValueError, match="a BSSL table is one shard"):
+    plan.relabel_table(
+        soft_config(tmp_path, bn_teacher, teacher_bn_mode="batch_stats", bssl_batch_size=8,
+                    table_positions_per_shard=40), str(tmp_path / "sharded"))
