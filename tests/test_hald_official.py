@@ -295,3 +295,17 @@ def test_a_bssl_table_stores_each_crop_labelled_within_its_own_relabel_batch(tmp
     plan.relabel_table(
         soft_config(tmp_path, bn_teacher, teacher_bn_mode="batch_stats", bssl_batch_size=8,
                     table_positions_per_shard=40), str(tmp_path / "sharded"))
+
+
+def test_weight_decay_falls_on_the_parameters_hald_get_parameters_decays():
+  # validate/utils_validate.py get_parameters (lines 280-294): decay a parameter whose name holds
+  # 'weight' and whose tensor has more than one dimension (conv and linear weights), none on
+  # biases and BatchNorm weights/biases; flax names those kernels 'kernel'.
+  model = models.create_model("resnet18_cifar", 10)
+  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
+                      train=False)["params"]
+  decayed = jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]
+  for path, decay in decayed:
+    name = jax.tree_util.keystr(path)
+    assert decay == ("kernel" in name), name
+  assert any(d for _, d in decayed) and not all(d for _, d in decayed)
