@@ -39,3 +39,13 @@ def teacher_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("teacher"))
   plan.train(tiny_config(budget_examples=16 * 12), path)
   return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bn_teacher(tmp_path_factory):
+  """A tiny BatchNorm teacher run (SRe²L and BSSL need BatchNorm; any other task takes any)."""
+  path = str(tmp_path_factory.mktemp("tiny_bn_teacher"))
+  config = tiny_config(budget_examples=16 * 20)
+  config.model_kwargs.norm = "batch"
+  plan.train(config, path)
+  return path

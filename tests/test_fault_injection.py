@@ -23,7 +23,6 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import faults
 from hardlabel_jax import plan
 from hardlabel_jax import study
-from helpers import tiny_config
 
 KILLS_PER_TASK = 5
 # results.json fields that depend only on what was computed (not on time or on resumption).
@@ -111,13 +110,8 @@ def get_config(arg=None):
 
 
 @pytest.fixture(scope="module")
-def bn_teacher(tmp_path_factory):
-  """A tiny BatchNorm teacher (SRe²L needs BN; every other task takes any teacher)."""
-  path = str(tmp_path_factory.mktemp("fault_teacher"))
-  config = tiny_config(budget_examples=16 * 20)
-  config.model_kwargs.norm = "batch"
-  plan.train(config, path)
-  return path
+def bn_teacher(tiny_bn_teacher):
+  return tiny_bn_teacher
 
 
 def _write_config(directory, task: str, teacher: str) -> str:

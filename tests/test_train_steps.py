@@ -148,6 +148,9 @@ def _soft_steps(devices, which):
   common = dict(model=model, tx=tx, schedule=schedule, base_rng=jax.random.key(1))
   if which == "sl":
     step = train_steps.jit_train_step(train_steps.sl_train_step, mesh, temperature=4.0, **common)
+  elif which == "hald_hard":  # HALD's hard phase: the batch CutMixed with itself reversed
+    step = train_steps.jit_train_step(train_steps.hl_train_step, mesh, num_classes=5,
+                                      label_smoothing=0.8, batch_cutmix_alpha=1.0, **common)
   elif which == "hybrid":
     step = train_steps.jit_train_step(train_steps.hybrid_train_step, mesh, num_classes=5,
                                       label_smoothing=0.8, temperature=4.0, hard_weight=0.25,
@@ -163,8 +166,9 @@ def _soft_steps(devices, which):
   return mesh, model, state, step
 
 
-@pytest.mark.parametrize("which", ["sl", "sl_kd", "hybrid"])
+@pytest.mark.parametrize("which", ["sl", "sl_kd", "hybrid", "hald_hard"])
 def test_soft_label_steps_eight_devices_match_one(which):
+  # hald_hard: the reversal crosses devices (image 0's partner lives on the last device).
   results = []
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh, _, state, step = _soft_steps(devices, which)
