@@ -9,9 +9,10 @@ teacher labels them, as in HALD's relabel (`--mix-type cutmix`), and the soft ph
 mixed. 10 stored crops per image (SLC 100 at IPC10, demo.sh / train.sh) in `full` fp16 with CutMix
 metadata is 10,000 × 10 × 2,023 bytes ≈ 202 MB, labelled by BSSL (the teacher's BatchNorm
 normalising each relabel batch of 16 by its own statistics, as relabel_slc.py for every set but
-RDED's). Not yet as the official code (issue 25): the table's CutMix partner is drawn per crop
-from the pool (official: a permutation of the relabel batch, one λ and box per batch), and the
-images are a random real subset (official: SRe²L / RDED / LPLD / FADRM distilled images).
+RDED's), each crop CutMixed with a partner from its own relabel batch, one λ and box per batch
+(relabel/utils_fkd.py `cutmix`; table_cutmix='relabel_batch'). Not yet as the official run: the
+images are a random real subset (official: SRe²L / RDED / LPLD / FADRM distilled images), and the
+soft phase replays each stored crop with its stored partner but not its stored batch-mates.
 
 Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any finished HL run):
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py:task=relabel \
@@ -57,7 +58,7 @@ def get_config(arg=None):
   config.crops_per_image = args.crops
   # BSSL (relabel_slc.py: model.train() for every set but RDED's) on relabel batches of 16 (-b 16).
   config.teacher_bn_mode = "batch_stats"
-  config.bssl_batch_size = 16
+  config.relabel_batch_size = 16
   config.hald_schedule = "S6"
   config.hald_hard_fraction = 0.5
   config.hald_label_smoothing = 0.8

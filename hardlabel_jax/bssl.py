@@ -8,8 +8,9 @@ sampler replays, for relabel epoch e, `torch.randperm(dataset_len)` seeded with 
 (`drop_last=False`: the last batch of an epoch is short). A BSSL label thus depends on the 15
 other crops of its batch, and those are drawn from the whole set.
 
-Here relabel epoch e is table slot e; its batches are the pool positions in a permutation keyed by
-(crop_seed, slot), cut into groups of `bssl_batch_size` (the last one short). Many groups run in
+Here relabel epoch e is table slot e; its batches are `data.relabel_batches.group_rows`: the pool
+positions in a permutation keyed by (crop_seed, slot), cut into groups of `relabel_batch_size`
+(the last one short), the same batches a 'relabel_batch' table CutMixes within. Many groups run in
 one jitted call: every BatchNorm layer is replaced, through `nn.intercept_methods`, by one that
 normalises each group with the mean and biased variance of that group's real rows (padding rows
 carry mask 0 and never enter a statistic), then applies the layer's own scale and bias, as
@@ -24,30 +25,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-_STREAM = 3  # SeedSequence stream of the relabel order (crops.py uses 0–2)
-
-
-def relabel_order(num_positions: int, slot: int, seed: int) -> np.ndarray:
-  """The pool positions in the order relabel epoch `slot` draws them (a keyed permutation)."""
-  rng = np.random.default_rng(np.random.SeedSequence([seed, slot, _STREAM]))
-  return rng.permutation(num_positions)
-
-
-def group_rows(num_positions: int, slots: int, group_size: int, seed: int) -> np.ndarray:
-  """`[groups, group_size]` table rows (position · slots + slot) of every BSSL batch, -1 padding.
-
-  Slot by slot: each slot's permutation cut into groups of `group_size`, its last group short and
-  padded, so no batch mixes two relabel epochs.
-  """
-  if group_size < 1:
-    raise ValueError(f"a BSSL batch needs >= 1 image, got {group_size}")
-  groups = []
-  for slot in range(slots):
-    rows = relabel_order(num_positions, slot, seed) * slots + slot
-    pad = -len(rows) % group_size
-    groups.append(np.concatenate([rows, np.full(pad, -1, rows.dtype)]).reshape(-1, group_size))
-  return np.concatenate(groups).astype(np.int64)
 
 
 def _grouped_batch_norm(module: nn.BatchNorm, x: jax.Array, mask: jax.Array,

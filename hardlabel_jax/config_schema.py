@@ -52,6 +52,8 @@ CA2D_POOLS = ("cad_top_mipc", "cad_selection")
 # How HALD's hard phase CutMixes (trainer._make_steps): the official batch-reversed partner on
 # the device, or a per-example partner from the pool in the pipeline.
 HALD_HARD_CUTMIX = ("batch_reversed", "pool")
+# How a soft-label table's stored crops find their CutMix partner (run_data.table_cutmix_plan).
+TABLE_CUTMIX = ("relabel_batch", "pool")
 # CCS prunes and stratifies over the whole pool (the official code) or within each class.
 CCS_SCOPES = ("global", "per_class")
 REGIMES = ("hl", "kd", "sl", "sl_kd", "hald")
@@ -130,9 +132,10 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "hard_labels": ("label_smoothing",),
     "teacher": ("teacher_workdir", "teacher_config"),
     "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
-    "soft_labels": ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image",
-                    "crop_seed", "soft_loss_weight", "label_keep_fraction", "label_pruning",
-                    "teacher_bn_mode", "bssl_batch_size", "table_positions_per_shard"),
+    "soft_labels":
+        ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image", "crop_seed",
+         "soft_loss_weight", "label_keep_fraction", "label_pruning", "teacher_bn_mode",
+         "relabel_batch_size", "table_cutmix", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha",
              "hald_hard_cutmix"),
     "drift": ("drift_crop_counts",),
@@ -295,7 +298,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher_bn_mode = "eval"  # 'batch_stats': HALD's BSSL relabelling with batch statistics
   # BSSL: images per relabel batch (HALD's demo.sh `-b 16`), drawn per slot from a permutation of
   # the whole pool; each batch's BatchNorm statistics are its own (hardlabel_jax/bssl.py).
-  c.bssl_batch_size = 16
+  c.relabel_batch_size = 16
+  # TABLE_CUTMIX (with cutmix_alpha > 0): a stored crop is CutMixed with a partner from its own
+  # relabel batch, one λ and box per batch (HALD's / FKD's relabel, data/relabel_batches.py), or
+  # with a partner drawn per crop from the pool ('pool', the library's earlier tables).
+  c.table_cutmix = "relabel_batch"
   c.table_positions_per_shard = 0  # images per table shard; 0 -> about 64 MB per shard
 
   # HALD (regime='hald', DESIGN.md §5): soft and hard phases over the epochs.
@@ -392,7 +399,7 @@ _ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GRO
                          + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
 _DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
-             "train_crop_recipe", "label_keep_fraction", "cad_window_rule", "teacher_bn_mode")
+             "train_crop_recipe", "label_keep_fraction", "cad_window_rule")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -404,7 +411,7 @@ _REGIME_READS = {
 # What writing (or finding) a soft-label table reads (relabel.table_spec, table_directory).
 _TABLE_READS = frozenset({
     "label_table_dir", "temperature", "label_format", "crops_per_image", "crop_seed",
-    "teacher_bn_mode", "table_positions_per_shard"
+    "teacher_bn_mode", "table_positions_per_shard", "relabel_batch_size", "table_cutmix"
 })
 _DRIFT_READS = frozenset({"crop_seed", "temperature", "teacher_bn_mode", "drift_crop_counts"})
 # Fields a study sets in every cell (study.cell_config) or scoring run (study.score_config): the
@@ -484,8 +491,6 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
     read |= _TABLE_READS
     if run["label_format"] != "full":
       read.add("topk")
-    if run["teacher_bn_mode"] == "batch_stats":
-      read.add("bssl_batch_size")  # relabel's BSSL batches (bssl.group_rows)
   if task == "drift":
     read |= _DRIFT_READS
   if task == "score":  # scoring.scoring_epochs, scores_from_statistics
@@ -857,7 +862,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 < config.label_keep_fraction <= 1, "label_keep_fraction", "must be in (0, 1]")
   _require_choice(config, "label_pruning", LABEL_PRUNING_MODES)
   _require_choice(config, "teacher_bn_mode", TEACHER_BN_MODES)
-  _require(config.bssl_batch_size >= 1, "bssl_batch_size", "must be >= 1")
+  _require(config.relabel_batch_size >= 1, "relabel_batch_size", "must be >= 1")
+  _require_choice(config, "table_cutmix", TABLE_CUTMIX)
   _require(config.table_positions_per_shard >= 0, "table_positions_per_shard", "must be >= 0")
   _require(0 <= config.hald_hard_fraction <= 1, "hald_hard_fraction", "must be in [0, 1]")
   _require(0 <= config.hald_label_smoothing < 1, "hald_label_smoothing", "must be in [0, 1)")

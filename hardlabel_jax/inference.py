@@ -22,6 +22,7 @@ from hardlabel_jax import bssl
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import run_data
 from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import relabel_batches
 
 # Fields that travel with each crop through the jitted step, so every process can write any row.
 _METADATA_FIELDS = ("box", "flip", "partner_id", "mix_lambda", "cut_box")
@@ -65,8 +66,8 @@ def _crop_row(example: pipeline.CropExample, slots: int, row: int,
 
 @dataclasses.dataclass(frozen=True)
 class GroupedRows:
-  """Offset into the flattened `bssl.group_rows` table → crop; a -1 entry (padding) repeats the
-  table's first row with `mask` 0, which no BSSL statistic reads."""
+  """Offset into the flattened `relabel_batches.group_rows` table → crop; a -1 entry (padding)
+  repeats the table's first row with `mask` 0, which no BSSL statistic reads."""
 
   example: pipeline.CropExample
   slots: int
@@ -124,7 +125,7 @@ def bssl_crop_outputs(
     loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
 ) -> Iterator[dict[str, np.ndarray]]:
   """`predict` (`bssl_log_probs_fn`) over every row of the grid in BSSL batches; valid rows."""
-  table = bssl.group_rows(len(example.pool_ids), slots, group_size, seed)
+  table = relabel_batches.group_rows(len(example.pool_ids), slots, group_size, seed)
   per_call = bssl_groups_per_call(group_size, batch_size, mesh)
   padding = np.full((-len(table) % per_call, group_size), -1, table.dtype)
   flat = np.concatenate([table, padding]).reshape(-1)

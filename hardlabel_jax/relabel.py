@@ -52,7 +52,8 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
           # A table of one recipe is never served to a run of the other (the shuffle is not in
           # a row's stored box, so only the header can tell them apart).
           "recipe": config_schema.train_crop_recipe(config),
-          "shuffle_factor": int(spec.shuffle_factor)
+          "shuffle_factor": int(spec.shuffle_factor),
+          **_cutmix_partner(config, spec)
       },
       temperature=float(config.temperature),
       label_format=config.label_format,
@@ -60,6 +61,14 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
       slots_per_image=int(config.crops_per_image),
       teacher_bn_mode=config.teacher_bn_mode,
   )
+
+
+def _cutmix_partner(config: ml_collections.ConfigDict, spec) -> dict[str, Any]:
+  """How a CutMix table's partners are drawn; {} without CutMix or with the per-crop partner
+  (the tables made before the relabel-batch rule, which stay valid)."""
+  if spec.cutmix_alpha <= 0 or config.table_cutmix != "relabel_batch":
+    return {}
+  return {"cutmix_partner": "relabel_batch", "relabel_batch_size": int(config.relabel_batch_size)}
 
 
 def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str, Any],
@@ -74,9 +83,11 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
   else:
     recipe.update(crop_scale=config.crop_scale, crop_ratio=config.crop_ratio)
   recipe["topk"] = config.topk if config.label_format != "full" else 0
+  if config.cutmix_alpha > 0 and config.table_cutmix == "relabel_batch":
+    recipe.update(table_cutmix="relabel_batch", relabel_batch_size=config.relabel_batch_size)
   if config.teacher_bn_mode == "batch_stats":
     # BSSL labels depend on their batch: its size and how batches are drawn (bssl.group_rows).
-    recipe["bssl_batch_size"] = config.bssl_batch_size
+    recipe["relabel_batch_size"] = config.relabel_batch_size
     recipe["bssl_batches"] = "per-slot permutation of the pool"
   return cache.canonical({"recipe": recipe, "data": data_identity, "teacher": teacher_digest})
 
@@ -145,12 +156,11 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   writer = table_lib.TableWriter(directory, spec, per_shard) if is_writer else None
   num_shards = -(-len(spec.ids) // per_shard)
   done = _completed_everywhere(writer, num_shards)
-  example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                 data.normalizer)
+  example = run_data.table_crop_example(config, data)
   bssl = config.teacher_bn_mode == "batch_stats"
   if bssl:
     predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
-                                          config.bssl_batch_size)
+                                          config.relabel_batch_size)
   else:
     predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, "eval")
   row_dtype = table_lib.row_dtype(spec)
@@ -164,7 +174,7 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
     loading = pipeline.LoaderOptions.from_config(config)
     if bssl:  # one shard: every row, in BSSL batches drawn slot by slot from the whole pool
       outputs_of = inference.bssl_crop_outputs(example, slots=spec.slots_per_image,
-                                               group_size=config.bssl_batch_size,
+                                               group_size=config.relabel_batch_size,
                                                seed=config.crop_seed, predict=predict,
                                                variables=teacher.variables, mesh=mesh,
                                                batch_size=config.eval_batch_size, loading=loading)

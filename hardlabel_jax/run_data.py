@@ -14,6 +14,7 @@ from hardlabel_jax.data import crops
 from hardlabel_jax.data import errors as data_errors
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.data import sources
 from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.source import ImageSource
@@ -84,6 +85,24 @@ def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
   return crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
                         ratio=tuple(config.crop_ratio), flip=config.random_flip,
                         cutmix_alpha=config.cutmix_alpha)
+
+
+def table_cutmix_plan(config: ml_collections.ConfigDict,
+                      data: RunData) -> relabel_batches.CutmixPlan | None:
+  """The CutMix of a table's crops within their relabel batches; None for a per-crop partner."""
+  if data.crop_spec.cutmix_alpha <= 0 or config.table_cutmix != "relabel_batch":
+    return None
+  return relabel_batches.cutmix_plan(len(data.pool_ids), config.crops_per_image,
+                                     config.relabel_batch_size, config.crop_seed,
+                                     data.crop_spec.cutmix_alpha, data.crop_spec.output_size)
+
+
+def table_crop_example(config: ml_collections.ConfigDict, data: RunData,
+                       source: ImageSource | None = None) -> pipeline.CropExample:
+  """The crops a soft-label table stores and every replay of it reads (`crop_seed`, the run's
+  crop spec and the table's CutMix), from `source` (default the train split)."""
+  return pipeline.CropExample(source or data.train, data.pool_ids, data.crop_spec, config.crop_seed,
+                              data.normalizer, table_cutmix_plan(config, data))
 
 
 def _test_source(config: ml_collections.ConfigDict) -> ImageSource:

@@ -237,8 +237,7 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
   fresh = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.seed, data.normalizer)
   if table is None:
     return pipeline.FreshCrops(fresh, order)
-  stored = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data, train)
   # LPLD's stored batches are built here so that a pool smaller than a batch, or a fraction that
   # keeps no batch, stops the run before its first step.
   batches = table_lib.lpld_batches(table.spec, config.label_pruning, config.label_keep_fraction,

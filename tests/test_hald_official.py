@@ -32,6 +32,7 @@ from hardlabel_jax import train_steps
 from hardlabel_jax import trainer
 from hardlabel_jax.data import batch_cutmix
 from hardlabel_jax.data import pipeline
+from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.data import replay
 from helpers import tiny_config
 from test_soft_label_regimes import soft_config
@@ -240,29 +241,29 @@ def test_bssl_labels_are_the_same_on_eight_devices_and_one():
 
 
 def test_bssl_batches_are_drawn_slot_by_slot_from_a_permutation_of_the_pool():
-  table = bssl.group_rows(5, 2, 2, seed=7)
+  table = relabel_batches.group_rows(5, 2, 2, seed=7)
   assert table.shape == (6, 2)  # per slot ⌈5 / 2⌉ = 3 batches, the last one short
   real = table[table >= 0]
   assert sorted(real.tolist()) == list(range(10))  # every (position, slot) row exactly once
   assert (table[[2, 5], 1] == -1).all() and (table[table >= 0] % 2 == np.repeat([0, 1], 5)).all()
   for slot in (0, 1):
-    order = bssl.relabel_order(5, slot, 7)
+    order = relabel_batches.relabel_order(5, slot, 7)
     np.testing.assert_array_equal(table[3 * slot:3 * slot + 3].reshape(-1)[:5], order * 2 + slot)
-  assert not np.array_equal(bssl.relabel_order(50, 0, 7), bssl.relabel_order(50, 1, 7))
+  assert not np.array_equal(relabel_batches.relabel_order(50, 0, 7),
+                            relabel_batches.relabel_order(50, 1, 7))
 
 
 @pytest.mark.slow
 def test_a_bssl_table_stores_each_crop_labelled_within_its_own_relabel_batch(
     tmp_path, tiny_bn_teacher):
-  config = soft_config(tmp_path, tiny_bn_teacher, teacher_bn_mode="batch_stats", bssl_batch_size=16,
-                       crops_per_image=2, temperature=2.0, cutmix_alpha=1.0)
+  config = soft_config(tmp_path, tiny_bn_teacher, teacher_bn_mode="batch_stats",
+                       relabel_batch_size=16, crops_per_image=2, temperature=2.0, cutmix_alpha=1.0)
   table = plan.relabel_table(config, str(tmp_path / "relabel"))
   data = run_data.load_run_data(config)
-  example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                 data.normalizer)
+  example = run_data.table_crop_example(config, data)
   teacher = teacher_lib.load_teacher(tiny_bn_teacher, num_classes=10, input_shape=(1, 28, 28, 1),
                                      mesh=mesh_lib.data_mesh(jax.devices()[:1]))
-  groups = bssl.group_rows(len(data.pool_ids), 2, 16, config.crop_seed)
+  groups = relabel_batches.group_rows(len(data.pool_ids), 2, 16, config.crop_seed)
   for group in groups[[0, 6, 12]]:  # a full batch of slot 0, slot 0's short one, one of slot 1
     rows = group[group >= 0]
     crops = np.stack([example.normalizer(example.raw_crop(*divmod(int(r), 2))[0]) for r in rows])
@@ -275,7 +276,7 @@ def test_a_bssl_table_stores_each_crop_labelled_within_its_own_relabel_batch(
   assert len(groups[6][groups[6] >= 0]) == 100 % 16
   with pytest.raises(ValueError, match="a BSSL table is one shard"):
     plan.relabel_table(
-        soft_config(tmp_path, tiny_bn_teacher, teacher_bn_mode="batch_stats", bssl_batch_size=8,
+        soft_config(tmp_path, tiny_bn_teacher, teacher_bn_mode="batch_stats", relabel_batch_size=8,
                     table_positions_per_shard=40), str(tmp_path / "sharded"))
 
 
@@ -291,3 +292,66 @@ def test_weight_decay_falls_on_the_parameters_hald_get_parameters_decays():
     name = jax.tree_util.keystr(path)
     assert decay == ("kernel" in name), name
   assert any(d for _, d in decayed) and not all(d for _, d in decayed)
+
+
+# ----------------------------------------------------------------------------- table CutMix
+
+
+def official_rand_bbox(size_nchw, lam, cx, cy):
+  """relabel/utils_fkd.py rand_bbox with its two np.random.randint draws passed in."""
+  W = size_nchw[2]  # noqa: N806  (the official names)
+  H = size_nchw[3]  # noqa: N806
+  cut_rat = np.sqrt(1. - lam)
+  cut_w = int(W * cut_rat)
+  cut_h = int(H * cut_rat)
+  bbx1 = np.clip(cx - cut_w // 2, 0, W)
+  bby1 = np.clip(cy - cut_h // 2, 0, H)
+  bbx2 = np.clip(cx + cut_w // 2, 0, W)
+  bby2 = np.clip(cy + cut_h // 2, 0, H)
+  return bbx1, bby1, bbx2, bby2
+
+
+def test_a_batch_box_is_the_official_rand_bbox():
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    top, left, height, width, lam = relabel_batches.batch_box(rng, 28, 1.0)
+    again = np.random.default_rng(seed)
+    raw = again.beta(1.0, 1.0)
+    cx, cy = int(again.integers(0, 28)), int(again.integers(0, 28))
+    bbx1, bby1, bbx2, bby2 = official_rand_bbox((16, 1, 28, 28), raw, cx, cy)
+    # images[:, :, bbx1:bbx2, bby1:bby2]: rows from bbx, columns from bby.
+    assert (top, left, height, width) == (bbx1, bby1, bbx2 - bbx1, bby2 - bby1)
+    assert lam == pytest.approx(1 - height * width / 28**2)
+
+
+def test_table_cutmix_pairs_every_crop_within_its_relabel_batch():
+  plan_ = relabel_batches.cutmix_plan(37, 3, 8, seed=5, alpha=1.0, size=16)
+  groups = relabel_batches.group_rows(37, 3, 8, seed=5)
+  for group in groups:
+    rows = group[group >= 0]
+    positions, slots = rows // 3, rows % 3
+    assert len(set(slots)) == 1  # one relabel epoch per batch
+    slot = int(slots[0])
+    partners = plan_.partner_position[positions, slot]
+    # rand_index = torch.randperm(batch): every member is some member's partner exactly once.
+    assert sorted(partners.tolist()) == sorted(positions.tolist())
+    boxes = plan_.cut_box[positions, slot]
+    assert (boxes == boxes[0]).all() and (plan_.mix_lambda[positions, slot]
+                                          == plan_.mix_lambda[positions[0], slot]).all()
+  # Batches of a slot draw their own λ: not all alike.
+  assert len(set(plan_.mix_lambda[:, 0].tolist())) > 1
+
+
+def test_the_table_cutmix_rule_is_in_the_table_identity(tmp_path, teacher_dir):
+  batch = soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0)
+  pool = soft_config(tmp_path, teacher_dir, cutmix_alpha=1.0, table_cutmix="pool")
+  ids = [plan.make_plan(c, str(tmp_path / "run")).table.identity for c in (batch, pool)]
+  assert ids[0] != ids[1]
+  assert ids[0]["recipe"]["table_cutmix"] == "relabel_batch" and "table_cutmix" not in ids[1][
+      "recipe"]
+  # Without CutMix the rule changes nothing: an old table stays the same table.
+  plain = [
+      plan.make_plan(soft_config(tmp_path, teacher_dir, table_cutmix=rule),
+                     str(tmp_path / "run")).table.identity for rule in ("relabel_batch", "pool")
+  ]
+  assert plain[0] == plain[1]

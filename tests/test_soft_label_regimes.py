@@ -55,8 +55,7 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
   table = plan.relabel_table(config, str(tmp_path / "relabel"))
   assert table.num_rows == 100 * 3 and len(seen) == 300
   data = run_data.load_run_data(config)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data)
   crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0)
   teacher = teacher_lib.load_teacher(teacher_dir, num_classes=10, input_shape=(1, 28, 28, 1),
                                      mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)))
@@ -205,8 +204,7 @@ def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
   config = soft_config(tmp_path, teacher_dir)
   table = plan.relabel_table(config, str(tmp_path / "relabel"))
   data = run_data.load_run_data(config)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data)
   crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 3), table.directory, draw_seed=3,
                             keep_fraction=2 / 3)
   before = [crops(p) for p in range(0, 400, 37)]  # opens the table's memory maps
@@ -247,8 +245,7 @@ def test_rded_recipe_table_replays_its_shuffled_crops_and_refuses_the_other_reci
   assert table.spec.crop_spec["scale"] == [0.5, 1.0]
   data = run_data.load_run_data(config)
   assert data.crop_spec.shuffle_factor == 2
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data)
   unshuffled = dataclasses.replace(stored, spec=dataclasses.replace(data.crop_spec,
                                                                     shuffle_factor=1))
   crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0)
@@ -287,8 +284,7 @@ def test_lpld_batch_pruning_trains_on_the_kept_stored_batches(tmp_path, teacher_
           run.results["drawable_batches"]) == ("lpld_batches", 21, 7, 6)
   # Each step's 16 examples are one drawn stored batch, in its order, with its stored labels.
   data = run_data.load_run_data(config)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data)
   batches = table_lib.lpld_batches(table.spec, "lpld_batches", 1 / 3, 16)
   crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0,
                             keep_fraction=1 / 3, batches=batches)
@@ -323,8 +319,7 @@ def test_sl_and_hald_replay_cutmixed_stored_crops(tmp_path, teacher_dir):
   assert sl_run.results["table_dir"] == hald_run.results["table_dir"]
   assert np.isfinite(sl_run.results["test_loss"]) and np.isfinite(hald_run.results["test_loss"])
   data = run_data.load_run_data(config)
-  stored = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                data.normalizer)
+  stored = run_data.table_crop_example(config, data)
   crops = replay.TableCrops(stored, pipeline.EpochShuffle(100, 0), table.directory, draw_seed=0)
   example = crops(5)
   position, epoch = pipeline.EpochShuffle(100, 0)(5)

@@ -16,6 +16,7 @@ import grain
 import numpy as np
 
 from hardlabel_jax.data import crops
+from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.data.source import ImageSource
 
 
@@ -72,6 +73,22 @@ class CropExample:
   spec: crops.CropSpec
   seed: int
   normalizer: Normalizer
+  # A table's crops CutMixed within their relabel batch (HALD's / FKD's relabel): partner, box and
+  # λ per (position, slot) from the plan instead of a partner drawn per crop from the pool.
+  cutmix_plan: relabel_batches.CutmixPlan | None = None
+
+  def _planned_cutmix(self, params: crops.CropParams, pool_position: int,
+                      slot: int) -> crops.CropParams:
+    """`params` with the CutMix of its relabel batch (the plan covers the table's slots only)."""
+    plan = self.cutmix_plan
+    if slot >= plan.partner_position.shape[1]:
+      raise ValueError(f"slot {slot} is beyond the {plan.partner_position.shape[1]} relabel "
+                       "epochs the CutMix plan covers")
+    top, left, height, width = (int(v) for v in plan.cut_box[pool_position, slot])
+    return dataclasses.replace(params, partner_position=int(plan.partner_position[pool_position,
+                                                                                  slot]),
+                               cut_top=top, cut_left=left, cut_height=height, cut_width=width,
+                               mix_lambda=float(plan.mix_lambda[pool_position, slot]))
 
   def raw_crop(self, pool_position: int,
                slot: int) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
@@ -80,6 +97,8 @@ class CropExample:
     record = self.source[example_id]
     pixels, params, boxed_hw = crops.crop_image(record["image"], self.seed, example_id, slot,
                                                 self.spec, pool_size=len(self.pool_ids))
+    if self.cutmix_plan is not None:
+      params = self._planned_cutmix(params, pool_position, slot)
     partner_label, partner_id = int(record["label"]), -1
     if params.partner_position >= 0:
       partner_id = int(self.pool_ids[params.partner_position])
