@@ -21,6 +21,7 @@ from hardlabel_jax import bssl
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald_hyper
 from hardlabel_jax import inference
+from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
 from hardlabel_jax import optim
@@ -355,3 +356,15 @@ def test_the_table_cutmix_rule_is_in_the_table_identity(tmp_path, teacher_dir):
                      str(tmp_path / "run")).table.identity for rule in ("relabel_batch", "pool")
   ]
   assert plain[0] == plain[1]
+
+
+def test_the_soft_phase_loss_is_kldivloss_batchmean_at_t20_with_weight_one():
+  # validate/train_fkd.py line 618 `nn.KLDivLoss(reduction='batchmean')`, line 675
+  # `F.log_softmax(output / 20, dim=1)` against the stored softmax(teacher / 20): weight 1, no T².
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(16, 10)).astype(np.float32) * 5
+  soft = rng.dirichlet(np.ones(10), 16).astype(np.float32)
+  log_p = logits / 20 - np.log(np.exp(logits / 20).sum(1, keepdims=True))
+  kldiv_batchmean = float((soft * (np.log(soft) - log_p)).sum() / 16)
+  assert float(losses.kl_soft_loss(logits, soft, 20.0)) == pytest.approx(kldiv_batchmean, rel=1e-5)
+  assert config_schema.default_config().soft_loss_weight == 1.0
