@@ -66,7 +66,9 @@ LABEL_FORMATS = ("full", "topk", "topk_q8")
 # stored batches and draws each step's batch from them (the official trainer); 'per_image' keeps a
 # seeded subset of every image's slots and draws one per image and epoch.
 LABEL_PRUNING_MODES = ("lpld_batches", "per_image")
-TEACHER_BN_MODES = ("eval", "batch_stats")
+# 'auto': HALD's relabel_slc.py rule, BSSL ('batch_stats') for every set but RDED's (and CA2D's,
+# RDED's algorithm), whose crops the teacher labels in eval mode (resolved_teacher_bn_mode).
+TEACHER_BN_MODES = ("eval", "batch_stats", "auto")
 DISTILLATION_LOSSES = ("kl", "kd", "dkd", "rld", "nkd", "ce")
 # Losses whose formula uses the integer label; CutMix would make that label ambiguous.
 LABEL_LOSSES = ("kd", "dkd", "rld", "nkd", "ce")
@@ -426,6 +428,13 @@ _SCORE_SETS = frozenset({
 })
 # Nested configs validated as runs of their own: field -> (task, regime); both train under HL.
 _NESTED_RUNS = {"teacher_config": ("train", "hl"), "score_config": ("score", "hl")}
+
+
+def resolved_teacher_bn_mode(config: ml_collections.ConfigDict) -> str:
+  """`teacher_bn_mode` with 'auto' resolved by the run's selection: 'eval' or 'batch_stats'."""
+  if config.teacher_bn_mode != "auto":
+    return config.teacher_bn_mode
+  return "eval" if config.selection in DISTILLED_SELECTIONS else "batch_stats"
 
 
 def train_crop_recipe(run: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import config_schema
 from hardlabel_jax import inference
 from hardlabel_jax import metrics_log
 from hardlabel_jax import run_data
@@ -123,7 +124,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
   slots = counts[-1]
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, config.teacher_bn_mode)
+  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
+                                   config_schema.resolved_teacher_bn_mode(config))
   labels = np.asarray(data.train.labels())[data.pool_ids]
   # One block of whole images at a time: per-image statistics only, memory independent of n.
   block = max(1, config.eval_batch_size // slots)

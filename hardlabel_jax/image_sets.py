@@ -74,6 +74,7 @@ def training_config(config: ml_collections.ConfigDict, directory: str) -> ml_col
   # generic crop on a synthesised one (config_schema.train_crop_recipe), but the selection this
   # run keeps ('random') would always resolve it to the generic crop.
   out.train_crop_recipe = config_schema.train_crop_recipe(config)
+  out.teacher_bn_mode = config_schema.resolved_teacher_bn_mode(config)  # 'auto' reads selection
   if out.train_crop_recipe == "rded":
     out.rded_factor = run_data.rded_factor(config)
   return out

@@ -59,7 +59,7 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
       label_format=config.label_format,
       topk=int(config.topk) if config.label_format != "full" else 0,
       slots_per_image=int(config.crops_per_image),
-      teacher_bn_mode=config.teacher_bn_mode,
+      teacher_bn_mode=config_schema.resolved_teacher_bn_mode(config),
   )
 
 
@@ -85,7 +85,8 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
   recipe["topk"] = config.topk if config.label_format != "full" else 0
   if config.cutmix_alpha > 0 and config.table_cutmix == "relabel_batch":
     recipe.update(table_cutmix="relabel_batch", relabel_batch_size=config.relabel_batch_size)
-  if config.teacher_bn_mode == "batch_stats":
+  recipe["teacher_bn_mode"] = config_schema.resolved_teacher_bn_mode(config)
+  if recipe["teacher_bn_mode"] == "batch_stats":
     # BSSL labels depend on their batch: its size and how batches are drawn (bssl.group_rows).
     recipe["relabel_batch_size"] = config.relabel_batch_size
     recipe["bssl_batches"] = "per-slot permutation of the pool"
@@ -105,7 +106,7 @@ def table_directory(config: ml_collections.ConfigDict, cache_root: str,
 
 def positions_per_shard(config: ml_collections.ConfigDict, spec: table_lib.TableSpec) -> int:
   """Images per shard: the config's, or enough for about 64 MB; the whole pool under BSSL."""
-  if config.teacher_bn_mode == "batch_stats":
+  if config_schema.resolved_teacher_bn_mode(config) == "batch_stats":
     # A BSSL batch draws its images from the whole pool, so no shard is complete before all are.
     if config.table_positions_per_shard and config.table_positions_per_shard < len(spec.ids):
       raise ValueError(
@@ -157,7 +158,7 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   num_shards = -(-len(spec.ids) // per_shard)
   done = _completed_everywhere(writer, num_shards)
   example = run_data.table_crop_example(config, data)
-  bssl = config.teacher_bn_mode == "batch_stats"
+  bssl = config_schema.resolved_teacher_bn_mode(config) == "batch_stats"
   if bssl:
     predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
                                           config.relabel_batch_size)

@@ -368,3 +368,16 @@ def test_the_soft_phase_loss_is_kldivloss_batchmean_at_t20_with_weight_one():
   kldiv_batchmean = float((soft * (np.log(soft) - log_p)).sum() / 16)
   assert float(losses.kl_soft_loss(logits, soft, 20.0)) == pytest.approx(kldiv_batchmean, rel=1e-5)
   assert config_schema.default_config().soft_loss_weight == 1.0
+
+
+def test_auto_relabels_rded_sets_in_eval_mode_and_every_other_set_with_bssl(tmp_path, teacher_dir):
+  # relabel/relabel_slc.py main(): `if args.img_mode == 'rded': args.eval_mode = 'T'` (eval),
+  # else 'F' (model.train(), BSSL).
+  for selection, mode in (("random", "batch_stats"), ("rded", "eval"), ("ca2d", "eval"),
+                          ("sre2l", "batch_stats")):
+    config = tiny_config(teacher_bn_mode="auto", selection=selection)
+    assert config_schema.resolved_teacher_bn_mode(config) == mode, selection
+  auto = soft_config(tmp_path, teacher_dir, teacher_bn_mode="auto")
+  explicit = soft_config(tmp_path, teacher_dir, teacher_bn_mode="batch_stats")
+  tables = [plan.make_plan(c, str(tmp_path / "run")).table for c in (auto, explicit)]
+  assert tables[0].directory == tables[1].directory  # one table, however the mode was named
