@@ -130,7 +130,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
     "optimizer":
         ("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "adam_b1", "adam_b2",
-         "schedule", "warmup_epochs", "step_milestones", "step_gamma", "hald_eta"),
+         "schedule", "warmup_epochs", "step_milestones", "step_gamma", "hald_eta", "hald_eta_like"),
     "hard_labels": ("label_smoothing",),
     "teacher": ("teacher_workdir", "teacher_config"),
     "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
@@ -338,6 +338,7 @@ def default_config() -> ml_collections.ConfigDict:
   # HALD: lr · 0.5 (1 + cos(π e / (E η))); 0 -> η from HALD's validate/hyper.yaml by data set,
   # student and images per class (hald_hyper; refused where the table has no entry).
   c.hald_eta = 0.0
+  c.hald_eta_like = ""  # 'cifar100:resnet18': with hald_eta=0, that row of hyper.yaml at the IPC
 
   # Label-regime studies (task='study', DESIGN.md §3): every cell of the grid regimes × methods ×
   # images per class × seeds is this config as a task='train' run with `budget_examples`, and
@@ -454,7 +455,7 @@ def _optimizer_reads(run: Mapping[str, Any]) -> set[str]:
   }.get(run["optimizer"], set())
   read |= {
       "step": {"step_milestones", "step_gamma"},
-      "hald": {"hald_eta"}
+      "hald": {"hald_eta", "hald_eta_like"}
   }.get(run["schedule"], set())
   return read
 

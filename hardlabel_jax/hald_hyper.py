@@ -140,13 +140,22 @@ def official_lr_eta(dataset: str, model: str, images_per_class: int) -> tuple[fl
 
 
 def resolved_eta(config: ml_collections.ConfigDict) -> float:
-  """`hald_eta`, or with 0 hyper.yaml's η for the config's data set, student and IPC."""
+  """`hald_eta`, or with 0 hyper.yaml's η for the config's data set, student and IPC.
+
+  `hald_eta_like='cifar100:resnet18'` reads the row of that data set and student instead, at the
+  run's own IPC (a data set or student the table does not list borrows a listed one's η).
+  """
   if config.hald_eta:
     return float(config.hald_eta)
-  entry = official_lr_eta(config.dataset, config.model, config.images_per_class)
+  dataset, model = config.dataset, config.model
+  if config.hald_eta_like:
+    dataset, _, model = config.hald_eta_like.partition(":")
+  entry = official_lr_eta(dataset, model, config.images_per_class)
   if entry is None:
+    field = "hald_eta_like" if config.hald_eta_like else "hald_eta"
     raise ValueError(
-        f"config.hald_eta: 0 takes η from Jiacheng8/HALD validate/hyper.yaml, which has no entry "
-        f"for dataset={config.dataset!r}, model={config.model!r}, "
-        f"images_per_class={config.images_per_class}; set hald_eta (the table uses 1 or 2)")
+        f"config.{field}: hald_eta=0 takes η from Jiacheng8/HALD validate/hyper.yaml, which has no "
+        f"entry for dataset={dataset!r}, model={model!r}, "
+        f"images_per_class={config.images_per_class}; set hald_eta (the table uses 1 or 2), or "
+        "hald_eta_like='<data set>:<student>' of a listed row")
   return float(entry[1])

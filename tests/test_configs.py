@@ -51,6 +51,9 @@ DOCUMENTED_ARGS = {
     "imagenet_study.py": [],
     "fashion_paper.py": ["seeds=1"],
     "fashion_premise.py": ["seeds=1"],
+    "fashion_hald_paper.py": [
+        "seeds=1", "ablation=label_smoothing", "ablation=t2_weight", "ablation=eval_teacher"
+    ],
 }
 CONFIG_ARGS = [(name, arg)
                for name in sorted(DOCUMENTED_ARGS)

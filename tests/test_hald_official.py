@@ -9,7 +9,10 @@ unpasted area, `mixup_target` = λ·one_hot(y) + (1−λ)·one_hot(y.flip(0)) wi
 on = 1 − s + s/C. The NumPy port below is that code with its random draws passed in.
 """
 
+import glob
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,7 @@ from hardlabel_jax import models
 from hardlabel_jax import optim
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
+from hardlabel_jax import study
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
@@ -37,6 +41,20 @@ from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.data import replay
 from helpers import tiny_config
 from test_soft_label_regimes import soft_config
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+# configs/fashion_hald_paper.py's ablations: the changed field and the regimes they train.
+ABLATIONS = {
+    "label_smoothing": ({
+        "hald_label_smoothing": 1 / 26
+    }, ("hald",)),
+    "t2_weight": ({
+        "soft_loss_weight": 400.0
+    }, ("hald",)),
+    "eval_teacher": ({
+        "teacher_bn_mode": "eval"
+    }, ("sl", "hald")),
+}
 
 
 def timm_batch_cutmix(x_nchw, target, num_classes, smoothing, lam, cy, cx):
@@ -184,8 +202,17 @@ def test_hyper_yaml_rows_and_the_eta_a_run_takes():
 
 def test_a_hald_schedule_without_a_table_row_is_refused_and_the_schedule_uses_the_row():
   config = tiny_config(schedule="hald")  # embedded digits: not in hyper.yaml
-  with pytest.raises(ValueError, match="config.hald_eta: 0 takes η from Jiacheng8/HALD"):
+  with pytest.raises(ValueError, match="config.hald_eta: hald_eta=0 takes η from Jiacheng8/HALD"):
     config_schema.validate(config)
+  # A data set the table does not list borrows a listed row's η at its own IPC (10: η = 2).
+  config.hald_eta_like = "cifar100:resnet18"
+  assert hald_hyper.resolved_eta(config) == 2.0
+  config.images_per_class = 50
+  assert hald_hyper.resolved_eta(config) == 1.0
+  config.hald_eta_like = "cifar100:convnet_d3"
+  with pytest.raises(ValueError, match="config.hald_eta_like: .* no entry"):
+    config_schema.validate(config)
+  config.hald_eta_like, config.images_per_class = "", 10
   config.hald_eta = 2.0
   config_schema.validate(config)
   # η = 2 over E = 4 epochs of 10 steps: epoch e at lr · ½(1 + cos(π e / 8)), stepped per epoch.
@@ -381,3 +408,30 @@ def test_auto_relabels_rded_sets_in_eval_mode_and_every_other_set_with_bssl(tmp_
   explicit = soft_config(tmp_path, teacher_dir, teacher_bn_mode="batch_stats")
   tables = [plan.make_plan(c, str(tmp_path / "run")).table for c in (auto, explicit)]
   assert tables[0].directory == tables[1].directory  # one table, however the mode was named
+
+
+@pytest.mark.slow
+def test_fashion_hald_paper_runlocal_runs_hald_in_its_regime(tmp_path):
+  config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_paper.py"),
+                                          "runlocal")
+  rows = study.run(config, str(tmp_path / "study"))
+  # HL and SL+KD × 2 sets, SL and HALD × 2 sets × 2 tables.
+  assert len(rows) == 4 + 8
+  assert {r["steps"] for r in rows} == {20 * 20 // 16}  # 20 epochs of 20 images at batch 16
+  headers = [
+      json.load(open(path))["spec"]
+      for path in glob.glob(str(tmp_path / "study" / "cache" / "tables" / "*" / "header.json"))
+  ]
+  # relabel_slc.py: BSSL for the real subset, eval mode for the RDED set; CutMix per relabel batch.
+  modes = {("imagefolder" in h["dataset_name"], h["teacher_bn_mode"]) for h in headers}
+  assert modes == {(False, "batch_stats"), (True, "eval")}
+  assert {h["crop_spec"]["cutmix_partner"] for h in headers} == {"relabel_batch"}
+  assert "## HALD vs SL at equal soft-label bytes" in (tmp_path / "study" / "report.md").read_text()
+  for name, (fields, regimes) in ABLATIONS.items():
+    ablation = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_paper.py"),
+                                              f"ablation={name}")
+    assert tuple(ablation.study_regimes) == regimes and ablation.study_label_tables == ((1, 1.0),)
+    assert all(ablation[k] == v for k, v in fields.items())
+  # The C-aware smoothing keeps ImageNet's true-to-other ratio at s = 0.8: 0.2008 / 0.0008 = 251.
+  s = ABLATIONS["label_smoothing"][0]["hald_label_smoothing"]
+  assert (1 - s + s / 10) / (s / 10) == pytest.approx((1 - 0.8 + 0.8 / 1000) / (0.8 / 1000))
