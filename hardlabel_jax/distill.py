@@ -199,7 +199,7 @@ def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
   """Teacher CE of `rded_crops_per_image` crops of every candidate, `[pool, crops]`."""
   example = scoring_example(config, data.train, pool, data.normalizer)
   slots = config.rded_crops_per_image
-  predict = inference.log_probs_fn(teacher.model, mesh, 1.0, "eval")
+  predict = inference.log_probs_fn(teacher.model, mesh, 1.0)
   ce = np.zeros((len(pool), slots), np.float32)
   for out in inference.crop_outputs(example, slots=slots, first_row=0, num_rows=len(pool) * slots,
                                     predict=predict, variables=teacher.variables, mesh=mesh,

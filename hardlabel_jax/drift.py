@@ -118,30 +118,46 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
             teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh) -> list[dict]:
   """Drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG to `workdir`."""
   counts = sorted({int(m) for m in config.drift_crop_counts})
-  whole_image = inference.log_probs_fn(teacher.model, mesh, config.temperature, "eval")
+  whole_image = inference.log_probs_fn(teacher.model, mesh, config.temperature)
   image_log_probs = inference.pool_center_outputs(whole_image, teacher.variables, data, config,
                                                   mesh)["log_probs"]
   slots = counts[-1]
   example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
                                  data.normalizer)
-  predict = inference.log_probs_fn(teacher.model, mesh, config.temperature,
-                                   config_schema.resolved_teacher_bn_mode(config))
   labels = np.asarray(data.train.labels())[data.pool_ids]
-  # One block of whole images at a time: per-image statistics only, memory independent of n.
-  block = max(1, config.eval_batch_size // slots)
-  stats = []
-  for start in range(0, len(data.pool_ids), block):
-    stop = min(start + block, len(data.pool_ids))
-    crop_log_probs = np.zeros((stop - start, slots, data.train.info.num_classes), np.float32)
-    for out in inference.crop_outputs(example, slots=slots, first_row=start * slots,
-                                      num_rows=(stop - start) * slots, predict=predict,
-                                      variables=teacher.variables, mesh=mesh,
-                                      batch_size=config.eval_batch_size,
-                                      loading=pipeline.LoaderOptions.from_config(config)):
+  loading = pipeline.LoaderOptions.from_config(config)
+  num_classes = data.train.info.num_classes
+  if config_schema.resolved_teacher_bn_mode(config) == "batch_stats":
+    # BSSL labels depend on their relabel batch, drawn from the whole pool as a table's are
+    # (relabel_batches.group_rows over `slots` relabel epochs): one pass over every crop.
+    predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
+                                          config.relabel_batch_size)
+    crop_log_probs = np.zeros((len(data.pool_ids), slots, num_classes), np.float32)
+    for out in inference.bssl_crop_outputs(example, slots=slots,
+                                           group_size=config.relabel_batch_size,
+                                           seed=config.crop_seed, predict=predict,
+                                           variables=teacher.variables, mesh=mesh,
+                                           batch_size=config.eval_batch_size, loading=loading):
       position, slot = np.divmod(out["row"], slots)
-      crop_log_probs[position - start, slot] = out["log_probs"]
-    stats.append(
-        image_drift_stats(crop_log_probs, image_log_probs[start:stop], labels[start:stop], counts))
+      crop_log_probs[position, slot] = out["log_probs"]
+    stats = [image_drift_stats(crop_log_probs, image_log_probs, labels, counts)]
+  else:
+    predict = inference.log_probs_fn(teacher.model, mesh, config.temperature)
+    # One block of whole images at a time: per-image statistics only, memory independent of n.
+    block = max(1, config.eval_batch_size // slots)
+    stats = []
+    for start in range(0, len(data.pool_ids), block):
+      stop = min(start + block, len(data.pool_ids))
+      crop_log_probs = np.zeros((stop - start, slots, num_classes), np.float32)
+      for out in inference.crop_outputs(example, slots=slots, first_row=start * slots,
+                                        num_rows=(stop - start) * slots, predict=predict,
+                                        variables=teacher.variables, mesh=mesh,
+                                        batch_size=config.eval_batch_size, loading=loading):
+        position, slot = np.divmod(out["row"], slots)
+        crop_log_probs[position - start, slot] = out["log_probs"]
+      stats.append(
+          image_drift_stats(crop_log_probs, image_log_probs[start:stop], labels[start:stop],
+                            counts))
   merged = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
   rows = drift_curve(merged, counts)
   if jax.process_index() == 0:

@@ -32,8 +32,7 @@ _METADATA_FIELDS = ("box", "flip", "partner_id", "mix_lambda", "cut_box")
 class CropRows:
   """Row offset within `[first_row, first_row + num_rows)` of the (position, slot) grid → crop.
 
-  Offsets past the end (padding of the last batch) repeat real rows with `mask` 0, so batch
-  statistics in BSSL mode still come from real crops.
+  Offsets past the end (padding of the last batch) repeat real rows with `mask` 0.
   """
 
   example: pipeline.CropExample
@@ -78,17 +77,14 @@ class GroupedRows:
     return _crop_row(self.example, self.slots, row if row >= 0 else int(self.rows[0]), row >= 0)
 
 
-def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
-                 bn_mode: str) -> Callable:
-  """Jitted `(variables, batch) -> batch + log softmax(z/T)`, every output replicated."""
+def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float) -> Callable:
+  """Jitted eval-mode `(variables, batch) -> batch + log softmax(z/T)`, outputs replicated.
+
+  (BSSL, whose labels depend on their relabel batch, is `bssl_log_probs_fn`.)
+  """
 
   def fn(variables, batch):
-    images = batch["image"]
-    if bn_mode == "batch_stats" and "batch_stats" in variables:
-      # HALD's BSSL: normalise with the statistics of the relabel batch, discard the update.
-      logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    else:
-      logits = model.apply(variables, images, train=False)
+    logits = model.apply(variables, batch["image"], train=False)
     out = {k: v for k, v in batch.items() if k != "image"}
     out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
     return out

@@ -163,7 +163,7 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
     predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
                                           config.relabel_batch_size)
   else:
-    predict = inference.log_probs_fn(teacher.model, mesh, config.temperature, "eval")
+    predict = inference.log_probs_fn(teacher.model, mesh, config.temperature)
   row_dtype = table_lib.row_dtype(spec)
   progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image, int(done.sum()))
   for shard in range(num_shards):

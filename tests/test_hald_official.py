@@ -435,3 +435,16 @@ def test_fashion_hald_paper_runlocal_runs_hald_in_its_regime(tmp_path):
   # The C-aware smoothing keeps ImageNet's true-to-other ratio at s = 0.8: 0.2008 / 0.0008 = 251.
   s = ABLATIONS["label_smoothing"][0]["hald_label_smoothing"]
   assert (1 - s + s / 10) / (s / 10) == pytest.approx((1 - 0.8 + 0.8 / 1000) / (0.8 / 1000))
+
+
+def test_drift_with_bssl_labels_crops_in_the_tables_relabel_batches(tmp_path, tiny_bn_teacher):
+  config = soft_config(tmp_path, tiny_bn_teacher, task="drift", drift_crop_counts=(1, 2),
+                       temperature=1.0, teacher_bn_mode="batch_stats", relabel_batch_size=16)
+  config_schema.unset(config, "learning_rate", "crops_per_image")
+  bssl_rows = plan.measure_drift(config, str(tmp_path / "bssl"))
+  config.teacher_bn_mode = "eval"
+  eval_rows = plan.measure_drift(config, str(tmp_path / "eval"))
+  assert [r["crops_per_image"] for r in bssl_rows] == [1, 2]
+  assert all(np.isfinite(r["kl"]) for r in bssl_rows)
+  # Batch statistics of 16 mixed crops are not the running ones: the drift differs.
+  assert abs(bssl_rows[0]["kl"] - eval_rows[0]["kl"]) > 1e-4

@@ -39,8 +39,8 @@ def test_replayed_crop_is_pixel_identical_to_what_the_teacher_saw(tmp_path, teac
   seen = {}
   original = inference.log_probs_fn
 
-  def recording(model, mesh, temperature, bn_mode):
-    predict = original(model, mesh, temperature, bn_mode)
+  def recording(model, mesh, temperature):
+    predict = original(model, mesh, temperature)
 
     def wrapped(variables, batch):
       images, rows = np.asarray(batch["image"]), np.asarray(batch["row"])
@@ -180,23 +180,17 @@ def test_drift_task_writes_csv_json_and_png(tmp_path, teacher_dir):
     assert (tmp_path / "drift" / name).stat().st_size > 0
 
 
-def test_bssl_relabel_uses_batch_statistics_and_eval_mode_the_running_ones():
+def test_relabel_in_eval_mode_uses_the_running_statistics():
+  # (BSSL, the batch-statistics mode: tests/test_hald_official.py.)
   from hardlabel_jax import models
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   model = models.create_model("convnet_d3", 4, width=8, norm="batch")
   images = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 12, 12, 1)).astype(np.float32)
   variables = model.init(jax.random.key(0), images[:1], train=False)
-  teacher = teacher_lib.Teacher(model, variables, "mem", {}, "fp")
   batch = {"image": images, "mask": np.ones(16, np.float32)}
-  eval_out = inference.log_probs_fn(teacher.model, mesh, 2.0, "eval")(variables, batch)
-  bssl_out = inference.log_probs_fn(teacher.model, mesh, 2.0, "batch_stats")(variables, batch)
+  eval_out = inference.log_probs_fn(model, mesh, 2.0)(variables, batch)
   expected_eval = jax.nn.log_softmax(model.apply(variables, images, train=False) / 2.0)
-  expected_bssl = jax.nn.log_softmax(
-      model.apply(variables, images, train=True, mutable=["batch_stats"])[0] / 2.0)
   np.testing.assert_allclose(eval_out["log_probs"], expected_eval, atol=1e-5)
-  # Statistics of the whole global batch (8 shards), not of each device's 2 rows.
-  np.testing.assert_allclose(bssl_out["log_probs"], expected_bssl, atol=1e-4)
-  assert np.abs(np.asarray(eval_out["log_probs"]) - np.asarray(bssl_out["log_probs"])).max() > 1e-3
 
 
 def test_table_crops_survive_pickling_for_grain_workers(tmp_path, teacher_dir):
@@ -227,8 +221,8 @@ def test_rded_recipe_table_replays_its_shuffled_crops_and_refuses_the_other_reci
   seen = {}
   original = inference.log_probs_fn
 
-  def recording(model, mesh, temperature, bn_mode):
-    predict = original(model, mesh, temperature, bn_mode)
+  def recording(model, mesh, temperature):
+    predict = original(model, mesh, temperature)
 
     def wrapped(variables, batch):
       for row, image in zip(np.asarray(batch["row"]), np.asarray(batch["image"]), strict=True):
