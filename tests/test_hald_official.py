@@ -448,3 +448,17 @@ def test_drift_with_bssl_labels_crops_in_the_tables_relabel_batches(tmp_path, ti
   assert all(np.isfinite(r["kl"]) for r in bssl_rows)
   # Batch statistics of 16 mixed crops are not the running ones: the drift differs.
   assert abs(bssl_rows[0]["kl"] - eval_rows[0]["kl"]) > 1e-4
+
+
+def test_one_adamw_runs_through_every_phase_never_reset(tmp_path, teacher_dir):
+  # train_fkd.py builds one optimizer (line 432) and both soft_train and hard_train step it.
+  config = soft_config(tmp_path, teacher_dir, regime="hald", hald_schedule="S6", optimizer="adamw",
+                       learning_rate=1e-3, weight_decay=0.01, budget_examples=16 * 25)
+  run = plan.train(config, str(tmp_path / "hald"))
+  assert set(run.results["phase_steps"]) == {"soft", "hard"}
+  counts = [
+      int(leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(run.state.opt_state)[0]
+      if "count" in jax.tree_util.keystr(path)
+  ]
+  assert counts and set(counts) == {25}  # Adam's step count spans both phases
