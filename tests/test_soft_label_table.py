@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
 from hardlabel_jax.soft_labels import table as tbl
 
@@ -462,11 +463,16 @@ def test_lpld_stored_batches_kept_pool_and_draws_on_a_hand_made_grid():
   batches = tbl.StoredBatches(num_positions=5, slots=3, batch_size=2, seed=7, keep_fraction=0.5)
   assert (batches.batches_per_slot, batches.num_batches) == (3, 9)
   assert batches.num_kept == 4  # floor(0.5 x 9): batches 0-3, i.e. slot 0 and slot 1's first
-  expected = [([4, 1], 0), ([3, 0], 0), ([2], 0), ([1, 4], 1), ([3, 0], 1), ([2], 1), ([3, 4], 2),
-              ([0, 2], 2), ([1], 2)]
+  # Stored batches are the relabel batches (data/relabel_batches.py): slot s's relabel order cut
+  # into batches of 2, so a kept batch holds its crops' CutMix partners and BSSL batch-mates.
+  expected = [([2, 3], 0), ([0, 1], 0), ([4], 0), ([3, 4], 1), ([0, 2], 1), ([1], 1), ([2, 4], 2),
+              ([0, 3], 2), ([1], 2)]
+  groups = relabel_batches.group_rows(5, 3, 2, seed=7)
   for index, (positions, slot) in enumerate(expected):
     got_positions, got_slot = batches.batch(index)
     assert (got_positions.tolist(), got_slot) == (positions, slot)
+    rows = groups[index][groups[index] >= 0]
+    assert (rows // 3).tolist() == positions and set(rows % 3) == {slot}
   for slot in range(3):  # each slot's batches partition the pool: every stored crop once
     rows = np.concatenate([batches.batch(3 * slot + k)[0] for k in range(3)])
     assert sorted(rows.tolist()) == [0, 1, 2, 3, 4]
@@ -479,9 +485,9 @@ def test_lpld_stored_batches_kept_pool_and_draws_on_a_hand_made_grid():
   assert set(np.flatnonzero(counts)) == {0, 1, 3}
   assert 1.8 < counts[1] / counts[0] < 2.2 and 0.85 < counts[3] / counts[0] < 1.15
   # Stream positions 2 s, 2 s + 1 are step s's two rows of its drawn batch: (position, slot).
-  assert [batches.row(3, p) for p in range(6)] == [(1, 1), (4, 1), (3, 0), (0, 0), (1, 1), (4, 1)]
+  assert [batches.row(3, p) for p in range(6)] == [(3, 1), (4, 1), (0, 0), (1, 0), (3, 1), (4, 1)]
   assert batches.kept_rows == 3 * 2
-  assert tbl.StoredBatches(5, 3, 2, 8, 0.5).batch(0)[0].tolist() != [4, 1]  # seeded grouping
+  assert tbl.StoredBatches(5, 3, 2, 8, 0.5).batch(0)[0].tolist() != [2, 3]  # seeded grouping
 
 
 def test_lpld_kept_batches_match_the_official_int_of_the_ratio():

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hardlabel_jax import faults
+from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
 
 FORMAT_VERSION = 1
@@ -41,7 +42,6 @@ CUTMIX_METADATA = (("partner_id", "<i4"), ("mix_lambda", "<f2"), ("cut_box", "<u
 # A stream tag keeps the pruning draws independent of any other use of (seed, example_id).
 _KEEP_STREAM = 0x4B455054  # "KEPT"
 _DRAW_STREAM = 0x44524157  # "DRAW"
-_BATCH_ORDER_STREAM = 0x424F5244  # "BORD"
 _BATCH_DRAW_STREAM = 0x42445257  # "BDRW"
 
 # Label pruning (DESIGN.md §4, §9): LPLD's stored batches (its official granularity, the default
@@ -620,9 +620,11 @@ def uses_lpld_batches(pruning: str, keep_fraction: float) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _slot_order(seed: int, num_positions: int, slot: int) -> np.ndarray:
-  # A step's rows all come from one stored batch, so a few cached orders serve a whole step.
-  rng = np.random.default_rng(np.random.SeedSequence([seed, slot, _BATCH_ORDER_STREAM]))
-  order = rng.permutation(num_positions)
+  # The relabel order of the slot (data/relabel_batches.py): stored batches are then relabel
+  # batches (several consecutive ones when the run's batch is a multiple of relabel_batch_size),
+  # so a kept batch holds every CutMix partner and BSSL batch-mate of its crops, as in the
+  # official code, where the stored batches are the relabel batches.
+  order = relabel_batches.relabel_order(num_positions, slot, seed)
   order.setflags(write=False)
   return order
 
