@@ -142,11 +142,30 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict,
     return
   with open(path) as f:
     saved = _completed(json.load(f), run_identity(config_schema.default_config()))
-  differing = config_schema.differences(saved, run_identity(config))
+  wanted = run_identity(config)
+  # Only what the run reads can make it another run: a default changed since, of a field this run
+  # never reads (an η of a schedule it does not use), leaves its result as it was.
+  differing = config_schema.differences(_read_by(saved, config), _read_by(wanted, config))
   if differing:
     raise ValueError(f"workdir {workdir} holds a run with a different config "
                      f"({'; '.join(differing[:5])}). Use a new --workdir, or restore the original "
                      "config to resume.")
+
+
+def _read_by(identity: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`identity` restricted to the fields `config`'s run reads, nested runs (teacher_config,
+  score_config) to the fields theirs read."""
+  read = config_schema.fields_read(config)
+  out = {}
+  for key, value in identity.items():
+    if key not in read:
+      continue
+    nested = config.get(key)
+    if isinstance(value, dict) and "task" in value and isinstance(nested,
+                                                                  ml_collections.ConfigDict):
+      value = _read_by(value, nested)
+    out[key] = value
+  return out
 
 
 def _completed(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -196,3 +196,20 @@ def test_a_workdir_written_before_a_field_existed_still_resumes(tmp_path):
   config.teacher_config.learning_rate = 0.5
   with pytest.raises(ValueError, match=r"teacher_config\.learning_rate: saved 0\.01 vs now 0\.5"):
     checkpointing.check_same_run(str(tmp_path), config)
+
+
+def test_a_default_changed_since_of_a_field_the_run_never_reads_still_resumes(tmp_path):
+  # An HL run with the cosine schedule never reads hald_eta (the hald schedule's η); its default
+  # went from 1.0 to 0.0 after workdirs were written with it.
+  config = config_schema.default_config()
+  config.regime, config.teacher_config = "kd", config_schema.default_config()
+  saved = checkpointing.run_identity(config)
+  saved["hald_eta"] = 1.0
+  saved["teacher_config"]["hald_eta"] = 1.0
+  with open(tmp_path / checkpointing.RUN_CONFIG_FILE, "w") as f:
+    json.dump(saved, f)
+  assert "hald_eta" not in config_schema.fields_read(config)
+  checkpointing.check_same_run(str(tmp_path), config)
+  config.schedule, config.hald_eta = "hald", 2.0  # now read, and different: another run
+  with pytest.raises(ValueError, match=r"hald_eta: saved 1\.0 vs now 2\.0"):
+    checkpointing.check_same_run(str(tmp_path), config)
