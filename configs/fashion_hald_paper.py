@@ -13,7 +13,8 @@ reused). Every cell follows `Jiacheng8/HALD` `validate/train_fkd.py` with
   phase timm's batch CutMix (α 1, partner = the batch reversed) with label smoothing 0.8 and soft
   cross-entropy; RandomResizedCrop 0.08–1 and flips for every set (train_fkd.py's transforms);
 - tables relabelled with CutMix inside relabel batches of 16 by the teacher with BSSL, in eval
-  mode for RDED sets (`teacher_bn_mode='auto'`, relabel_slc.py).
+  mode for RDED sets (`teacher_bn_mode='auto'`, relabel_slc.py); the soft phase replays whole
+  stored relabel batches, every one once per pass (`label_pruning='hald_batches'`).
 Tables: 1, 2, 4 and 10 crops per image, and 10 crops pruned by LPLD to 1/4 and 1/10 of their
 stored batches. SL and HALD on every table; HL and SL+KD (teacher online, same recipe) as the
 floor and the ceiling. 3 × 2 × 3 × (2 × 6 + 2) = 252 cells; the report pairs HALD with SL per seed
@@ -81,7 +82,9 @@ def get_config(arg=None):
   config.temperature = 20.0
   config.soft_loss_weight = 1.0
   config.label_format = "full"
-  config.label_pruning = "lpld_batches"
+  # The soft phase replays whole stored batches (= relabel batches of 16), one seeded permutation
+  # of them after another (train_fkd.py's epoch plan); a pruned table keeps LPLD's first batches.
+  config.label_pruning = "hald_batches"
   config.cutmix_alpha = 1.0
   config.table_cutmix = "relabel_batch"
   config.relabel_batch_size = 16

@@ -64,8 +64,10 @@ ONLINE_TEACHER_REGIMES = ("kd", "sl_kd")
 LABEL_FORMATS = ("full", "topk", "topk_q8")
 # LPLD label pruning at label_keep_fraction < 1 (soft_labels.table): 'lpld_batches' keeps the first
 # stored batches and draws each step's batch from them (the official trainer); 'per_image' keeps a
-# seeded subset of every image's slots and draws one per image and epoch.
-LABEL_PRUNING_MODES = ("lpld_batches", "per_image")
+# seeded subset of every image's slots and draws one per image and epoch. 'hald_batches' (at any
+# fraction) replays whole stored batches in seeded permutations, one pass after another (HALD's
+# soft phase, validate/train_fkd.py).
+LABEL_PRUNING_MODES = ("lpld_batches", "per_image", "hald_batches")
 # 'auto': HALD's relabel_slc.py rule, BSSL ('batch_stats') for every set but RDED's (and CA2D's,
 # RDED's algorithm), whose crops the teacher labels in eval mode (resolved_teacher_bn_mode).
 TEACHER_BN_MODES = ("eval", "batch_stats", "auto")
@@ -402,7 +404,7 @@ _ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GRO
                          + ("images_per_class", "subset_seed", "selection"))
 # The fields whose values decide which other fields a run reads.
 _DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
-             "train_crop_recipe", "label_keep_fraction", "cad_window_rule")
+             "train_crop_recipe", "label_keep_fraction", "cad_window_rule", "label_pruning")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -496,8 +498,11 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
     read |= set(FIELD_GROUPS["teacher"])
   if trains:
     read |= _optimizer_reads(run) | _REGIME_READS.get(regime, frozenset())
-  if trains and regime in TABLE_REGIMES and run["label_keep_fraction"] < 1:
-    read.add("label_pruning")  # trainer.training_examples: only a fraction below 1 prunes
+  if trains and regime in TABLE_REGIMES and (run["label_keep_fraction"] < 1
+                                             or run["label_pruning"] == "hald_batches"):
+    # trainer.training_examples: a fraction below 1 prunes; 'hald_batches' replays stored
+    # batches at any fraction.
+    read.add("label_pruning")
   if task == "relabel" or (trains and regime in TABLE_REGIMES):
     read |= _TABLE_READS
     if run["label_format"] != "full":

@@ -462,3 +462,26 @@ def test_one_adamw_runs_through_every_phase_never_reset(tmp_path, teacher_dir):
       if "count" in jax.tree_util.keystr(path)
   ]
   assert counts and set(counts) == {25}  # Adam's step count spans both phases
+
+
+def test_hald_batches_soft_steps_replay_whole_relabel_batches(tmp_path, teacher_dir):
+  config = soft_config(tmp_path, teacher_dir, regime="hald", hald_schedule="S6",
+                       label_pruning="hald_batches", cutmix_alpha=1.0, relabel_batch_size=16,
+                       budget_examples=16 * 24)
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
+  data = run_data.load_run_data(config)
+  budget = trainer.budget_from_config(config, len(data.pool_ids))
+  phases = trainer.step_phases(config, budget)
+  example_at = trainer.training_examples(config, data, table, phases)
+  groups = relabel_batches.group_rows(100, 3, 16, config.crop_seed)
+  relabel_sets = [set(g[g >= 0].tolist()) for g in groups]
+  soft_steps = [s for s in range(budget.steps) if phases.of_step(s) == "soft"]
+  assert soft_steps
+  for step in soft_steps[:4]:
+    rows = set()
+    for p in range(step * 16, step * 16 + 16):
+      example = example_at(p)
+      position = int(np.searchsorted(data.pool_ids, int(example["id"])))
+      rows.add(position * 3 + int(example["slot"]))
+    # The step's 16 crops are one relabel batch: the crops BSSL and CutMix saw together.
+    assert rows in relabel_sets, step

@@ -529,3 +529,25 @@ def test_lpld_label_bytes_are_the_drawable_batches_rows(tmp_path):
   assert tbl.kept_label_bytes(table, 0, 0.3, tbl.PER_IMAGE, 2) == 7 * 3 * 20
   with pytest.raises(ValueError, match="pruning"):
     tbl.kept_label_bytes(table, 0, 0.3, "per_batch", 2)
+
+
+def test_hald_batches_replay_every_stored_batch_once_per_pass():
+  # validate/train_fkd.py main(): `pool = torch.randperm(args.n * batch_num_per_epoch)`, each
+  # epoch takes the next batch_num_per_epoch entries, a fresh permutation when the pool is empty.
+  batches = tbl.StoredBatches(num_positions=6, slots=4, batch_size=2, seed=3, keep_fraction=1.0,
+                              draw_rule="permutation")
+  assert batches.num_batches == 12 and batches.drawable().size == 12  # 6 = 3 full batches a slot
+  passes = [[batches.draw(5, step) for step in range(12 * p, 12 * (p + 1))] for p in range(3)]
+  for drawn in passes:
+    assert sorted(drawn) == list(range(12))  # without replacement within a pass
+  assert passes[0] != passes[1]  # a fresh permutation each pass
+  assert [batches.draw(5, s) for s in range(24)] == passes[0] + passes[1]  # pure: resumes exactly
+  # 7 images in batches of 2: each slot's last batch holds one image and is never replayed.
+  short = tbl.StoredBatches(7, 2, 2, 3, 1.0, draw_rule="permutation")
+  np.testing.assert_array_equal(short.drawable(), [0, 1, 2, 4, 5, 6])
+  assert sorted(short.draw(5, s) for s in range(6)) == [0, 1, 2, 4, 5, 6]
+  # At a fraction of 1 the mode still replays stored batches (LPLD's replays per image there).
+  assert tbl.uses_lpld_batches("hald_batches",
+                               1.0) and not tbl.uses_lpld_batches("lpld_batches", 1.0)
+  with pytest.raises(ValueError, match="draw_rule"):
+    tbl.StoredBatches(6, 4, 2, 3, 1.0, draw_rule="shuffle")

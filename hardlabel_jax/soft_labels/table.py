@@ -48,7 +48,11 @@ _BATCH_DRAW_STREAM = 0x42445257  # "BDRW"
 # wherever a fraction below 1 is kept) or a per-image subset of each image's slots.
 LPLD_BATCHES = "lpld_batches"
 PER_IMAGE = "per_image"
-LABEL_PRUNING_MODES = (LPLD_BATCHES, PER_IMAGE)
+# HALD's soft phase (validate/train_fkd.py main): whole stored batches, each soft epoch taking the
+# next of a seeded permutation of all of them (no replacement until every one was replayed).
+HALD_BATCHES = "hald_batches"
+LABEL_PRUNING_MODES = (LPLD_BATCHES, PER_IMAGE, HALD_BATCHES)
+_BATCH_PASS_STREAM = 0x42505353  # "BPSS": the permutation of one pass over the stored batches
 
 
 class TableError(ValueError):
@@ -615,7 +619,7 @@ def uses_lpld_batches(pruning: str, keep_fraction: float) -> bool:
   if pruning not in LABEL_PRUNING_MODES:
     raise ValueError(f"pruning: must be one of {LABEL_PRUNING_MODES}, got {pruning!r}")
   _check_keep_fraction(keep_fraction)
-  return pruning == LPLD_BATCHES and keep_fraction < 1.0
+  return pruning == HALD_BATCHES or (pruning == LPLD_BATCHES and keep_fraction < 1.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -648,15 +652,22 @@ class StoredBatches:
   batch_size: int
   seed: int  # of the batch grouping: the table's crop seed, so the kept rows are the table's
   keep_fraction: float
+  # 'uniform': every step draws a kept batch with replacement (LPLD); 'permutation': steps walk
+  # seeded permutations of the drawable batches, one pass after another (HALD's soft phase).
+  draw_rule: str = "uniform"
 
   def __post_init__(self):
     _check_keep_fraction(self.keep_fraction)
+    if self.draw_rule not in ("uniform", "permutation"):
+      raise ValueError(f"draw_rule: 'uniform' or 'permutation', got {self.draw_rule!r}")
     if self.slots < 1 or self.batch_size < 1:
       raise ValueError(f"slots and batch_size: must be >= 1, got {self.slots}, {self.batch_size}")
     if self.num_positions < self.batch_size:
-      raise ValueError(f"label_pruning='lpld_batches': the pool of {self.num_positions} images "
-                       f"is smaller than one global batch of {self.batch_size}, so no stored "
-                       "batch fills a step; use label_pruning='per_image'")
+      raise ValueError(
+          f"label_pruning='{LPLD_BATCHES if self.draw_rule == 'uniform' else HALD_BATCHES}'"
+          f": the pool of {self.num_positions} images "
+          f"is smaller than one global batch of {self.batch_size}, so no stored "
+          "batch fills a step; use label_pruning='per_image'")
     if self.num_kept < 1:
       raise ValueError(f"keep_fraction (config.label_keep_fraction) {self.keep_fraction} keeps "
                        f"floor({self.keep_fraction} x {self.num_batches}) = 0 of the "
@@ -685,8 +696,11 @@ class StoredBatches:
     return index % self.batches_per_slot == self.batches_per_slot - 1
 
   def drawable(self) -> np.ndarray:
-    """The kept batches a draw can return: the kept pool less each slot's last batch."""
+    """The kept batches a draw can return: the kept pool less each slot's last batch (LPLD drops
+    it always; HALD's permutation only where it is short, as a step has one shape)."""
     kept = np.arange(self.num_kept, dtype=np.int64)
+    if self.draw_rule == "permutation" and self.num_positions % self.batch_size == 0:
+      return kept
     return kept[~self._is_last_of_slot(kept)]
 
   @property
@@ -704,6 +718,16 @@ class StoredBatches:
 
   def draw(self, draw_seed: int, step: int) -> int:
     """The stored batch training step `step` replays; a pure function of (draw_seed, step)."""
+    if self.draw_rule == "permutation":
+      # train_fkd.py: `pool = torch.randperm(args.n * batch_num_per_epoch)` (seeded fkd_seed +
+      # times), each epoch takes the next batch_num_per_epoch entries and a fresh permutation
+      # follows an exhausted pool. A short last batch of a relabel epoch (drop_last=False there)
+      # is not drawable here (a step has one shape): the drawable batches are permuted instead.
+      drawable = self.drawable()
+      pass_index, offset = divmod(int(step), drawable.size)
+      rng = np.random.default_rng(
+          np.random.SeedSequence([draw_seed, pass_index, _BATCH_PASS_STREAM]))
+      return int(drawable[rng.permutation(drawable.size)[offset]])
     # Every step draws independently and uniformly, so an epoch (`bpe` steps) needs no state of
     # its own and a resumed run redraws exactly the batches it would have drawn.
     rng = np.random.default_rng(np.random.SeedSequence([draw_seed, step, _BATCH_DRAW_STREAM]))
@@ -723,7 +747,7 @@ def lpld_batches(spec: TableSpec, pruning: str, keep_fraction: float,
   if not uses_lpld_batches(pruning, keep_fraction):
     return None
   return StoredBatches(spec.num_positions, spec.slots_per_image, global_batch, spec.crop_seed,
-                       keep_fraction)
+                       keep_fraction, "permutation" if pruning == HALD_BATCHES else "uniform")
 
 
 def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction: float,
