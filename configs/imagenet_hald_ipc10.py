@@ -10,9 +10,10 @@ mixed. 10 stored crops per image (SLC 100 at IPC10, demo.sh / train.sh) in `full
 metadata is 10,000 × 10 × 2,023 bytes ≈ 202 MB, labelled by BSSL (the teacher's BatchNorm
 normalising each relabel batch of 16 by its own statistics, as relabel_slc.py for every set but
 RDED's), each crop CutMixed with a partner from its own relabel batch, one λ and box per batch
-(relabel/utils_fkd.py `cutmix`; table_cutmix='relabel_batch'). Not yet as the official run: the
-images are a random real subset (official: SRe²L / RDED / LPLD / FADRM distilled images), and the
-soft phase replays each stored crop with its stored partner but not its stored batch-mates.
+(relabel/utils_fkd.py `cutmix`; table_cutmix='relabel_batch'), and the soft phase replays whole
+stored relabel batches, each once per pass (label_pruning='hald_batches'). Not yet as the official
+run: the images are a random real subset (official: SRe²L / RDED / LPLD / FADRM distilled images;
+`selection='sre2l'` or `'rded'` builds one).
 
 Train the teacher with configs/imagenet_hl_resnet18.py first (or point at any finished HL run):
   python -m hardlabel_jax.main --config configs/imagenet_hald_ipc10.py:task=relabel \
@@ -59,6 +60,8 @@ def get_config(arg=None):
   # BSSL (relabel_slc.py: model.train() for every set but RDED's) on relabel batches of 16 (-b 16).
   config.teacher_bn_mode = "batch_stats"
   config.relabel_batch_size = 16
+  # The soft phase replays whole stored relabel batches, each once per pass (train_fkd.py).
+  config.label_pruning = "hald_batches"
   config.hald_schedule = "S6"
   config.hald_hard_fraction = 0.5
   config.hald_label_smoothing = 0.8
