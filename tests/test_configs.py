@@ -51,6 +51,7 @@ DOCUMENTED_ARGS = {
     "imagenet_study.py": [],
     "fashion_paper.py": ["seeds=1"],
     "fashion_premise.py": ["seeds=1"],
+    "fashion_hald_drift.py": ["set=random", "set=sre2l,ipc=50", "teacher=eval"],
     "fashion_hald_paper.py": [
         "seeds=1", "ablation=label_smoothing", "ablation=t2_weight", "ablation=eval_teacher"
     ],

@@ -485,3 +485,19 @@ def test_hald_batches_soft_steps_replay_whole_relabel_batches(tmp_path, teacher_
       rows.add(position * 3 + int(example["slot"]))
     # The step's 16 crops are one relabel batch: the crops BSSL and CutMix saw together.
     assert rows in relabel_sets, step
+
+
+@pytest.mark.slow
+def test_fashion_hald_drift_runlocal_applies_the_relabel_rule_per_set(tmp_path):
+  rows = {}
+  for chosen in ("rded", "random"):
+    for teacher in ("auto", "eval"):
+      config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_drift.py"),
+                                              f"runlocal,set={chosen},teacher={teacher}")
+      config.cache_dir = str(tmp_path / "cache")  # one teacher and one RDED set for all four
+      rows[chosen, teacher] = plan.measure_drift(config, str(tmp_path / f"{chosen}-{teacher}"))
+  assert [r["crops_per_image"] for r in rows["rded", "auto"]] == [1, 2, 4]
+  # relabel_slc.py: RDED images are labelled in eval mode, so 'auto' is 'eval' there ...
+  assert rows["rded", "auto"] == rows["rded", "eval"]
+  # ... and every other set with BSSL, whose batch statistics move the labels.
+  assert rows["random", "auto"][0]["kl"] != rows["random", "eval"][0]["kl"]
