@@ -87,7 +87,8 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
     recipe.update(table_cutmix="relabel_batch", relabel_batch_size=config.relabel_batch_size)
   recipe["teacher_bn_mode"] = config_schema.resolved_teacher_bn_mode(config)
   if recipe["teacher_bn_mode"] == "batch_stats":
-    # BSSL labels depend on their batch: its size and how batches are drawn (bssl.group_rows).
+    # BSSL labels depend on their batch: its size and how batches are drawn
+    # (data/relabel_batches.py).
     recipe["relabel_batch_size"] = config.relabel_batch_size
     recipe["bssl_batches"] = "per-slot permutation of the pool"
   return cache.canonical({"recipe": recipe, "data": data_identity, "teacher": teacher_digest})

