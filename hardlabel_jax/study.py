@@ -12,6 +12,11 @@ interrupted one resumes from its checkpoint, so a killed study, started again, e
 label_keep_fraction) pair, named `...-c16k0.25-s0`, so one study compares the regimes at several
 soft-label budgets (HALD's accuracy vs label bytes). Left empty, the cells, their names and their
 configs are those of a study without the field, and a cached study resumes as before.
+
+`study_window_positions` and `study_cad_epochs` are the premise sweep's axes
+(configs/fashion_premise.py): one el2n_window / cad_window cell per window position (`...-w0.25-s0`)
+and one cad_prune cell per scoring length K (`...-k12-s0`); `premise_report` reads them, and
+`cad_picks` describes the images every CAD-Prune cell at its compute-matched K trained on.
 """
 
 from __future__ import annotations
