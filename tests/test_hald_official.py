@@ -22,6 +22,7 @@ import pytest
 
 from hardlabel_jax import bssl
 from hardlabel_jax import config_schema
+from hardlabel_jax import hald
 from hardlabel_jax import hald_hyper
 from hardlabel_jax import inference
 from hardlabel_jax import losses
@@ -501,3 +502,15 @@ def test_fashion_hald_drift_runlocal_applies_the_relabel_rule_per_set(tmp_path):
   assert rows["rded", "auto"] == rows["rded", "eval"]
   # ... and every other set with BSSL, whose batch statistics move the labels.
   assert rows["random", "auto"][0]["kl"] != rows["random", "eval"][0]["kl"]
+
+
+def test_s6_is_train_fkd_epochs_weight():
+  # validate/train_fkd.py: S6 `epochs_weight = [soft_epochs // 2, hard_epochs,
+  # soft_epochs - soft_epochs // 2]`, `training_type = ['soft', 'hard', 'soft']`; train.sh:
+  # soft_epochs=150, hard_epochs=300-150.
+  s6 = hald.parse_schedule("S6")
+  phases = [hald.phase_of_epoch(e, 300, s6, 0.5) for e in range(300)]
+  assert phases == ["soft"] * 75 + ["hard"] * 150 + ["soft"] * 75
+  # An odd soft count: its smaller half comes first (151 soft of 301 = 75, 150 hard, 76).
+  odd = [hald.phase_of_epoch(e, 301, s6, 150 / 301) for e in range(301)]
+  assert odd == ["soft"] * 75 + ["hard"] * 150 + ["soft"] * 76
