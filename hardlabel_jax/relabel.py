@@ -53,7 +53,7 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
           # a row's stored box, so only the header can tell them apart).
           "recipe": config_schema.train_crop_recipe(config),
           "shuffle_factor": int(spec.shuffle_factor),
-          **_cutmix_partner(config, spec)
+          **_cutmix_partner(config)
       },
       temperature=float(config.temperature),
       label_format=config.label_format,
@@ -63,10 +63,10 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
   )
 
 
-def _cutmix_partner(config: ml_collections.ConfigDict, spec) -> dict[str, Any]:
+def _cutmix_partner(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """How a CutMix table's partners are drawn; {} without CutMix or with the per-crop partner
   (the tables made before the relabel-batch rule, which stay valid)."""
-  if spec.cutmix_alpha <= 0 or config.table_cutmix != "relabel_batch":
+  if not run_data.cutmix_in_relabel_batches(config):
     return {}
   return {"cutmix_partner": "relabel_batch", "relabel_batch_size": int(config.relabel_batch_size)}
 
@@ -83,7 +83,7 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
   else:
     recipe.update(crop_scale=config.crop_scale, crop_ratio=config.crop_ratio)
   recipe["topk"] = config.topk if config.label_format != "full" else 0
-  if config.cutmix_alpha > 0 and config.table_cutmix == "relabel_batch":
+  if run_data.cutmix_in_relabel_batches(config):
     recipe.update(table_cutmix="relabel_batch", relabel_batch_size=config.relabel_batch_size)
   recipe["teacher_bn_mode"] = config_schema.resolved_teacher_bn_mode(config)
   if recipe["teacher_bn_mode"] == "batch_stats":

@@ -87,10 +87,16 @@ def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
                         cutmix_alpha=config.cutmix_alpha)
 
 
+def cutmix_in_relabel_batches(config: ml_collections.ConfigDict) -> bool:
+  """Whether a table's crops are CutMixed within their relabel batches (else: per-crop partner,
+  or no CutMix at all)."""
+  return crop_spec(config).cutmix_alpha > 0 and config.table_cutmix == "relabel_batch"
+
+
 def table_cutmix_plan(config: ml_collections.ConfigDict,
                       data: RunData) -> relabel_batches.CutmixPlan | None:
   """The CutMix of a table's crops within their relabel batches; None for a per-crop partner."""
-  if data.crop_spec.cutmix_alpha <= 0 or config.table_cutmix != "relabel_batch":
+  if not cutmix_in_relabel_batches(config):
     return None
   return relabel_batches.cutmix_plan(len(data.pool_ids), config.crops_per_image,
                                      config.relabel_batch_size, config.crop_seed,
