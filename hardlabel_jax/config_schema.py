@@ -418,8 +418,10 @@ _TABLE_READS = frozenset({
     "label_table_dir", "temperature", "label_format", "crops_per_image", "crop_seed",
     "teacher_bn_mode", "table_positions_per_shard", "relabel_batch_size", "table_cutmix"
 })
-_DRIFT_READS = frozenset(
-    {"crop_seed", "temperature", "teacher_bn_mode", "relabel_batch_size", "drift_crop_counts"})
+_DRIFT_READS = frozenset({
+    "crop_seed", "temperature", "teacher_bn_mode", "relabel_batch_size", "table_cutmix",
+    "drift_crop_counts"
+})
 # Fields a study sets in every cell (study.cell_config) or scoring run (study.score_config): the
 # study's own values of them are never read there.
 _CELL_SETS = frozenset({

@@ -122,8 +122,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
   image_log_probs = inference.pool_center_outputs(whole_image, teacher.variables, data, config,
                                                   mesh)["log_probs"]
   slots = counts[-1]
-  example = pipeline.CropExample(data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                                 data.normalizer)
+  # The crops a table of `slots` crops per image stores (its CutMix within relabel batches too).
+  example = run_data.table_crop_example(config, data, slots=slots)
   labels = np.asarray(data.train.labels())[data.pool_ids]
   loading = pipeline.LoaderOptions.from_config(config)
   num_classes = data.train.info.num_classes

@@ -93,22 +93,25 @@ def cutmix_in_relabel_batches(config: ml_collections.ConfigDict) -> bool:
   return crop_spec(config).cutmix_alpha > 0 and config.table_cutmix == "relabel_batch"
 
 
-def table_cutmix_plan(config: ml_collections.ConfigDict,
-                      data: RunData) -> relabel_batches.CutmixPlan | None:
-  """The CutMix of a table's crops within their relabel batches; None for a per-crop partner."""
+def table_cutmix_plan(config: ml_collections.ConfigDict, data: RunData,
+                      slots: int | None = None) -> relabel_batches.CutmixPlan | None:
+  """The CutMix of a table's crops within their relabel batches over `slots` relabel epochs
+  (default `crops_per_image`); None for a per-crop partner."""
   if not cutmix_in_relabel_batches(config):
     return None
-  return relabel_batches.cutmix_plan(len(data.pool_ids), config.crops_per_image,
+  return relabel_batches.cutmix_plan(len(data.pool_ids), slots or config.crops_per_image,
                                      config.relabel_batch_size, config.crop_seed,
                                      data.crop_spec.cutmix_alpha, data.crop_spec.output_size)
 
 
 def table_crop_example(config: ml_collections.ConfigDict, data: RunData,
-                       source: ImageSource | None = None) -> pipeline.CropExample:
+                       source: ImageSource | None = None,
+                       slots: int | None = None) -> pipeline.CropExample:
   """The crops a soft-label table stores and every replay of it reads (`crop_seed`, the run's
-  crop spec and the table's CutMix), from `source` (default the train split)."""
+  crop spec and the table's CutMix over `slots` relabel epochs, default `crops_per_image`), from
+  `source` (default the train split)."""
   return pipeline.CropExample(source or data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                              data.normalizer, table_cutmix_plan(config, data))
+                              data.normalizer, table_cutmix_plan(config, data, slots))
 
 
 def _test_source(config: ml_collections.ConfigDict) -> ImageSource:

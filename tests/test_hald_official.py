@@ -514,3 +514,31 @@ def test_s6_is_train_fkd_epochs_weight():
   # An odd soft count: its smaller half comes first (151 soft of 301 = 75, 150 hard, 76).
   odd = [hald.phase_of_epoch(e, 301, s6, 150 / 301) for e in range(301)]
   assert odd == ["soft"] * 75 + ["hard"] * 150 + ["soft"] * 76
+
+
+def test_drift_measures_the_crops_a_table_of_that_many_crops_stores(tmp_path, tiny_bn_teacher,
+                                                                    monkeypatch):
+  seen = []
+  original = run_data.table_crop_example
+
+  def recording(*args, **kwargs):
+    example = original(*args, **kwargs)
+    seen.append(example)
+    return example
+
+  monkeypatch.setattr(run_data, "table_crop_example", recording)
+  config = soft_config(tmp_path, tiny_bn_teacher, task="drift", drift_crop_counts=(1, 3),
+                       temperature=1.0, cutmix_alpha=1.0)
+  config_schema.unset(config, "learning_rate", "crops_per_image")
+  plan.measure_drift(config, str(tmp_path / "drift"))
+  (example,) = seen
+  # A table of 3 crops per image, CutMixed within its relabel batches: the same crops, partners.
+  table_config = soft_config(tmp_path, tiny_bn_teacher, crops_per_image=3, temperature=1.0,
+                             cutmix_alpha=1.0)
+  table = plan.relabel_table(table_config, str(tmp_path / "relabel"))
+  assert example.cutmix_plan is not None and example.cutmix_plan.partner_position.shape[1] == 3
+  for position, slot in ((0, 0), (7, 2), (99, 1)):
+    stored = table.metadata(position, slot)
+    _, _, metadata = example.raw_crop(position, slot)
+    assert int(stored["partner_id"]) == int(metadata["partner_id"])
+    np.testing.assert_array_equal(np.asarray(stored["cut_box"]), metadata["cut_box"])
