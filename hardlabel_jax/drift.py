@@ -114,6 +114,16 @@ def plot(rows: list[dict], path: str, title: str) -> None:
   os.replace(tmp, path)
 
 
+def _crop_grid(outputs, start: int, stop: int, slots: int, num_classes: int) -> np.ndarray:
+  """`[stop − start, slots, C]` log-probabilities of pool positions [start, stop) from outputs
+  that carry each crop's grid `row` (position · slots + slot)."""
+  grid = np.zeros((stop - start, slots, num_classes), np.float32)
+  for out in outputs:
+    position, slot = np.divmod(out["row"], slots)
+    grid[position - start, slot] = out["log_probs"]
+  return grid
+
+
 def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
             teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh) -> list[dict]:
   """Drift of the teacher's crop labels on the pool; writes CSV, JSON and PNG to `workdir`."""
@@ -132,14 +142,12 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
     # (relabel_batches.group_rows over `slots` relabel epochs): one pass over every crop.
     predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
                                           config.relabel_batch_size)
-    crop_log_probs = np.zeros((len(data.pool_ids), slots, num_classes), np.float32)
-    for out in inference.bssl_crop_outputs(example, slots=slots,
-                                           group_size=config.relabel_batch_size,
-                                           seed=config.crop_seed, predict=predict,
-                                           variables=teacher.variables, mesh=mesh,
-                                           batch_size=config.eval_batch_size, loading=loading):
-      position, slot = np.divmod(out["row"], slots)
-      crop_log_probs[position, slot] = out["log_probs"]
+    outputs = inference.bssl_crop_outputs(example, slots=slots,
+                                          group_size=config.relabel_batch_size,
+                                          seed=config.crop_seed, predict=predict,
+                                          variables=teacher.variables, mesh=mesh,
+                                          batch_size=config.eval_batch_size, loading=loading)
+    crop_log_probs = _crop_grid(outputs, 0, len(data.pool_ids), slots, num_classes)
     stats = [image_drift_stats(crop_log_probs, image_log_probs, labels, counts)]
   else:
     predict = inference.log_probs_fn(teacher.model, mesh, config.temperature)
@@ -148,13 +156,11 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
     stats = []
     for start in range(0, len(data.pool_ids), block):
       stop = min(start + block, len(data.pool_ids))
-      crop_log_probs = np.zeros((stop - start, slots, num_classes), np.float32)
-      for out in inference.crop_outputs(example, slots=slots, first_row=start * slots,
-                                        num_rows=(stop - start) * slots, predict=predict,
-                                        variables=teacher.variables, mesh=mesh,
-                                        batch_size=config.eval_batch_size, loading=loading):
-        position, slot = np.divmod(out["row"], slots)
-        crop_log_probs[position - start, slot] = out["log_probs"]
+      outputs = inference.crop_outputs(example, slots=slots, first_row=start * slots,
+                                       num_rows=(stop - start) * slots, predict=predict,
+                                       variables=teacher.variables, mesh=mesh,
+                                       batch_size=config.eval_batch_size, loading=loading)
+      crop_log_probs = _crop_grid(outputs, start, stop, slots, num_classes)
       stats.append(
           image_drift_stats(crop_log_probs, image_log_probs[start:stop], labels[start:stop],
                             counts))

@@ -77,34 +77,35 @@ class GroupedRows:
     return _crop_row(self.example, self.slots, row if row >= 0 else int(self.rows[0]), row >= 0)
 
 
+def _jit_log_probs(logits_of: Callable[[Any, dict], jax.Array], mesh: jax.sharding.Mesh,
+                   temperature: float) -> Callable:
+  """Jitted `(variables, batch) -> batch + log softmax(logits_of(variables, batch) / T)`."""
+
+  def fn(variables, batch):
+    logits = logits_of(variables, batch)
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+    return out
+
+  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                 out_shardings=mesh_lib.replicated(mesh))
+
+
 def log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float) -> Callable:
   """Jitted eval-mode `(variables, batch) -> batch + log softmax(z/T)`, outputs replicated.
 
   (BSSL, whose labels depend on their relabel batch, is `bssl_log_probs_fn`.)
   """
-
-  def fn(variables, batch):
-    logits = model.apply(variables, batch["image"], train=False)
-    out = {k: v for k, v in batch.items() if k != "image"}
-    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
-    return out
-
-  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  return _jit_log_probs(lambda v, batch: model.apply(v, batch["image"], train=False), mesh,
+                        temperature)
 
 
 def bssl_log_probs_fn(model: nn.Module, mesh: jax.sharding.Mesh, temperature: float,
                       group_size: int) -> Callable:
   """Jitted BSSL labelling: each `group_size` rows of a batch normalised by their own stats."""
-
-  def fn(variables, batch):
-    logits = bssl.grouped_logits(model, variables, batch["image"], batch["mask"], group_size)
-    out = {k: v for k, v in batch.items() if k != "image"}
-    out["log_probs"] = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
-    return out
-
-  return jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  return _jit_log_probs(
+      lambda v, batch: bssl.grouped_logits(model, v, batch["image"], batch["mask"], group_size),
+      mesh, temperature)
 
 
 def bssl_groups_per_call(group_size: int, batch_size: int, mesh: jax.sharding.Mesh) -> int:
