@@ -95,9 +95,13 @@ class CropExample:
     """The uint8 crop of a pool example at `slot`, its label fields and its stored metadata."""
     example_id = int(self.pool_ids[pool_position])
     record = self.source[example_id]
+    # With a plan the per-crop partner draw is not made (CutMix has its own random stream, so the
+    # box and flip are the same either way); the plan's partner replaces it.
+    planned = self.cutmix_plan is not None
     pixels, params, boxed_hw = crops.crop_image(record["image"], self.seed, example_id, slot,
-                                                self.spec, pool_size=len(self.pool_ids))
-    if self.cutmix_plan is not None:
+                                                self.spec,
+                                                pool_size=0 if planned else len(self.pool_ids))
+    if planned:
       params = self._planned_cutmix(params, pool_position, slot)
     partner_label, partner_id = int(record["label"]), -1
     if params.partner_position >= 0:
