@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -16,6 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import disk_space
 from hardlabel_jax import faults
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
@@ -23,6 +25,11 @@ from hardlabel_jax import metrics_log
 RUN_CONFIG_FILE = "run_config.json"
 # Checkpoints that failed to restore are moved here (next to `checkpoints/`), never deleted.
 FAILED_DIR = "checkpoints_failed"
+# Orbax's files besides the arrays (metadata, OCDBT manifests, the data iterator's state), per
+# checkpoint: 119 kB on disk for a 16 kB state measured here; counted in the space check.
+CHECKPOINT_OVERHEAD_BYTES = 128 << 10
+# Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when complete.
+_UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class NoUsableCheckpointError(RuntimeError):
@@ -37,7 +44,22 @@ class Checkpointer:
     self._options = ocp.CheckpointManagerOptions(max_to_keep=max(max_to_keep, 2),
                                                  save_interval_steps=save_every_steps, create=True)
     self._workdir = os.path.abspath(workdir)
+    self._remove_unfinished()
     self._manager = self._open()
+    self._state_bytes: int | None = None
+    self._space_checked = False
+
+  def _remove_unfinished(self) -> None:
+    """Removes saves a stopped run left half-written (orbax's temporary step directories).
+
+    Orbax would remove each when it next saves that step, with a warning; none is ever restored.
+    """
+    directory = os.path.join(self._workdir, "checkpoints")
+    if jax.process_index() == 0 and os.path.isdir(directory):
+      for name in os.listdir(directory):
+        if name.endswith(_UNFINISHED_SUFFIX):
+          shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    mesh_lib.sync_processes("unfinished checkpoints removed")
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(self._workdir, "checkpoints"), options=self._options)
@@ -64,14 +86,38 @@ class Checkpointer:
     """Whether `save(step, ...)` will write a checkpoint (orbax also saves a run's first step)."""
     return self._manager.should_save(step)
 
+  def _full_disk(self, state: Any = None) -> Any:
+    """A context naming this workdir's checkpoints and their size when the disk fills.
+
+    Orbax writes in background threads; their failure reaches the main thread at the next save
+    or wait, so every call that may re-raise it is wrapped.
+    """
+    if state is not None:
+      self._state_bytes = state_bytes(state)
+    return disk_space.writing(os.path.join(self._workdir, "checkpoints"), "a checkpoint",
+                              self._state_bytes)
+
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
            force: bool = False) -> bool:
-    """Saves when `step` is on the interval (or `force`); returns whether it saved."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iterator))
-    saved = self._manager.save(step, args=args, force=force)
-    if saved:
-      faults.point("checkpoint_write")  # the save is asynchronous: its files are being written
+    """Saves when `step` is on the interval (or `force`); returns whether it saved.
+
+    Before the first save of a run, refuses (OutOfSpaceError) when the checkpoints it will keep
+    at once cannot fit: orbax writes the newest before it deletes the oldest, so max_to_keep + 1.
+    """
+    with self._full_disk(state):
+      if not self._space_checked and (force or self._manager.should_save(step)):
+        self._space_checked = True
+        stored = len(self._manager.all_steps())
+        copies = max(self._options.max_to_keep + 1 - stored, 1)
+        disk_space.require(
+            os.path.join(self._workdir, "checkpoints"),
+            copies * (self._state_bytes + CHECKPOINT_OVERHEAD_BYTES),
+            f"{copies} checkpoint(s) of {disk_space.format_bytes(self._state_bytes)} of arrays")
+      args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                data=grain.checkpoint.CheckpointSave(data_iterator))
+      saved = self._manager.save(step, args=args, force=force)
+      if saved:
+        faults.point("checkpoint_write")  # the save is asynchronous: its files are being written
     return saved
 
   def restore(self, state_template: Any, data_iterator: grain.DatasetIterator) -> Any:
@@ -119,10 +165,25 @@ class Checkpointer:
     return variables
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._full_disk():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with self._full_disk():
+      self._manager.close()
+
+  def close_after_error(self) -> None:
+    """Closes on the way out of a failed run: the save threads stop, their own errors dropped
+    (the error being raised already says what went wrong)."""
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+def state_bytes(state: Any) -> int:
+  """Bytes of a state's arrays as a checkpoint stores them (one copy of a replicated array)."""
+  return int(sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state)))
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

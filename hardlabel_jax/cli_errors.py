@@ -13,11 +13,14 @@ import sys
 from typing import Any, Callable, NoReturn
 
 from absl import flags
+import jax
 import ml_collections
 
 from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import disk_space
+from hardlabel_jax import preemption
 from hardlabel_jax import workdir_lock
 from hardlabel_jax.data import errors as data_errors
 from hardlabel_jax.soft_labels import table as table_lib
@@ -141,15 +144,39 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_task(task: Callable[..., Any], config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Runs `task`; a run the library refuses ends in its message, not a traceback."""
+  """Runs `task`; a run the library refuses, a full disk or a preemption ends in one line."""
   try:
     task(config, workdir)
+  except preemption.Preempted as e:
+    if jax.process_index() == 0:
+      sys.stderr.write(f"{e}\n")
+    sys.exit(preemption.EXIT_CODE)
   except _REFUSALS as e:
     fail(str(e), REFUSED)
-  except ValueError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if disk_space.is_full_disk(e):
+      fail(str(out_of_space(e, config, workdir)), REFUSED)
+    if not isinstance(e, ValueError):
+      raise
     match = _REFUSAL_MESSAGE.match(str(e))
     if match is None:
       raise
     # A field the planners refuse (no teacher for this regime, a batch the devices cannot
     # split) is a config mistake like validate's; a workdir of another run is not.
     fail(str(e), USAGE_ERROR if match.group(2).startswith("config.") else REFUSED)
+
+
+def out_of_space(error: BaseException, config: ml_collections.ConfigDict,
+                 workdir: str) -> disk_space.OutOfSpaceError:
+  """A full disk the writers did not name themselves, about the directory it hit.
+
+  That is the file's directory where the error names one, else the workdir (or the cache where
+  the file lies under it).
+  """
+  path = disk_space.path_of(error)
+  directory = os.path.dirname(path) if path else os.path.abspath(workdir)
+  for root in (config.get("cache_dir") or "", workdir):
+    if root and path and os.path.abspath(path).startswith(os.path.abspath(root) + os.sep):
+      directory = os.path.abspath(root)
+      break
+  return disk_space.as_out_of_space(error, directory, None, "a write")

@@ -20,6 +20,7 @@ import ml_collections
 from hardlabel_jax import hald
 from hardlabel_jax import hald_hyper
 from hardlabel_jax import models
+from hardlabel_jax import preemption
 from hardlabel_jax.data import dsa
 
 TASKS = ("train", "relabel", "drift", "score", "distill", "synthesize", "study")
@@ -106,6 +107,7 @@ RESUMABLE_FIELDS = frozenset({
     "cache_dir",
     "label_table_dir",
     "table_positions_per_shard",
+    "preemption_signal",
 })
 
 # Every field of `default_config()` in exactly one group, by concern. The config stays flat (config
@@ -149,7 +151,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
               "study_regime_overrides", "study_label_tables", "study_external_set",
               "study_external_class_order", "study_window_positions", "study_cad_epochs"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
-                    "read_threads", "read_buffer", "tensorboard"),
+                    "read_threads", "read_buffer", "tensorboard", "preemption_signal"),
 }
 # Tasks that train a network on the config itself (a scoring run is a training run that records
 # per-example statistics every epoch) and tasks that only run a teacher over the pool.
@@ -384,6 +386,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.read_threads = 1
   c.read_buffer = 4
   c.tensorboard = True
+  # Caught besides SIGTERM as a preemption notice (save, exit 75; hardlabel_jax.preemption):
+  # SLURM's `--signal=USR1@N` before the time limit. '' catches SIGTERM alone.
+  c.preemption_signal = "SIGUSR1"
   return c
 
 
@@ -899,6 +904,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "drift_crop_counts", "must be a non-empty list of positive crop counts")
   _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
+  if config.preemption_signal:
+    preemption.signal_number(config.preemption_signal)
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")
   _require(config.read_threads >= 0, "read_threads", "must be >= 0")
   _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+import traceback
+from typing import Any, Callable
 
 from absl import logging as absl_logging
 import tensorflow_datasets as tfds
+
+from hardlabel_jax import disk_space
 
 _ORBAX_NO_METADATA = "Metadata file does not exist: %s"
 _CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
@@ -53,11 +56,63 @@ def _is_local_set_config_notice(record: logging.LogRecord) -> bool:
   return str(getattr(record.args[0], "description", "")).startswith(_LOCAL_SET)
 
 
+def _is_full_disk_report(record: logging.LogRecord) -> bool:
+  """Orbax's save threads on a full disk: each logs the failure with a traceback, and asyncio
+  logs each abandoned write's future ("exception was never retrieved") at exit.
+
+  The same error reaches the main thread at the next save or wait, where the run ends in one
+  `error:` line naming the directory and the space (hardlabel_jax.disk_space); these records
+  (about 80 lines per failed save) would bury it.
+  """
+  from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+  if record.levelno < logging.ERROR or not (from_orbax or record.name == "asyncio"):
+    return False
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    text += f" {record.exc_info[1]}"
+  return disk_space.mentions_full_disk(text)
+
+
+def _is_preemption_sync_notice(record: logging.LogRecord) -> bool:
+  """Orbax and JAX on reaching the preemption sync point (warned once per call, 3+ per stop).
+
+  The run says it in its own line: which step it saved and how to resume
+  (hardlabel_jax.preemption).
+  """
+  return "Reached preemption sync point" in record.getMessage()
+
+
 class _ExpectedNotices(logging.Filter):
   """Drops the absl log records of the expected notices above; passes every other record."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (_is_item_metadata_notice(record) or _is_local_set_config_notice(record))
+    return not (_is_item_metadata_notice(record) or _is_local_set_config_notice(record)
+                or _is_full_disk_report(record) or _is_preemption_sync_notice(record))
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """tensorstore completing a write that orbax abandoned (a failed save) on a closed event loop.
+
+  Its C++ thread calls the loop's `call_soon_threadsafe`, which raises "Event loop is closed";
+  tensorstore reports it as unraisable (no object), one traceback per write. Only a traceback
+  that lies wholly in asyncio is that: any other unraisable error still prints.
+  """
+  error = unraisable.exc_value
+  if unraisable.object is not None or not isinstance(error, RuntimeError):
+    return False
+  if str(error) != "Event loop is closed":
+    return False
+  files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(unraisable.exc_traceback)]
+  return bool(files) and all(f"{os.sep}asyncio{os.sep}" in name for name in files)
+
+
+def _quiet_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+
+  def hook(unraisable: Any) -> None:
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  return hook
 
 
 def _log_build(builder: Any) -> None:
@@ -88,6 +143,8 @@ def install() -> None:
     return
   _installed = True
   absl_logging.get_absl_logger().addFilter(_ExpectedNotices())
+  logging.getLogger("asyncio").addFilter(_ExpectedNotices())
+  sys.unraisablehook = _quiet_unraisable_hook(sys.unraisablehook)
   _quiet_tfds_builds()
   # The resource tracker is a separate interpreter started by multiprocessing, which passes it
   # this process's -W options (sys.warnoptions); a filter set with `warnings` would not reach it.

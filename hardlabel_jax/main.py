@@ -21,6 +21,7 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import cpu_backend
 from hardlabel_jax import log_filters
 from hardlabel_jax import plan
+from hardlabel_jax import preemption
 from hardlabel_jax import study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -82,7 +83,9 @@ def main(argv: list[str]) -> None:
       "synthesize": plan.synthesize_set,
       "study": study.run
   }
-  cli_errors.run_task(tasks[config.task], config, _WORKDIR.value)
+  # After jax.distributed.initialize: with several processes SIGTERM stays with its sync manager.
+  with preemption.handle_signals(config.preemption_signal):
+    cli_errors.run_task(tasks[config.task], config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

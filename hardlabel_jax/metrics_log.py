@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from hardlabel_jax import disk_space
 from hardlabel_jax import faults
 
 
@@ -48,16 +49,17 @@ class MetricsLog:
 def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   """Writes readable JSON via a temp file and rename, so a reader never sees half a file."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1, sort_keys=True)
-  faults.point("json_write")
+  with disk_space.removed_on_failure(tmp):
+    with open(tmp, "w") as f:
+      json.dump(payload, f, indent=1, sort_keys=True)
+    faults.point("json_write")
   os.replace(tmp, path)
 
 
 def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
   """Writes `rows` as CSV with exactly `columns`, via a temp file and rename."""
   tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with disk_space.removed_on_failure(tmp), open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)

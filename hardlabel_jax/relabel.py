@@ -19,9 +19,11 @@ import numpy as np
 
 from hardlabel_jax import cache
 from hardlabel_jax import config_schema
+from hardlabel_jax import disk_space
 from hardlabel_jax import inference
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
+from hardlabel_jax import preemption
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import pipeline
@@ -166,6 +168,14 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   else:
     predict = inference.log_probs_fn(teacher.model, mesh, config.temperature)
   row_dtype = table_lib.row_dtype(spec)
+  # Checked on every process (each then stops alike); the byte count is exact (fixed-size rows).
+  todo_rows = sum(
+      min(per_shard,
+          len(spec.ids) - s * per_shard) * spec.slots_per_image
+      for s in range(num_shards)
+      if not done[s])
+  disk_space.require(directory, todo_rows * row_dtype.itemsize,
+                     f"the soft-label table's {num_shards - int(done.sum())} unwritten shard(s)")
   progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image, int(done.sum()))
   for shard in range(num_shards):
     if done[shard]:
@@ -193,6 +203,9 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
                          + progress.line(shard + 1, {}, progress.update(shard + 1)))
     if shard_hook is not None:
       shard_hook(shard)
+    if shard + 1 < num_shards and preemption.stop_requested():
+      raise preemption.stop(f"relabel stopped after shard {shard + 1} of {num_shards} of "
+                            f"{directory} (every written shard is kept)")
   table = writer.finalize() if writer is not None else None
   mesh_lib.sync_processes("relabel finalized")
   if table is None:  # the other processes read what process 0 wrote

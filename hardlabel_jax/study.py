@@ -39,6 +39,7 @@ from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import plan as plan_lib
+from hardlabel_jax import preemption
 from hardlabel_jax import premise_report
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
@@ -651,6 +652,11 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
                        f"shared teacher, scores and tables in {cache_dir}")
   started = time.perf_counter()
   for done, cell in enumerate(todo):
+    if preemption.stop_requested():
+      # The cells before this one are in the CSV; a preempted cell keeps its checkpoint.
+      raise preemption.stop(f"study stopped before cell {cells.index(cell) + 1}/{len(cells)} "
+                            f"{cell.name}, {len(cells) - len(todo) + done} cells finished in "
+                            f"{workdir}")
     elapsed = time.perf_counter() - started
     eta = f", ETA {metrics_log.format_seconds(elapsed / done * (len(todo) - done))}" if done else ""
     metrics_log.log_line(f"study: cell {cells.index(cell) + 1}/{len(cells)} {cell.name} "

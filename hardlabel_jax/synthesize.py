@@ -49,6 +49,7 @@ from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
+from hardlabel_jax import preemption
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import crops
@@ -512,6 +513,9 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
     mesh_lib.sync_processes(f"synthesis batch {batch.index}")
     if batch_hook is not None:
       batch_hook(batch.index)
+    if batch is not todo[-1] and preemption.stop_requested():
+      raise preemption.stop(f"synthesis stopped after batch {batch.index + 1} of {len(batches)} "
+                            f"of {partial} (every finished batch is kept)")
   if writer:
     _finish(partial, directory, ident, teacher, len(batches))
   mesh_lib.sync_processes("synthesised set written")

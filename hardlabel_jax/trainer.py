@@ -29,6 +29,7 @@ from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
 from hardlabel_jax import models
 from hardlabel_jax import optim
+from hardlabel_jax import preemption
 from hardlabel_jax import run_data
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
@@ -280,6 +281,69 @@ def _label_summary(config: ml_collections.ConfigDict,
   return summary
 
 
+def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                state: train_state_lib.TrainState, iterator, step_fns: dict[str, Callable],
+                phases: hald.StepPhases, budget: Budget, start_step: int,
+                checkpointer: checkpointing.Checkpointer, log: metrics_log.MetricsLog,
+                progress: metrics_log.Progress, *, step_hook, epoch_hook,
+                batch_hook: BatchHook | None) -> tuple[train_state_lib.TrainState, float]:
+  """Steps start_step+1..budget.steps with checkpoints; the final state and the seconds it took.
+
+  A preemption signal (`hardlabel_jax.preemption`) stops it after the step it arrives in: that
+  step is saved with the iterator position, then `Preempted` is raised.
+  """
+  start_time = time.perf_counter()
+  pending = None  # the previous step's outputs, read one step late to keep dispatch async
+  for step in range(start_step + 1, budget.steps + 1):
+    step_fn = step_fns[phases.of_step(step - 1)]
+    state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
+    outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
+    if pending is not None:
+      _settle(pending, batch_hook)
+    pending = outputs
+    if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
+      _check_finite(step, metrics)
+      scalars = {k: float(v) for k, v in metrics.items()}
+      rates = progress.update(step)
+      log.write(step, {**scalars, **rates})
+      metrics_log.log_line(progress.line(step, scalars, rates))
+    if epoch_hook is not None:
+      done_before = (step - 1) * config.global_batch_size // budget.pool_size
+      for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
+        epoch_hook(epoch, state)
+    if batch_hook is not None and (checkpointer.will_save(step) or step == budget.steps):
+      # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
+      # waits for this step's state anyway. Asked of the checkpointer, not the interval: orbax
+      # also saves the first step of a run, and a kill after that save lost steps 1..1.
+      _settle(pending, batch_hook, checkpoint=True)
+      pending = None
+    checkpointer.save(step, state, iterator)
+    faults.point("train_step")
+    if step_hook is not None:
+      step_hook(step)
+    # Asked at the last step too (the sync manager counts every step); a stop there lets the run
+    # finish, and whatever comes next (a study's next cell) stops instead.
+    if preemption.stop_requested(step) and step < budget.steps:
+      _save_preempted(step, state, iterator, checkpointer, pending, batch_hook)
+      raise preemption.stop(f"training stopped at step {step} of {budget.steps}, checkpoint "
+                            f"{step} saved in {os.path.abspath(workdir)}")
+  if pending is not None:
+    _settle(pending, batch_hook, checkpoint=True)
+  checkpointer.save(budget.steps, state, iterator, force=checkpointer.latest_step() != budget.steps)
+  checkpointer.wait()
+  return state, time.perf_counter() - start_time
+
+
+def _save_preempted(step: int, state: train_state_lib.TrainState, iterator,
+                    checkpointer: checkpointing.Checkpointer, pending, batch_hook) -> None:
+  """Saves `step` off the interval (unless orbax's preemption save already did) and waits."""
+  if checkpointer.latest_step() != step:
+    if pending is not None:  # what the hook persists belongs with the checkpoint
+      _settle(pending, batch_hook, checkpoint=True)
+    checkpointer.save(step, state, iterator, force=True)
+  checkpointer.wait()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
           mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
           table: table_lib.SoftLabelTable | None = None,
@@ -335,40 +399,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       f"{budget.steps * config.global_batch_size} examples ({budget.epochs:.1f} epochs) on "
       f"{mesh.size} devices; starting at step {start_step}")
 
-  start_time = time.perf_counter()
-  pending = None  # the previous step's outputs, read one step late to keep dispatch async
-  for step in range(start_step + 1, budget.steps + 1):
-    step_fn = step_fns[phases.of_step(step - 1)]
-    state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
-    outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
-    if pending is not None:
-      _settle(pending, batch_hook)
-    pending = outputs
-    if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
-      _check_finite(step, metrics)
-      scalars = {k: float(v) for k, v in metrics.items()}
-      rates = progress.update(step)
-      log.write(step, {**scalars, **rates})
-      metrics_log.log_line(progress.line(step, scalars, rates))
-    if epoch_hook is not None:
-      done_before = (step - 1) * config.global_batch_size // budget.pool_size
-      for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
-        epoch_hook(epoch, state)
-    if batch_hook is not None and (checkpointer.will_save(step) or step == budget.steps):
-      # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
-      # waits for this step's state anyway. Asked of the checkpointer, not the interval: orbax
-      # also saves the first step of a run, and a kill after that save lost steps 1..1.
-      _settle(pending, batch_hook, checkpoint=True)
-      pending = None
-    checkpointer.save(step, state, iterator)
-    faults.point("train_step")
-    if step_hook is not None:
-      step_hook(step)
-  if pending is not None:
-    _settle(pending, batch_hook, checkpoint=True)
-  checkpointer.save(budget.steps, state, iterator, force=checkpointer.latest_step() != budget.steps)
-  checkpointer.wait()
-  train_seconds = time.perf_counter() - start_time
+  try:
+    state, train_seconds = _train_loop(config, workdir, mesh, state, iterator, step_fns, phases,
+                                       budget, start_step, checkpointer, log, progress,
+                                       step_hook=step_hook, epoch_hook=epoch_hook,
+                                       batch_hook=batch_hook)
+  except BaseException:
+    # Stops orbax's save threads before the interpreter does (they would print tracebacks at
+    # exit); a completed preemption save has already been waited for.
+    log.close()
+    checkpointer.close_after_error()
+    raise
 
   eval_fn = train_steps.jit_eval_step(mesh, model)
   test_metrics = evaluate(state, eval_fn, data, config, mesh)

@@ -7,6 +7,7 @@ CPU collectives over gloo); each reads only its own slice of every global batch.
 import filecmp
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 from hardlabel_jax import checkpointing
+from hardlabel_jax import faults
 from hardlabel_jax import plan
+from hardlabel_jax import preemption
 from helpers import tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +49,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two_processes(config_file, regime, workdir, *overrides):
+def _run_two_processes(config_file, regime, workdir, *overrides, process_env=({}, {}),
+                       returncode=0):
   port = _free_port()
   env = {
       **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
@@ -58,8 +62,11 @@ def _run_two_processes(config_file, regime, workdir, *overrides):
       "--num_processes=2", f"--process_id={i}", *overrides
   ] for i in range(2)]
   processes = [
-      subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True) for c in commands
+      subprocess.Popen(c, cwd=REPO, env={
+          **env,
+          **extra
+      }, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for c, extra in zip(commands, process_env, strict=True)
   ]
   outputs = []
   for process in processes:
@@ -70,7 +77,8 @@ def _run_two_processes(config_file, regime, workdir, *overrides):
         p.kill()
       raise
   for i, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-    assert process.returncode == 0, f"process {i} failed:\n{output[-4000:]}"
+    assert process.returncode == returncode, f"process {i} ended {process.returncode}:\n" \
+        f"{output[-4000:]}"
   return outputs
 
 
@@ -124,3 +132,28 @@ def test_two_processes_train_and_relabel_like_one_process_with_eight_devices(tmp
   match, mismatch, errors = filecmp.cmpfiles(tables[0], tables[1], _files(tables[0]), shallow=False)
   assert not mismatch and not errors, mismatch
   _assert_same_parameters(single / "sl", multi / "sl")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(tmp_path):
+  # JAX's preemption sync manager (the coordination service catches SIGTERM) picks the step:
+  # every process saves it and exits 75; started again, they end as one uninterrupted process.
+  config_file = tmp_path / "two_process_config.py"
+  config_file.write_text(CONFIG)
+  single, multi = tmp_path / "one_process", tmp_path / "two_processes"
+  plan.train(_config("hl"), str(single))
+  term = {faults.ENV: f"{tmp_path / 'faults.log'}::train_step:2:term"}
+  outputs = _run_two_processes(config_file, "hl", multi, process_env=({}, term),
+                               returncode=preemption.EXIT_CODE)
+  stopped = re.search(
+      r"preempted by SIGTERM: training stopped at step (\d+) of 6, checkpoint "
+      r"\1 saved", outputs[0])
+  assert stopped, outputs[0][-3000:]
+  step = int(stopped.group(1))
+  assert 2 < step < 6  # after the step the notice came in, before the end
+  assert "Reached preemption sync point" not in outputs[0]  # our one line says it
+  checkpointer = checkpointing.Checkpointer(str(multi), save_every_steps=3)
+  assert checkpointer.latest_step() == step  # saved there, on the interval (3) or not
+  checkpointer.close()
+  _run_two_processes(config_file, "hl", multi)
+  _assert_same_parameters(single, multi)

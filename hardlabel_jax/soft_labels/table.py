@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hardlabel_jax import disk_space
 from hardlabel_jax import faults
 from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
@@ -388,11 +389,13 @@ class TableWriter:
                        f"shape {rows.shape}")
     data = np.ascontiguousarray(rows).tobytes()
     path = os.path.join(self.partial, shard_name(shard))
-    with open(path + ".tmp", "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    faults.point("table_shard_write")
+    # A shard cut short by a full disk frees its space; a rerun writes it again.
+    with disk_space.writing(self.directory, f"shard {shard} of the soft-label table", len(data)):
+      with disk_space.removed_on_failure(path + ".tmp"), open(path + ".tmp", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        faults.point("table_shard_write")
     os.replace(path + ".tmp", path)
     self._shards[shard] = self._shard_entry(shard, hashlib.sha256(data).hexdigest())
     self._write_progress(self._shards)
