@@ -23,6 +23,17 @@ for ((i = 0; i < PROCESSES; i++)); do
       "$@" > "$OUT" 2>&1 &
   PIDS+=($!)
 done
+# SIGTERM/USR1 to this script reach every process, as a scheduler's would (each exits 75 once its
+# preemption save is done).
+trap 'kill -TERM "${PIDS[@]}" 2>/dev/null' TERM
+trap 'kill -USR1 "${PIDS[@]}" 2>/dev/null' USR1
 STATUS=0
-for pid in "${PIDS[@]}"; do wait "$pid" || STATUS=$?; done
+for pid in "${PIDS[@]}"; do
+  # A trapped signal interrupts `wait`: wait again until the process has ended.
+  while :; do
+    wait "$pid"; CODE=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  [ "$CODE" -eq 0 ] || STATUS=$CODE
+done
 exit "$STATUS"

@@ -19,6 +19,8 @@ from hardlabel_jax import faults
 from hardlabel_jax import plan
 from hardlabel_jax import study
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # results.json fields that depend only on what was computed (not on time or on resumption).
 RESULT_FIELDS = ("test_top1", "test_loss", "steps", "examples_seen", "epochs", "pool_size",
                  "label_bytes", "test_examples", "num_params")

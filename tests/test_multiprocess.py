@@ -39,8 +39,13 @@ def get_config(arg):
 def _config(regime, **overrides):
   # Stored crops per image only where a table is read (an HL run refuses the unread field).
   table = {"crops_per_image": 2} if regime == "sl" else {}
-  return tiny_config(regime=regime, budget_examples=16 * 6, checkpoint_every_steps=3, **table,
-                     **overrides)
+  return tiny_config(
+      regime=regime, **{
+          "budget_examples": 16 * 6,
+          "checkpoint_every_steps": 3,
+          **table,
+          **overrides
+      })
 
 
 def _free_port():
@@ -141,19 +146,22 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_matches(tmp
   config_file = tmp_path / "two_process_config.py"
   config_file.write_text(CONFIG)
   single, multi = tmp_path / "one_process", tmp_path / "two_processes"
-  plan.train(_config("hl"), str(single))
+  # Long enough for the notice to reach the other process (the service relays it in about 0.3 s).
+  steps = 60
+  plan.train(_config("hl", budget_examples=16 * steps), str(single))
   term = {faults.ENV: f"{tmp_path / 'faults.log'}::train_step:2:term"}
-  outputs = _run_two_processes(config_file, "hl", multi, process_env=({}, term),
+  budget = f"--config.budget_examples={16 * steps}"
+  outputs = _run_two_processes(config_file, "hl", multi, budget, process_env=({}, term),
                                returncode=preemption.EXIT_CODE)
   stopped = re.search(
-      r"preempted by SIGTERM: training stopped at step (\d+) of 6, checkpoint "
+      r"preempted by SIGTERM: training stopped at step (\d+) of 60, checkpoint "
       r"\1 saved", outputs[0])
   assert stopped, outputs[0][-3000:]
   step = int(stopped.group(1))
-  assert 2 < step < 6  # after the step the notice came in, before the end
+  assert 2 < step < steps  # after the step the notice came in, before the end
   assert "Reached preemption sync point" not in outputs[0]  # our one line says it
   checkpointer = checkpointing.Checkpointer(str(multi), save_every_steps=3)
   assert checkpointer.latest_step() == step  # saved there, on the interval (3) or not
   checkpointer.close()
-  _run_two_processes(config_file, "hl", multi)
+  _run_two_processes(config_file, "hl", multi, budget)
   _assert_same_parameters(single, multi)

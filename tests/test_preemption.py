@@ -7,11 +7,17 @@ with the products of an uninterrupted run, bit for bit. A full disk is injected 
 fault points (any machine) and, where the test may mount one, met on a real small tmpfs.
 """
 
+import asyncio
+import errno
 import glob
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import types
 
 import jax
 import numpy as np
@@ -20,6 +26,7 @@ import pytest
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import disk_space
+from hardlabel_jax import log_filters
 from hardlabel_jax import plan
 from hardlabel_jax import preemption
 from helpers import tiny_config
@@ -259,10 +266,15 @@ def test_a_disk_filling_mid_run_fails_at_a_save_and_the_rerun_resumes_bit_exactl
   workdir, filler = os.path.join(fs, "w"), os.path.join(fs, "filler")
 
   def fill_at_step_5(step):
-    if step == 5:
-      with open(filler, "wb") as f:
-        f.truncate(0)
-      subprocess.run(["fallocate", "-l", str(disk_space.free_bytes(fs) - 4096), filler], check=True)
+    if step == 5:  # every free block, while step 4's save may still be writing
+      fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+      try:
+        while True:
+          os.write(fd, bytes(4096))
+      except OSError as e:
+        assert e.errno == errno.ENOSPC
+      finally:
+        os.close(fd)
 
   with pytest.raises(disk_space.OutOfSpaceError) as full:
     plan.train(config, workdir, step_hook=fill_at_step_5)
@@ -291,3 +303,107 @@ def test_a_table_that_cannot_fit_is_refused_before_relabelling(small_fs, teacher
                      r"shard\(s\) needs [\d,]+ bytes"):
     plan.relabel_table(config, os.path.join(fs, "w"))
   assert not glob.glob(os.path.join(fs, "w", "**", "shard*"), recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch script passes signals through and requeues on exit 75.
+
+_FAKE_SRUN = '''#!/usr/bin/env bash
+# srun stand-in: one task on this machine (no --distributed), with this test's interpreter.
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --kill-on-bad-exit=*|--distributed) ;;
+    .venv/bin/python) args+=("{python}") ;;
+    *) args+=("$arg") ;;
+  esac
+done
+exec "${{args[@]}}"
+'''
+
+
+@pytest.mark.slow
+def test_the_slurm_script_passes_usr1_on_and_requeues_a_saved_run(bn_teacher, tmp_path):
+  config = task_harness.write_config(str(tmp_path), "train_hl", bn_teacher)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text(_FAKE_SRUN.format(python=sys.executable))
+  (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/scontrol\n')
+  for name in ("srun", "scontrol"):
+    os.chmod(bin_dir / name, 0o755)
+  env = {
+      **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+      "SLURM_JOB_ID": "4242",
+      "SLURM_SUBMIT_DIR": task_harness.REPO,
+      "JAX_PLATFORMS": "cpu"
+  }
+  work = str(tmp_path / "work")
+  script = [
+      os.path.join(task_harness.REPO, "launch", "gpu_slurm.sh"), config, work,
+      "--config.log_every_steps=1"
+  ]
+  launched = subprocess.Popen(script, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+  for line in launched.stdout:  # SLURM's --signal=USR1@N goes to the batch script's steps
+    if line.startswith("step 3/"):
+      launched.send_signal(signal.SIGUSR1)
+      break
+  out, err = launched.communicate(timeout=300)
+  assert launched.returncode == preemption.EXIT_CODE, err[-3000:]
+  assert _lines(err)[-1].startswith("preempted by SIGUSR1: training stopped at step ")
+  assert "requeueing job 4242" in out
+  assert (tmp_path / "scontrol").read_text() == "requeue 4242\n"
+  # The requeued job resumes and ends normally: no second requeue.
+  done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (tmp_path / "scontrol").read_text() == "requeue 4242\n"
+  with open(os.path.join(work, plan.RESULTS_FILE)) as f:
+    assert json.load(f)["resumed_from_step"] >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# What main prints: the expected library noise of a full disk and a preemption is filtered.
+
+
+def _record(name, pathname, message, level=logging.ERROR):
+  return logging.LogRecord(name, level, pathname, 1, message, None, None)
+
+
+def test_full_disk_and_preemption_notices_are_filtered_and_nothing_else():
+  orbax = f"{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint{os.sep}future.py"
+  full = "raised an exception: RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"
+  notices = log_filters._ExpectedNotices()  # pylint: disable=protected-access
+  assert not notices.filter(_record("absl", orbax, full))
+  assert not notices.filter(_record("asyncio", "/usr/lib/asyncio/base_events.py", full))
+  assert not notices.filter(
+      _record("absl", orbax, "[process=0] Reached preemption sync point, step=44", logging.WARNING))
+  # Another orbax error, a full-disk message from elsewhere, a warning: they all still show.
+  assert notices.filter(_record("absl", orbax, "RESOURCE_EXHAUSTED: Out of memory"))
+  assert notices.filter(_record("absl", "/work/hardlabel_jax/relabel.py", full))
+  assert notices.filter(_record("absl", orbax, full, logging.WARNING))
+
+
+def test_only_tensorstores_closed_loop_callbacks_are_dropped_from_unraisable_errors():
+  seen = []
+  hook = log_filters._quiet_unraisable_hook(seen.append)  # pylint: disable=protected-access
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    from_test = e
+  # Raised here, the traceback has this test's frame: it is not tensorstore's callback.
+  unraisable = types.SimpleNamespace(exc_type=RuntimeError, exc_value=from_test,
+                                     exc_traceback=from_test.__traceback__, object=None)
+  hook(unraisable)
+  assert seen == [unraisable]
+  # tensorstore's: the traceback starts in asyncio (called from C++).
+  only_asyncio = from_test.__traceback__.tb_next
+  hook(
+      types.SimpleNamespace(exc_type=RuntimeError, exc_value=from_test, exc_traceback=only_asyncio,
+                            object=None))
+  assert seen == [unraisable]
+  other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("other"),
+                                exc_traceback=only_asyncio, object=None)
+  hook(other)
+  assert seen == [unraisable, other]
