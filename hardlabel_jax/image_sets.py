@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hardlabel_jax import config_schema
+from hardlabel_jax import hald_hyper
 from hardlabel_jax import run_data
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import sources
@@ -62,6 +63,10 @@ def folder_config(config: ml_collections.ConfigDict, directory: str,
   out.class_order = class_order
   out.train_images_per_class = 0  # the folder is a split of its own (the cut made it, if any)
   out.selection, out.images_per_class, out.scores_file, out.subset_ids_file = "random", 0, "", ""
+  if config.schedule == "hald" and not config.hald_eta:
+    # hyper.yaml's η is keyed by the data set and IPC the folder was made from, which the folder's
+    # run (another data set's name, a whole-folder pool) no longer says: fixed here.
+    out.hald_eta, out.hald_eta_like = hald_hyper.resolved_eta(config), ""
   out.normalization_mean = tuple(config.normalization_mean) or tuple(reference.info.mean)
   out.normalization_std = tuple(config.normalization_std) or tuple(reference.info.std)
   return out

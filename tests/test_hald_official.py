@@ -24,6 +24,7 @@ from hardlabel_jax import bssl
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald
 from hardlabel_jax import hald_hyper
+from hardlabel_jax import image_sets
 from hardlabel_jax import inference
 from hardlabel_jax import losses
 from hardlabel_jax import mesh as mesh_lib
@@ -199,6 +200,21 @@ def test_hyper_yaml_rows_and_the_eta_a_run_takes():
   assert hald_hyper.resolved_eta(config) == 1.0
   config.hald_eta = 3.0  # a config's own η wins
   assert hald_hyper.resolved_eta(config) == 3.0
+
+
+def test_a_run_on_a_built_set_keeps_the_eta_of_the_set_it_was_built_at(tmp_path):
+  # A distilled set's run trains on a folder (another data set's name, a whole-folder pool):
+  # hyper.yaml's row is the one of the data set and IPC the set was built from (a study's RDED
+  # cell at IPC10 stopped here with "no entry for images_per_class=0").
+  config = tiny_config(schedule="hald", hald_eta_like="cifar100:resnet18", images_per_class=10)
+  folder = image_sets.folder_config(config, str(tmp_path), "index")
+  assert (folder.images_per_class, folder.hald_eta, folder.hald_eta_like) == (0, 2.0, "")
+  config.images_per_class = 50
+  assert image_sets.folder_config(config, str(tmp_path), "index").hald_eta == 1.0
+  config.hald_eta = 3.0  # a config's own η is kept as it is
+  assert image_sets.folder_config(config, str(tmp_path), "index").hald_eta == 3.0
+  config.schedule, config.hald_eta, config.hald_eta_like = "cosine", 0.0, ""
+  assert image_sets.folder_config(config, str(tmp_path), "index").hald_eta == 0.0
 
 
 def test_a_hald_schedule_without_a_table_row_is_refused_and_the_schedule_uses_the_row():
