@@ -39,12 +39,14 @@ class NoUsableCheckpointError(RuntimeError):
 class Checkpointer:
   """Latest-N checkpoints of `{state, data}` under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, save_every_steps: int, max_to_keep: int = 2):
+  def __init__(self, workdir: str, save_every_steps: int, max_to_keep: int = 2,
+               owner: bool = False):
     # At least two are kept, so a damaged latest checkpoint leaves one to fall back to.
     self._options = ocp.CheckpointManagerOptions(max_to_keep=max(max_to_keep, 2),
                                                  save_interval_steps=save_every_steps, create=True)
     self._workdir = os.path.abspath(workdir)
-    self._remove_unfinished()
+    if owner:
+      self._remove_unfinished()
     self._manager = self._open()
     self._state_bytes: int | None = None
     self._space_checked = False
@@ -53,6 +55,8 @@ class Checkpointer:
     """Removes saves a stopped run left half-written (orbax's temporary step directories).
 
     Orbax would remove each when it next saves that step, with a warning; none is ever restored.
+    Only the run that owns the workdir (`owner=True`, holding its lock) does this: a reader (a
+    teacher's checkpoints) must not touch a save that may still be in progress.
     """
     directory = os.path.join(self._workdir, "checkpoints")
     if jax.process_index() == 0 and os.path.isdir(directory):

@@ -384,7 +384,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
   os.makedirs(workdir, exist_ok=True)
   if is_writer:  # every process renaming the same temp file would race
     checkpointing.write_run_identity(workdir, config)
-  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint_every_steps)
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint_every_steps, owner=True)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state, iterator)
   start_step = int(state.step)

@@ -291,10 +291,11 @@ def test_a_disk_filling_mid_run_fails_at_a_save_and_the_rerun_resumes_bit_exactl
   # 1's (orbax saves a run's first step) where step 4's asynchronous save was still writing.
   latest = checkpointing.Checkpointer(workdir, 4).latest_step()
   assert latest in (1, 4)
-  assert not glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp"))
+  unfinished = os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp")
   os.remove(filler)
   resumed = plan.train(config, workdir).results
   assert resumed["resumed_from_step"] == latest
+  assert not glob.glob(unfinished)  # the resumed run, owning the workdir, removed it
   same = jax.tree.map(np.array_equal,
                       checkpointing.Checkpointer(workdir, 4).restore_variables(),
                       checkpointing.Checkpointer(reference, 4).restore_variables())
