@@ -68,6 +68,12 @@ def _distributed() -> bool:
   return jax.process_count() > 1
 
 
+def _unsynchronised() -> bool:
+  """Several processes without JAX's preemption service (`jax_enable_preemption_service` off):
+  nothing can make them stop at one step, so signals keep their default action (as before)."""
+  return _distributed() and not jax.config.jax_enable_preemption_service
+
+
 def _on_signal(number: int, frame: types.FrameType | None) -> None:
   del frame
   name = signal.Signals(number).name
@@ -89,7 +95,8 @@ def handle_signals(second_signal: str = "") -> Iterator[None]:
   Only the main thread may install handlers (Python's rule); elsewhere, and nested inside another
   `handle_signals`, this does nothing and the outer one's handlers stay.
   """
-  if _STATE.installed or threading.current_thread() is not threading.main_thread():
+  if (_STATE.installed or threading.current_thread() is not threading.main_thread()
+      or _unsynchronised()):
     yield
     return
   handlers = {}
@@ -119,6 +126,8 @@ def stop_requested(step: int | None = None) -> bool:
   """
   if _STATE.agreed:
     return True
+  if _unsynchronised():
+    return False
   if _distributed():
     point = step if step is not None else _STATE.last_point + 1
     _STATE.last_point = point
