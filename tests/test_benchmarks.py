@@ -157,8 +157,12 @@ def test_step_profile_quick_times_every_part_in_both_frameworks(tmp_path):
   saved = _saved(out, step_profile.main(["--quick", "--out", str(out)]))
   assert [r["part"] for r in saved["rows"]] == [
       "forward, norm=instance", "forward+backward, norm=instance", "forward, norm=none",
-      "forward+backward, norm=none", "one conv 16×16, forward", "one conv 16×16, input+kernel grads"
+      "forward+backward, norm=none", "instance norm 32×32, forward+backward (autodiff)",
+      "instance norm 32×32, forward+backward (custom VJP)", "one conv 16×16, forward",
+      "one conv 16×16, input+kernel grads"
   ]
+  # One PyTorch GroupNorm reference for both JAX norm rows.
+  assert saved["rows"][4]["torch_ms"] == saved["rows"][5]["torch_ms"]
   for row in saved["rows"]:
     assert row["jax_ms"] > 0 and row["torch_ms"] > 0
     assert row["jax_over_torch_time"] == pytest.approx(row["jax_ms"] / row["torch_ms"])

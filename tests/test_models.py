@@ -18,6 +18,8 @@ from hardlabel_jax.models import create_model
 from hardlabel_jax.models import has_batch_norm
 from hardlabel_jax.models import MODEL_NAMES
 from hardlabel_jax.models import ResNet
+from hardlabel_jax.models.convnet import instance_norm
+from hardlabel_jax.models.convnet import instance_norm_autodiff
 from hardlabel_jax.models.convnet import InstanceNorm
 
 # XLA:CPU compile time dominates these tests; optimisation level 0 roughly halves it and
@@ -284,6 +286,39 @@ def test_instance_norm_equals_groupnorm_per_channel() -> None:
   normalised = np.asarray(direct.apply(unit_affine, x))
   np.testing.assert_allclose(normalised.mean(axis=(1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(normalised.var(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 16), (3, 5, 7, 4), (2, 1, 1, 3)])
+def test_instance_norm_backward_equals_autodiff(shape) -> None:
+  """The hand-written VJP against autodiff of the same forward, to float32 tolerance: on random
+  activations (non-square H, W; a 1×1 map, whose variance is 0), a constant channel, and at
+  large |mean| / std (where E[x²] − E[x]² loses digits)."""
+  rng = np.random.default_rng(1)
+  x = (rng.standard_normal(shape) * 3.0 + 1.5).astype(np.float32)
+  x[0, ..., 0] = 2.0  # a constant channel: variance 0, the clipped branch
+  x[-1, ..., -1] = x[-1, ..., -1] * 0.01 + 40.0  # mean 4,000 standard deviations from 0
+  scale = rng.uniform(0.5, 2, shape[-1]).astype(np.float32)
+  bias = rng.standard_normal(shape[-1]).astype(np.float32)
+  weights = rng.standard_normal(shape).astype(np.float32)
+
+  def loss(norm):
+    return lambda x, s, b: jnp.sum(jnp.tanh(norm(x, s, b, 1e-5)) * weights)
+
+  np.testing.assert_allclose(instance_norm(x, scale, bias, 1e-5),
+                             instance_norm_autodiff(x, scale, bias, 1e-5), rtol=0, atol=0)
+  got = jax.jit(jax.grad(loss(instance_norm), argnums=(0, 1, 2)))(x, scale, bias)
+  want = jax.jit(jax.grad(loss(instance_norm_autodiff), argnums=(0, 1, 2)))(x, scale, bias)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * float(np.max(np.abs(w))))
+  # The model's norm uses it, under bf16 compute too (statistics and VJP in float32).
+  module = InstanceNorm(epsilon=1e-5, dtype=jnp.bfloat16)
+  variables = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
+  out = module.apply(variables, jnp.asarray(x, jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      np.asarray(out, np.float32),
+      instance_norm_autodiff(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), scale, bias),
+      rtol=1e-2, atol=5e-2)
 
 
 def test_convnet_params_load_a_groupnorm_convnet_checkpoint() -> None:

@@ -5,8 +5,10 @@
 
 `train_step` reports whole steps; this splits one into parts, each timed as a jitted JAX program
 and as the same PyTorch computation: the forward pass and forward+backward of the model with its
-instance norm and without it (so the norm's share shows), and one 3×3 convolution of the middle
-layer alone (forward, and the gradients of input and kernel). PyTorch is required.
+instance norm and without it (so the norm's share shows), the first layer's instance norm alone
+(by autodiff of its forward and by the model's hand-written VJP, against PyTorch's
+GroupNorm(C, C)), and one 3×3 convolution of the middle layer alone (forward, and the gradients
+of input and kernel). PyTorch is required.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import os
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hardlabel_jax import losses
 from hardlabel_jax import models
 from hardlabel_jax.benchmarks import report
+from hardlabel_jax.models import convnet
 
 NUM_CLASSES = 100
 COLUMNS = (("part", "part", report.fmt_text), ("jax_ms", "JAX ms", report.fmt_number),
@@ -59,6 +63,18 @@ def jax_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, flo
                                                    calls, repeats)
     parts[f"forward+backward, norm={norm}"] = _milliseconds(
         lambda: jax.block_until_ready(gradient(params)), calls, repeats)
+  # The first layer's norm alone (the largest activations), by autodiff of its forward and by
+  # the model's hand-written VJP, followed as in the model by a ReLU (then a fixed projection).
+  activations = rng.standard_normal((batch, 32, 32, width)).astype(np.float32)
+  projection = rng.standard_normal(activations.shape).astype(np.float32)
+  scale, bias = np.ones(width, np.float32), np.zeros(width, np.float32)
+  for label, norm_fn in (("autodiff", convnet.instance_norm_autodiff), ("custom VJP",
+                                                                        convnet.instance_norm)):
+    norm_grads = jax.jit(
+        jax.grad(lambda a, s, b, f=norm_fn: jnp.sum(jax.nn.relu(f(a, s, b)) * projection),
+                 argnums=(0, 1, 2)))
+    parts[f"instance norm 32×32, forward+backward ({label})"] = _milliseconds(
+        lambda g=norm_grads: jax.block_until_ready(g(activations, scale, bias)), calls, repeats)
   hidden = rng.standard_normal((batch, 16, 16, width)).astype(np.float32)
   kernel = (rng.standard_normal((3, 3, width, width)) * 0.05).astype(np.float32)
   conv = lambda h, k: jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=(
@@ -100,6 +116,20 @@ def torch_parts(width: int, batch: int, calls: int, repeats: int) -> dict[str, f
 
     parts[f"forward, norm={norm}"] = _milliseconds(forward, calls, repeats)
     parts[f"forward+backward, norm={norm}"] = _milliseconds(gradient, calls, repeats)
+  group_norm = torch.nn.GroupNorm(width, width, affine=True)
+  activations = torch.from_numpy(rng.standard_normal(
+      (batch, width, 32, 32)).astype(np.float32)).requires_grad_()
+  projection = torch.from_numpy(rng.standard_normal(tuple(activations.shape)).astype(np.float32))
+
+  def norm_grads():
+    group_norm.zero_grad()
+    activations.grad = None
+    (torch.relu(group_norm(activations)) * projection).sum().backward()
+
+  # One PyTorch reference (GroupNorm(C, C), the DD code's) for both JAX rows.
+  norm_ms = _milliseconds(norm_grads, calls, repeats)
+  for label in ("autodiff", "custom VJP"):
+    parts[f"instance norm 32×32, forward+backward ({label})"] = norm_ms
   conv = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
   hidden = torch.from_numpy(rng.standard_normal(
       (batch, width, 16, 16)).astype(np.float32)).requires_grad_()
