@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -140,18 +141,41 @@ def check_test_metrics(test_metrics: dict[str, float], data: run_data.RunData,
                            "results are written")
 
 
-def _check_finite(step: int, metrics: dict) -> None:
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping (lower the learning rate "
-                             "or check the data)")
+class NonFiniteWatch:
+  """The first step whose training loss was NaN/Inf, tracked on the device.
+
+  `update` is dispatched with every step and never waits for it; `check` reads the device (one
+  scalar) and is called only where the loop syncs anyway: at log points, before a checkpoint is
+  saved (a NaN state is never written) and at the end. The error still names the exact step.
+  """
+
+  def __init__(self, mesh: jax.sharding.Mesh):
+    replicated = mesh_lib.replicated(mesh)
+    self._first = jax.device_put(np.zeros((), np.int32), replicated)  # 0: none yet
+    self._loss = jax.device_put(np.zeros((), np.float32), replicated)
+    self._update = jax.jit(_first_nonfinite, donate_argnums=(0, 1))
+
+  def update(self, step: jax.Array, loss: jax.Array) -> None:
+    self._first, self._loss = self._update(self._first, self._loss, step, loss)
+
+  def check(self) -> None:
+    first = int(self._first)
+    if first:
+      raise NonFiniteLossError(f"loss is {float(self._loss)} at step {first}; stopping (lower the "
+                               "learning rate or check the data)")
+
+
+def _first_nonfinite(first: jax.Array, loss_then: jax.Array, step: jax.Array,
+                     loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+  newly = (first == 0) & ~jnp.isfinite(loss)
+  return (jnp.where(newly, step.astype(jnp.int32),
+                    first), jnp.where(newly, loss.astype(jnp.float32), loss_then))
 
 
 def _settle(outputs: tuple[int, dict, Any], batch_hook: BatchHook | None,
             checkpoint: bool = False) -> None:
-  """Checks a step's loss and hands its per-example outputs to `batch_hook` (reads the device)."""
-  step, metrics, per_example = outputs
-  _check_finite(step, metrics)
+  """Hands a step's per-example outputs to `batch_hook` (reads the device)."""
+  step, _, per_example = outputs
   if batch_hook is not None:
     batch_hook(step, jax.tree.map(np.asarray, per_example), checkpoint)
 
@@ -293,16 +317,22 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   step is saved with the iterator position, then `Preempted` is raised.
   """
   start_time = time.perf_counter()
-  pending = None  # the previous step's outputs, read one step late to keep dispatch async
+  # Nothing in a step waits for the device except at log points, checkpoints and hooks: the loss
+  # is watched on the device, and the per-example outputs a batch hook wants are read one step
+  # late, so the host keeps dispatching ahead.
+  watch = NonFiniteWatch(mesh)
+  pending = None  # the previous step's outputs, for batch_hook
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
     outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
-    if pending is not None:
-      _settle(pending, batch_hook)
-    pending = outputs
+    watch.update(state.step, metrics["loss"])
+    if batch_hook is not None:
+      if pending is not None:
+        _settle(pending, batch_hook)
+      pending = outputs
     if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
-      _check_finite(step, metrics)
+      watch.check()
       scalars = {k: float(v) for k, v in metrics.items()}
       rates = progress.update(step)
       log.write(step, {**scalars, **rates})
@@ -311,12 +341,14 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
       done_before = (step - 1) * config.global_batch_size // budget.pool_size
       for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
         epoch_hook(epoch, state)
-    if batch_hook is not None and (checkpointer.will_save(step) or step == budget.steps):
-      # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
-      # waits for this step's state anyway. Asked of the checkpointer, not the interval: orbax
-      # also saves the first step of a run, and a kill after that save lost steps 1..1.
-      _settle(pending, batch_hook, checkpoint=True)
-      pending = None
+    if checkpointer.will_save(step) or step == budget.steps:
+      watch.check()  # a NaN state is never saved
+      if pending is not None:
+        # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
+        # waits for this step's state anyway. Asked of the checkpointer, not the interval:
+        # orbax also saves the first step of a run, and a kill after that save lost steps 1..1.
+        _settle(pending, batch_hook, checkpoint=True)
+        pending = None
     checkpointer.save(step, state, iterator)
     faults.point("train_step")
     if step_hook is not None:
@@ -324,9 +356,11 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
     # Asked at the last step too (the sync manager counts every step); a stop there lets the run
     # finish, and whatever comes next (a study's next cell) stops instead.
     if preemption.stop_requested(step) and step < budget.steps:
+      watch.check()
       _save_preempted(step, state, iterator, checkpointer, pending, batch_hook)
       raise preemption.stop(f"training stopped at step {step} of {budget.steps}, checkpoint "
                             f"{step} saved in {os.path.abspath(workdir)}")
+  watch.check()
   if pending is not None:
     _settle(pending, batch_hook, checkpoint=True)
   checkpointer.save(budget.steps, state, iterator, force=checkpointer.latest_step() != budget.steps)

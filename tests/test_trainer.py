@@ -2,14 +2,18 @@
 
 import json
 import os
+import re
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import models
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
@@ -132,10 +136,26 @@ def test_missing_tfds_data_says_how_to_prepare(tmp_path):
 
 
 def test_nan_loss_fails_fast_naming_the_step(tmp_path):
-  config = tiny_config(learning_rate=1e30, optimizer="sgd")
-  with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+"):
+  config = tiny_config(learning_rate=1e30, optimizer="sgd", checkpoint_every_steps=1,
+                       log_every_steps=100)
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+") as raised:
     plan.train(config, str(tmp_path))
   assert not (tmp_path / "results.json").exists()
+  # Checked before every save: no checkpoint holds the state of the step that went NaN or later.
+  first_bad = int(re.search(r"at step (\d+)", str(raised.value)).group(1))
+  saved = checkpointing.Checkpointer(str(tmp_path), 1).latest_step()
+  assert saved is None or saved < first_bad
+
+
+def test_the_nonfinite_watch_names_the_first_bad_step_and_its_loss():
+  watch = trainer.NonFiniteWatch(mesh_lib.data_mesh())
+  for step, loss in ((1, 2.3), (2, 1.9)):
+    watch.update(jnp.int32(step), jnp.float32(loss))
+  watch.check()  # all finite
+  for step, loss in ((3, float("nan")), (4, float("inf")), (5, 1.0)):
+    watch.update(jnp.int32(step), jnp.float32(loss))
+  with pytest.raises(trainer.NonFiniteLossError, match=r"^loss is nan at step 3; stopping"):
+    watch.check()
 
 
 def test_tfds_path_end_to_end_on_mock_data(tmp_path):
