@@ -172,6 +172,34 @@ def _first_nonfinite(first: jax.Array, loss_then: jax.Array, step: jax.Array,
                     first), jnp.where(newly, loss.astype(jnp.float32), loss_then))
 
 
+class _DeferredLog:
+  """A log point's metrics, copied to the host asynchronously and written after the next step
+  is dispatched, so the host never waits for the step it logs (the device stays busy)."""
+
+  def __init__(self, log: metrics_log.MetricsLog, progress: metrics_log.Progress,
+               watch: NonFiniteWatch):
+    self._log, self._progress, self._watch = log, progress, watch
+    self._pending: tuple[int, dict[str, jax.Array]] | None = None
+
+  def start(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.flush()
+    for value in metrics.values():
+      value.copy_to_host_async()
+    self._pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Writes the pending log point (checking the loss first); a no-op without one."""
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    self._watch.check()
+    scalars = {k: float(v) for k, v in metrics.items()}
+    rates = self._progress.update(step)
+    self._log.write(step, {**scalars, **rates})
+    metrics_log.log_line(self._progress.line(step, scalars, rates))
+
+
 def _settle(outputs: tuple[int, dict, Any], batch_hook: BatchHook | None,
             checkpoint: bool = False) -> None:
   """Hands a step's per-example outputs to `batch_hook` (reads the device)."""
@@ -321,27 +349,26 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   # is watched on the device, and the per-example outputs a batch hook wants are read one step
   # late, so the host keeps dispatching ahead.
   watch = NonFiniteWatch(mesh)
+  deferred = _DeferredLog(log, progress, watch)
   pending = None  # the previous step's outputs, for batch_hook
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
     outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
     watch.update(state.step, metrics["loss"])
+    deferred.flush()  # the previous step's log point, if it was one
     if batch_hook is not None:
       if pending is not None:
         _settle(pending, batch_hook)
       pending = outputs
     if step % config.log_every_steps == 0 or step == budget.steps or step == start_step + 1:
-      watch.check()
-      scalars = {k: float(v) for k, v in metrics.items()}
-      rates = progress.update(step)
-      log.write(step, {**scalars, **rates})
-      metrics_log.log_line(progress.line(step, scalars, rates))
+      deferred.start(step, metrics)
     if epoch_hook is not None:
       done_before = (step - 1) * config.global_batch_size // budget.pool_size
       for epoch in range(done_before, step * config.global_batch_size // budget.pool_size):
         epoch_hook(epoch, state)
     if checkpointer.will_save(step) or step == budget.steps:
+      deferred.flush()
       watch.check()  # a NaN state is never saved
       if pending is not None:
         # Recorded before the checkpoint exists, so a run resumed from it finds them; the save
@@ -356,10 +383,12 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
     # Asked at the last step too (the sync manager counts every step); a stop there lets the run
     # finish, and whatever comes next (a study's next cell) stops instead.
     if preemption.stop_requested(step) and step < budget.steps:
+      deferred.flush()
       watch.check()
       _save_preempted(step, state, iterator, checkpointer, pending, batch_hook)
       raise preemption.stop(f"training stopped at step {step} of {budget.steps}, checkpoint "
                             f"{step} saved in {os.path.abspath(workdir)}")
+  deferred.flush()
   watch.check()
   if pending is not None:
     _settle(pending, batch_hook, checkpoint=True)
