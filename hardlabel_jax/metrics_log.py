@@ -11,6 +11,9 @@ from typing import Any, Mapping, Sequence
 from hardlabel_jax import disk_space
 from hardlabel_jax import faults
 
+# A run's metrics, one JSON row per log point (and the test metrics last).
+METRICS_FILE = "metrics.jsonl"
+
 
 class MetricsLog:
   """Appends `{'step': s, **metrics}` to metrics.jsonl and (optionally) TensorBoard."""
@@ -22,7 +25,7 @@ class MetricsLog:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -407,6 +407,73 @@ def _save_preempted(step: int, state: train_state_lib.TrainState, iterator,
   checkpointer.wait()
 
 
+def _initial_state(config: ml_collections.ConfigDict, data: run_data.RunData,
+                   mesh: jax.sharding.Mesh, budget: Budget) -> tuple:
+  """The run's model, optimizer, schedule, initial state (replicated) and step RNG."""
+  model = models.model_from_config(config, data.train.info.num_classes)
+  schedule = optim.learning_rate_schedule(config, budget.steps, budget.steps_per_epoch)
+  tx = optim.make_optimizer(config, schedule)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, model, tx,
+                        input_shape=run_data.input_shape(config, data)),
+      out_shardings=mesh_lib.replicated(mesh))(init_rng)
+  return model, tx, schedule, state, step_rng
+
+
+def standalone_step_rate(config: ml_collections.ConfigDict, data: run_data.RunData,
+                         mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
+                         table: table_lib.SoftLabelTable | None = None, steps: int = 20,
+                         repeats: int = 3) -> dict[str, float]:
+  """Examples/s of the run's own compiled step(s) alone, without its input pipeline.
+
+  Each phase's step (HALD: soft and hard) runs `steps` times on one real batch of that phase,
+  already on the devices (the median over `repeats`, after a compiling call); the run's rate is
+  the phases' harmonic mean weighted by their step counts. What a whole cell reaches as a
+  fraction of this is what its input pipeline and loop cost (`benchmarks.cell`).
+  """
+  budget = budget_from_config(config, len(data.pool_ids))
+  model, tx, schedule, state, step_rng = _initial_state(config, data, mesh, budget)
+  phases = step_phases(config, budget)
+  step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget,
+                         data.train.info.num_classes, teacher)
+  # The run's own batches, by index (this process's rows, as the loop's stream makes them).
+  batches = pipeline.process_batches(training_examples(config, data, table,
+                                                       phases), num_batches=budget.steps,
+                                     global_batch=config.global_batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  batch_size = config.global_batch_size
+  seconds_per_step = {}
+  num_phases = len(phases.counts())
+  for step in range(budget.steps):  # the first step of each phase
+    phase = phases.of_step(step)
+    if phase in seconds_per_step:
+      continue
+    batch = mesh_lib.global_batch(batches[step], mesh)
+    state, _ = step_fns[phase](state, batch)  # compiles
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = step_fns[phase](state, batch)
+      jax.block_until_ready((state, metrics))
+      times.append((time.perf_counter() - start) / steps)
+    seconds_per_step[phase] = float(np.median(times))
+    if len(seconds_per_step) == num_phases:
+      break
+  counts = phases.counts()
+  total = sum(counts[p] for p in seconds_per_step)
+  mean_seconds = sum(counts[p] * t for p, t in seconds_per_step.items()) / total
+  return {
+      "examples_per_sec": batch_size / mean_seconds,
+      **{
+          f"{phase}_examples_per_sec": batch_size / t for phase, t in seconds_per_step.items()
+      }
+  }
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunData,
           mesh: jax.sharding.Mesh, *, teacher: FrozenModel | None = None,
           table: table_lib.SoftLabelTable | None = None,
@@ -426,16 +493,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
   run_start = time.perf_counter()
   budget = budget_from_config(config, len(data.pool_ids))
   is_writer = jax.process_index() == 0
-  input_shape = run_data.input_shape(config, data)
   info = data.train.info
-  model = models.model_from_config(config, info.num_classes)
-  schedule = optim.learning_rate_schedule(config, budget.steps, budget.steps_per_epoch)
-  tx = optim.make_optimizer(config, schedule)
-  root_rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(root_rng)
-  state = jax.jit(
-      functools.partial(train_state_lib.create_train_state, model, tx, input_shape=input_shape),
-      out_shardings=mesh_lib.replicated(mesh))(init_rng)
+  model, tx, schedule, state, step_rng = _initial_state(config, data, mesh, budget)
 
   phases = step_phases(config, budget)
   iterator = pipeline.position_stream(training_examples(config, data, table, phases),

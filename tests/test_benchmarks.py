@@ -166,3 +166,46 @@ def test_step_profile_quick_times_every_part_in_both_frameworks(tmp_path):
   for row in saved["rows"]:
     assert row["jax_ms"] > 0 and row["torch_ms"] > 0
     assert row["jax_over_torch_time"] == pytest.approx(row["jax_ms"] / row["torch_ms"])
+
+
+def test_cell_steady_rate_is_the_logged_intervals_compilation_and_phase_switches_left_out(tmp_path):
+  from hardlabel_jax.benchmarks import cell  # pylint: disable=g-import-not-at-top
+  rows = [{
+      "step": 1,
+      "loss": 2.0
+  }, {
+      "step": 11,
+      "loss": 1.0,
+      "examples_per_sec": 100.0
+  }, {
+      "step": 21,
+      "loss": 1.0,
+      "examples_per_sec": 50.0
+  }, {
+      "step": 31,
+      "loss": 1.0,
+      "examples_per_sec": 200.0
+  }, {
+      "step": 31,
+      "test_top1": 0.5
+  }]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  # batch 10: 100 examples in 1 s, 100 in 2 s, 100 in 0.5 s.
+  assert cell.steady_rate(str(tmp_path), 10) == pytest.approx(300 / 3.5)
+  # Step 15 starts a phase (its step compiles): the interval 11..21 is left out.
+  assert cell.steady_rate(str(tmp_path), 10, [15]) == pytest.approx(200 / 1.5)
+
+
+@pytest.mark.slow
+def test_cell_quick_runs_every_regime_against_its_step(tmp_path):
+  from hardlabel_jax.benchmarks import cell  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "cell.json"
+  saved = _saved(out, cell.main(["--quick", "--workdir",
+                                 str(tmp_path / "runs"), "--out",
+                                 str(out)]))
+  assert [r["regime"] for r in saved["rows"]] == ["hl", "sl", "sl_kd", "hald"]
+  for row in saved["rows"]:
+    assert row["cell_examples_per_sec"] > 0 and row["step_examples_per_sec"] > 0
+    assert row["cell_over_step"] == pytest.approx(row["cell_examples_per_sec"]
+                                                  / row["step_examples_per_sec"])
+  assert set(saved["rows"][3]["step_phases"]) == {"soft_examples_per_sec", "hard_examples_per_sec"}
