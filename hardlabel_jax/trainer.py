@@ -7,6 +7,7 @@ table first and passes them in; the trainer returns a `RunOutput` and the plan w
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -333,6 +334,18 @@ def _label_summary(config: ml_collections.ConfigDict,
   return summary
 
 
+def _steps_in_flight(mesh: jax.sharding.Mesh) -> int:
+  """How many dispatched steps may be unfinished before the loop waits for the oldest.
+
+  On the CPU backend one: the devices of a mesh share the host's thread pool, and two queued
+  steps' all-reduces could each hold some of the devices' threads while waiting for the others,
+  until XLA's rendezvous gives up (40 s) and aborts the process. Seen with unbounded dispatch on
+  8 simulated devices; waiting for the previous step (as the loop always did) never deadlocks.
+  Elsewhere a few, so that the host prepares the next batches while the device computes.
+  """
+  return 1 if mesh.devices.flat[0].platform == "cpu" else 4
+
+
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                 state: train_state_lib.TrainState, iterator, step_fns: dict[str, Callable],
                 phases: hald.StepPhases, budget: Budget, start_step: int,
@@ -351,11 +364,16 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   watch = NonFiniteWatch(mesh)
   deferred = _DeferredLog(log, progress, watch)
   pending = None  # the previous step's outputs, for batch_hook
+  in_flight = collections.deque()
+  most_in_flight = _steps_in_flight(mesh)
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
     outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
     watch.update(state.step, metrics["loss"])
+    in_flight.append(metrics["loss"])
+    if len(in_flight) > most_in_flight:
+      in_flight.popleft().block_until_ready()
     deferred.flush()  # the previous step's log point, if it was one
     if batch_hook is not None:
       if pending is not None:
