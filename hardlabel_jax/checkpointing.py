@@ -96,8 +96,8 @@ class Checkpointer:
     Orbax writes in background threads; their failure reaches the main thread at the next save
     or wait, so every call that may re-raise it is wrapped.
     """
-    if state is not None:
-      self._state_bytes = state_bytes(state)
+    if state is not None and self._state_bytes is None:
+      self._state_bytes = state_bytes(state)  # once: a run's state keeps its shapes
     return disk_space.writing(os.path.join(self._workdir, "checkpoints"), "a checkpoint",
                               self._state_bytes)
 

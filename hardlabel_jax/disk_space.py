@@ -107,9 +107,11 @@ def path_of(error: BaseException) -> str | None:
 
 def as_out_of_space(error: BaseException, directory: str, needed: int | None,
                     what: str) -> OutOfSpaceError:
-  """`error` (a full disk) as OutOfSpaceError about `directory`, with the free bytes now."""
-  if isinstance(error, OutOfSpaceError):
-    return error
+  """`error` (a full disk) as OutOfSpaceError about `directory`, with the free bytes now; one a
+  writer already raised, anywhere in its chain, as it is (it knows the bytes needed)."""
+  found = _full_disk_error(error)
+  if isinstance(found, OutOfSpaceError):
+    return found
   return OutOfSpaceError(directory, needed, free_bytes(directory), what)
 
 

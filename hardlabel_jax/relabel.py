@@ -148,6 +148,12 @@ def _completed_everywhere(writer: table_lib.TableWriter | None, num_shards: int)
   return done.astype(bool)
 
 
+def _shard_span(shard: int, per_shard: int, num_positions: int) -> tuple[int, int]:
+  """Pool positions `[start, stop)` of shard `shard` (TableWriter.shard_positions, which only
+  process 0 holds)."""
+  return shard * per_shard, min((shard + 1) * per_shard, num_positions)
+
+
 def write_table(config: ml_collections.ConfigDict, directory: str, data: run_data.RunData,
                 teacher: teacher_lib.Teacher, mesh: jax.sharding.Mesh, *,
                 shard_hook: Callable[[int], None] | None = None) -> table_lib.SoftLabelTable:
@@ -169,18 +175,15 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
     predict = inference.log_probs_fn(teacher.model, mesh, config.temperature)
   row_dtype = table_lib.row_dtype(spec)
   # Checked on every process (each then stops alike); the byte count is exact (fixed-size rows).
-  todo_rows = sum(
-      min(per_shard,
-          len(spec.ids) - s * per_shard) * spec.slots_per_image
-      for s in range(num_shards)
-      if not done[s])
+  todo_rows = sum((stop - start) * spec.slots_per_image for start, stop in (
+      _shard_span(s, per_shard, len(spec.ids)) for s in range(num_shards) if not done[s]))
   disk_space.require(directory, todo_rows * row_dtype.itemsize,
                      f"the soft-label table's {num_shards - int(done.sum())} unwritten shard(s)")
   progress = metrics_log.Progress(num_shards, per_shard * spec.slots_per_image, int(done.sum()))
   for shard in range(num_shards):
     if done[shard]:
       continue
-    start, stop = shard * per_shard, min((shard + 1) * per_shard, len(spec.ids))
+    start, stop = _shard_span(shard, per_shard, len(spec.ids))
     first_row, num_rows = start * spec.slots_per_image, (stop - start) * spec.slots_per_image
     rows = np.zeros(num_rows, row_dtype)
     loading = pipeline.LoaderOptions.from_config(config)

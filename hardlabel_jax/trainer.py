@@ -201,10 +201,10 @@ class _DeferredLog:
     metrics_log.log_line(self._progress.line(step, scalars, rates))
 
 
-def _settle(outputs: tuple[int, dict, Any], batch_hook: BatchHook | None,
+def _settle(outputs: tuple[int, Any], batch_hook: BatchHook | None,
             checkpoint: bool = False) -> None:
   """Hands a step's per-example outputs to `batch_hook` (reads the device)."""
-  step, _, per_example = outputs
+  step, per_example = outputs
   if batch_hook is not None:
     batch_hook(step, jax.tree.map(np.asarray, per_example), checkpoint)
 
@@ -358,9 +358,9 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   step is saved with the iterator position, then `Preempted` is raised.
   """
   start_time = time.perf_counter()
-  # Nothing in a step waits for the device except at log points, checkpoints and hooks: the loss
-  # is watched on the device, and the per-example outputs a batch hook wants are read one step
-  # late, so the host keeps dispatching ahead.
+  # No step reads its loss back: it is watched on the device, log points copy their metrics
+  # asynchronously, and the per-example outputs a batch hook wants are read one step late. The
+  # host runs at most `_steps_in_flight` steps ahead.
   watch = NonFiniteWatch(mesh)
   deferred = _DeferredLog(log, progress, watch)
   pending = None  # the previous step's outputs, for batch_hook
@@ -369,7 +369,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
     state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
-    outputs = (step, metrics, metrics.pop(train_steps.PER_EXAMPLE, None))
+    outputs = (step, metrics.pop(train_steps.PER_EXAMPLE, None))
     watch.update(state.step, metrics["loss"])
     in_flight.append(metrics["loss"])
     if len(in_flight) > most_in_flight:
@@ -463,7 +463,7 @@ def standalone_step_rate(config: ml_collections.ConfigDict, data: run_data.RunDa
                                      process_count=jax.process_count())
   batch_size = config.global_batch_size
   seconds_per_step = {}
-  num_phases = len(phases.counts())
+  counts = phases.counts()
   for step in range(budget.steps):  # the first step of each phase
     phase = phases.of_step(step)
     if phase in seconds_per_step:
@@ -479,9 +479,8 @@ def standalone_step_rate(config: ml_collections.ConfigDict, data: run_data.RunDa
       jax.block_until_ready((state, metrics))
       times.append((time.perf_counter() - start) / steps)
     seconds_per_step[phase] = float(np.median(times))
-    if len(seconds_per_step) == num_phases:
+    if len(seconds_per_step) == len(counts):
       break
-  counts = phases.counts()
   total = sum(counts[p] for p in seconds_per_step)
   mean_seconds = sum(counts[p] * t for p, t in seconds_per_step.items()) / total
   return {
