@@ -1,10 +1,12 @@
 """Teacher import: a PyTorch state dict → a finished teacher workdir a run can name as its teacher.
 
 `python -m hardlabel_jax.import_teacher --torch resnet18.pth --model resnet18 --dataset D
---workdir DIR` converts a state dict in torchvision's layout (ResNet-18/50, ImageNet stem) or in
-the DC/MTT/RDED code's ConvNet-D3 `instancenorm` layout into what the HL trainer leaves behind:
-the checkpoint, `run_config.json`, and `results.json` (written last) with the teacher's test top-1
-and loss measured here. `config.teacher_workdir=DIR` then uses it like a teacher trained here.
+--workdir DIR` converts the state dict of one of the `TEACHER_KINDS` (torchvision's ResNet-18/50;
+SRe²L/RDED's CIFAR and Tiny-ImageNet ResNet-18/50, "modified" with a 3×3 stem and no max-pool;
+the DC/MTT ConvNet-D3 `instancenorm`, with its 1-channel variant; RDED's BatchNorm `conv3`/`conv4`)
+into what the HL trainer leaves behind: the checkpoint, `run_config.json`, and `results.json`
+(written last) with the teacher's test top-1 and loss measured here. `config.teacher_workdir=DIR`
+then uses it like a teacher trained here.
 
 Every layout change is one small function below (OIHW → HWIO, (out, in) → (in, out), BatchNorm
 statistics, the ConvNet classifier's flatten order). A state dict that does not fit the named model
@@ -14,7 +16,9 @@ is refused, naming the first key that does not fit, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import pickle
 import time
@@ -34,6 +38,7 @@ import torch
 
 from hardlabel_jax import cache
 from hardlabel_jax import checkpointing
+from hardlabel_jax import cli_errors
 from hardlabel_jax import config_schema
 from hardlabel_jax import cpu_backend
 from hardlabel_jax import mesh as mesh_lib
@@ -47,8 +52,46 @@ from hardlabel_jax import trainer
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import sources
 
-# The models whose PyTorch layout this module knows, and the code that writes that layout.
-LAYOUTS = {"resnet18": "torchvision", "resnet50": "torchvision", "convnet_d3": "dc_instancenorm"}
+
+@dataclasses.dataclass(frozen=True)
+class TeacherKind:
+  """A PyTorch network this module imports: the library model it becomes, and whose layout."""
+
+  model: str  # a hardlabel_jax.models name
+  layout: str  # the code whose module names the state dict has (a key of _MODULE_NAMES)
+  description: str  # what the official code builds, for --help
+  model_kwargs: tuple[tuple[str, Any], ...] = ()  # the model's constructor keywords it fixes
+  channels: int = 0  # the input channels the official code builds it for; 0: any
+
+
+# The networks whose PyTorch layout this module knows (the `--model` of the command line).
+TEACHER_KINDS = {
+    "resnet18": TeacherKind("resnet18", "torchvision", "torchvision resnet18 (ImageNet stem)"),
+    "resnet50": TeacherKind("resnet50", "torchvision", "torchvision resnet50 (ImageNet stem)"),
+    # SRe²L's small-data sets (VILA-Lab/SRe2L `*small_dataset/squeeze_cifar.py`, README_TINY.md,
+    # CDA/recover_cda_tiny.py) and RDED (LINs-lab/RDED synthesize/utils.py `load_model`,
+    # 'resnet18_modified') replace torchvision's conv1 by Conv2d(3, 64, 3, stride 1, padding 1,
+    # bias False) and its maxpool by Identity: torchvision's key names, the library's cifar stem.
+    "resnet18_cifar": TeacherKind(
+        "resnet18_cifar", "torchvision",
+        "SRe²L/RDED resnet18 'modified' (3×3 stride-1 conv1, no max-pool)"),
+    "resnet50_cifar": TeacherKind(
+        "resnet50_cifar", "torchvision",
+        "SRe²L/CDA resnet50 'modified' (3×3 stride-1 conv1, no max-pool)"),
+    "convnet_d3": TeacherKind("convnet_d3", "dc", "DC/MTT ConvNet-D3 'instancenorm', width 128"),
+    "convnet_d3_pad3": TeacherKind(
+        "convnet_d3_pad3", "dc",
+        "the DC/MTT code's 1-channel ConvNet-D3 'instancenorm' (first conv pads 3)", channels=1),
+    # RDED's observers (synthesize/models.py ConvNet, built by synthesize/utils.py `load_model`
+    # for 'conv3' on CIFAR at 32 px, 'conv4' on Tiny-ImageNet at 64 px): net_norm 'batch',
+    # width 128, ReLU, average pooling, 3 channels.
+    "rded_conv3": TeacherKind("convnet_d3", "rded",
+                              "RDED conv3 (BatchNorm ConvNet-D3, CIFAR 32 px)",
+                              (("norm", "batch"),)),
+    "rded_conv4": TeacherKind("convnet_d4", "rded",
+                              "RDED conv4 (BatchNorm ConvNet-D4, Tiny-ImageNet 64 px)",
+                              (("norm", "batch"),)),
+}
 # The checkpoint's step: no training step was taken here.
 IMPORT_STEP = 0
 # Keys a checkpoint may wrap its state dict in (training scripts save {'model': ..., 'epoch': ...}).
@@ -189,27 +232,68 @@ def _convnet_module(names: Sequence[str]) -> str:
   raise ValueError(f"no DC-layout name for the ConvNet module {name!r}")
 
 
-def _convnet_features(model: nn.Module, image_size: int) -> tuple[int, int, int]:
-  """(C, H, W) of the ConvNet feature map the classifier reads (each block halves H and W)."""
-  side = image_size
+def _rded_convnet_module(names: Sequence[str]) -> str:
+  """RDED's module name of a flax ConvNet module: conv{i}/norm{i} → layers.conv.{i}/layers.norm.{i}.
+
+  RDED's ConvNet keeps its layers in `ModuleDict({'conv': ModuleList, 'norm': ModuleList, ...})`
+  (LINs-lab/RDED synthesize/models.py `_make_layers`); activation and pooling hold no weights.
+  """
+  name = names[0]
+  if name == "classifier":
+    return "classifier"
+  for prefix in ("conv", "norm"):
+    if name.startswith(prefix):
+      return f"layers.{prefix}.{int(name[len(prefix):])}"
+  raise ValueError(f"no RDED-layout name for the ConvNet module {name!r}")
+
+
+# A layout's PyTorch module name of each flax module path.
+_MODULE_NAMES = {"torchvision": _resnet_module, "dc": _convnet_module, "rded": _rded_convnet_module}
+
+
+def teacher_kind(name: str) -> TeacherKind:
+  """The `TEACHER_KINDS` entry `name`, or a ValueError listing them."""
+  if name not in TEACHER_KINDS:
+    raise ValueError(f"--model: {name!r} has no known PyTorch layout; expected one of "
+                     f"{', '.join(TEACHER_KINDS)}")
+  return TEACHER_KINDS[name]
+
+
+def create_teacher_model(kind_name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """The float32 library model a teacher of `kind_name` becomes; kwargs (e.g. width) go to it."""
+  kind = teacher_kind(kind_name)
+  return models.create_model(kind.model, num_classes, **dict(kind.model_kwargs), **kwargs)
+
+
+def _convnet_side(model: nn.Module, image_size: int) -> int:
+  """The side of the ConvNet feature map the classifier reads on `image_size`-px inputs.
+
+  The first conv adds 2·first_padding − 2 pixels (3×3 kernel); each block then halves the side.
+  """
+  side = image_size + 2 * model.first_padding - 2
   for _ in range(model.depth):
     side //= 2
+  return side
+
+
+def _convnet_features(model: nn.Module, image_size: int) -> tuple[int, int, int]:
+  """(C, H, W) of the ConvNet feature map the classifier reads."""
+  side = _convnet_side(model, image_size)
   return (model.width, side, side)
 
 
+# A refused state dict is compared with the other kinds' models; a ResNet-50 trace costs a second.
+@functools.lru_cache(maxsize=16)
 def expected_variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
   """The shapes and dtypes of `model`'s variables on inputs of `input_shape` (nothing computed)."""
   return dict(
       jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)))
 
 
-def model_leaves(model_name: str, model: nn.Module, input_shape: tuple[int, ...]) -> list[Leaf]:
-  """Every variable of `model` with its PyTorch key and layout, in flax's order."""
-  if model_name not in LAYOUTS:
-    raise ValueError(f"--model: {model_name!r} has no known PyTorch layout; expected one of "
-                     f"{', '.join(LAYOUTS)}")
-  is_resnet = LAYOUTS[model_name] == "torchvision"
-  module_name = _resnet_module if is_resnet else _convnet_module
+def model_leaves(kind_name: str, model: nn.Module, input_shape: tuple[int, ...]) -> list[Leaf]:
+  """Every variable of `model` with its PyTorch key (in `kind_name`'s layout), in flax's order."""
+  module_name = _MODULE_NAMES[teacher_kind(kind_name).layout]
+  is_convnet = isinstance(model, models.ConvNet)
   leaves = []
   flat = flax.traverse_util.flatten_dict(expected_variables(model, input_shape))
   for (collection, *path), value in flat.items():
@@ -217,7 +301,7 @@ def model_leaves(model_name: str, model: nn.Module, input_shape: tuple[int, ...]
     shape = tuple(value.shape)
     if len(shape) == 4:
       leaves.append(Leaf(collection, tuple(path), key, shape, "conv"))
-    elif len(shape) == 2 and not is_resnet:  # the ConvNet classifier reads flattened features
+    elif len(shape) == 2 and is_convnet:  # the ConvNet classifier reads flattened features
       features = _convnet_features(model, input_shape[1])
       leaves.append(Leaf(collection, tuple(path), key, shape, "chw_linear", features))
     elif len(shape) == 2:
@@ -227,31 +311,8 @@ def model_leaves(model_name: str, model: nn.Module, input_shape: tuple[int, ...]
   return leaves
 
 
-def _dc_padding_hint(model_name: str, leaf: Leaf, got: tuple[int, ...],
-                     input_shape: tuple[int, ...]) -> str:
-  """Why a DC-code MNIST ConvNet's classifier is wider than this library's."""
-  if model_name != "convnet_d3" or leaf.layout != "chw_linear" or input_shape[-1] != 1:
-    return ""
-  channels, _, _ = leaf.feature_shape
-  # The DC code pads a 1-channel 28-px input's first conv by 3 (28 → 32 px); this ConvNet pads 1.
-  side = input_shape[1] + 4
-  for _ in range(3):
-    side //= 2
-  if len(got) == 2 and got[1] == channels * side * side:
-    return (". The DC/MTT code pads the first conv of a 1-channel 28-px network by 3 pixels (its "
-            "feature maps are 32 px); this library's ConvNet pads by 1, so that network cannot be "
-            "imported as it is")
-  return ""
-
-
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, model: nn.Module,
-                       input_shape: tuple[int, ...]) -> dict[str, Any]:
-  """The flax variables of `model` from a PyTorch state dict; ValueError if it does not fit.
-
-  The error names the first missing key, else the first unexpected one, else the first key of
-  another shape (with both shapes), and how many other keys do not fit.
-  """
-  leaves = model_leaves(model_name, model, input_shape)
+def _fit_problems(state_dict: Mapping[str, np.ndarray], leaves: Sequence[Leaf]) -> list[str]:
+  """Every missing key, then every unexpected one, then every key of another shape."""
   wanted = {leaf.torch_key: leaf for leaf in leaves}
   problems = []
   for key, leaf in wanted.items():
@@ -263,15 +324,84 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, mo
   for key, value in state_dict.items():  # in the state dict's order: weight before bias
     leaf = wanted.get(key)
     if leaf is not None and tuple(value.shape) != leaf.torch_shape:
-      got = tuple(value.shape)
-      problems.append(f"{key!r} has shape {got} in the state dict, the model expects "
-                      f"{leaf.torch_shape}" + _dc_padding_hint(model_name, leaf, got, input_shape))
+      problems.append(f"{key!r} has shape {tuple(value.shape)} in the state dict, the model "
+                      f"expects {leaf.torch_shape}")
+  return problems
+
+
+# A key every state dict of a layout has: kinds of other layouts need not be built to rule them out.
+_LAYOUT_FIRST_KEY = {
+    "torchvision": "conv1.weight",
+    "dc": "features.0.weight",
+    "rded": "layers.conv.0.weight"
+}
+
+
+def _kinds_that_fit(state_dict: Mapping[str, np.ndarray], kind_name: str, model: nn.Module,
+                    input_shape: tuple[int, ...]) -> list[str]:
+  """The other teacher kinds the state dict fits, with `model`'s classes (and width, in kind)."""
+  fits = []
+  for name, kind in TEACHER_KINDS.items():
+    if (name == kind_name or _LAYOUT_FIRST_KEY[kind.layout] not in state_dict
+        or kind.channels not in (0, input_shape[-1])):
+      # (A 3-channel 32-px map padded by 3 pools to the same 4×4 as one padded by 1.)
+      continue
+    # Built the way `model` was: the same number of classes, and its width where it is a network
+    # of the same family (a narrow ConvNet's weights fit only a narrow ConvNet).
+    other = create_teacher_model(name, model.num_classes)
+    if isinstance(other, type(model)):
+      other = other.clone(width=model.width)
+    if not _fit_problems(state_dict, model_leaves(name, other, input_shape)):
+      fits.append(name)
+  return fits
+
+
+def _classifier_hint(state_dict: Mapping[str, np.ndarray], model: nn.Module, leaves: Sequence[Leaf],
+                     input_shape: tuple[int, ...]) -> str:
+  """The input size a ConvNet's classifier weights were made for, where it is not this one.
+
+  The ConvNet classifier reads the flattened last feature map, whose side follows from the input
+  size; weights trained on another size (or with another first padding) have another width.
+  """
+  for leaf in leaves:
+    got = state_dict.get(leaf.torch_key)
+    if leaf.layout != "chw_linear" or got is None or got.ndim != 2:
+      continue
+    channels, side, _ = leaf.feature_shape
+    their_side = math.isqrt(got.shape[1] // channels)
+    if got.shape[0] != leaf.shape[1] or their_side == side or (their_side**2 * channels
+                                                               != got.shape[1]):
+      return ""
+    # The smallest input size whose feature map has their side: s·2^depth − (2p − 2).
+    their_input = their_side * 2**model.depth - 2 * model.first_padding + 2
+    return (f". The classifier of these weights reads {their_side}×{their_side}×{channels} "
+            f"feature maps ({their_input}-px inputs to this network), this model's on "
+            f"{input_shape[1]}-px inputs {side}×{side}×{channels}")
+  return ""
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], kind_name: str, model: nn.Module,
+                       input_shape: tuple[int, ...]) -> dict[str, Any]:
+  """The flax variables of `model` from a PyTorch state dict; ValueError if it does not fit.
+
+  The error names the first missing key, else the first unexpected one, else the first key of
+  another shape (with both shapes), and how many other keys do not fit; then the other teacher
+  kinds the state dict fits, or the input size its ConvNet classifier was made for.
+  """
+  leaves = model_leaves(kind_name, model, input_shape)
+  problems = _fit_problems(state_dict, leaves)
   if problems:
     more = (f" ({len(problems) - 1} more {'key does' if len(problems) == 2 else 'keys do'} not "
             "fit)" if len(problems) > 1 else "")
-    raise ValueError(f"--torch: the state dict does not fit {model_name} with "
+    fits = _kinds_that_fit(state_dict, kind_name, model, input_shape)
+    if fits:
+      hint = ". It fits " + "; or ".join(
+          f"--model {name}, {TEACHER_KINDS[name].description}" for name in fits)
+    else:
+      hint = _classifier_hint(state_dict, model, leaves, input_shape)
+    raise ValueError(f"--torch: the state dict does not fit {kind_name} with "
                      f"{model.num_classes} classes on {input_shape[1]}-px, {input_shape[-1]}-"
-                     f"channel inputs: {problems[0]}{more}")
+                     f"channel inputs: {problems[0]}{more}{hint}")
   flat = {
       (leaf.collection, *leaf.path): np.ascontiguousarray(leaf.convert(state_dict[leaf.torch_key]),
                                                           np.float32) for leaf in leaves
@@ -280,16 +410,22 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_name: str, mo
 
 
 def teacher_config(
-    model_name: str, dataset: str, image_size: int, *, train_split: str = "train",
+    model_name: str, dataset: str, image_size: int, *,
+    model_kwargs: Mapping[str, Any] | None = None, train_split: str = "train",
     test_split: str = "test", data_dir: str = "", eval_batch_size: int = 500,
     eval_crop_fraction: float = 1.0, normalization_mean: Sequence[float] = (),
     normalization_std: Sequence[float] = ()
 ) -> ml_collections.ConfigDict:
-  """The run config an imported teacher records: an HL run of `model_name` on `dataset`, float32."""
+  """The run config an imported teacher records: an HL run of `model_name` on `dataset`, float32.
+
+  `model_kwargs` are the constructor keywords the teacher kind fixes (RDED's ConvNets: norm
+  'batch'); the others stay at their defaults.
+  """
   config = config_schema.default_config()
   config.task = "train"
   config.regime = "hl"
   config.model = model_name
+  config.model_kwargs = ml_collections.ConfigDict(dict(model_kwargs or {}))
   config.compute_dtype = "float32"  # the PyTorch model's precision, on every backend
   config.dataset = dataset
   config.train_split = train_split
@@ -357,21 +493,23 @@ def _write_checkpoint(workdir: str, variables: dict[str, Any]) -> dict[str, Any]
   return stored
 
 
-def import_teacher(torch_path: str, model_name: str, dataset: str, workdir: str, *,
+def import_teacher(torch_path: str, kind_name: str, dataset: str, workdir: str, *,
                    image_size: int | None = None, num_classes: int | None = None,
                    train_split: str = "train", test_split: str = "test", data_dir: str = "",
                    eval_batch_size: int = 500, eval_crop_fraction: float = 1.0,
                    normalization_mean: Sequence[float] = (),
                    normalization_std: Sequence[float] = (),
                    devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """Converts a PyTorch state dict into a finished teacher workdir; returns its results.
+  """Converts the state dict of a `TEACHER_KINDS` network into a finished teacher workdir.
 
-  Everything is checked (the data set, the config, the state dict against the model, the
-  workdir) before anything is written; results.json, written last, marks the teacher finished.
+  Returns the teacher's results. Everything is checked (the data set, the config, the state dict
+  against the model, the workdir) before anything is written; results.json, written last, marks the
+  teacher finished.
   `image_size` defaults to the data set's and `num_classes`, when given, must equal its number of
   classes. Re-running the same import on a finished workdir returns its results.
   """
   start = time.perf_counter()
+  kind = teacher_kind(kind_name)
   train = sources.load_source(dataset, train_split, data_dir or None)
   test = sources.load_source(dataset, test_split, data_dir or None)
   info = train.info
@@ -387,14 +525,14 @@ def import_teacher(torch_path: str, model_name: str, dataset: str, workdir: str,
   for name, values in statistics.items():
     if len(values) not in (0, channels):
       raise ValueError(f"--{name}: {len(values)} values for {channels}-channel images")
-  config = teacher_config(model_name, dataset, image_size, train_split=train_split,
-                          test_split=test_split, data_dir=data_dir, eval_batch_size=eval_batch_size,
-                          eval_crop_fraction=eval_crop_fraction,
+  config = teacher_config(kind.model, dataset, image_size, model_kwargs=dict(kind.model_kwargs),
+                          train_split=train_split, test_split=test_split, data_dir=data_dir,
+                          eval_batch_size=eval_batch_size, eval_crop_fraction=eval_crop_fraction,
                           normalization_mean=normalization_mean,
                           normalization_std=normalization_std)
   model = models.model_from_config(config, info.num_classes)
   input_shape = (1, image_size, image_size, channels)
-  variables = convert_state_dict(load_state_dict(torch_path), model_name, model, input_shape)
+  variables = convert_state_dict(load_state_dict(torch_path), kind_name, model, input_shape)
   sha256 = cache.file_sha256(torch_path)
   existing = _existing_import(workdir, config, sha256)
   if existing is not None:
@@ -431,7 +569,8 @@ def import_teacher(torch_path: str, model_name: str, dataset: str, workdir: str,
       "imported_from": {
           "path": os.path.abspath(torch_path),
           "sha256": sha256,
-          "layout": LAYOUTS[model_name]
+          "kind": kind_name,
+          "layout": kind.layout
       },
       "wall_seconds": time.perf_counter() - start,
       "device_count": mesh.size,
@@ -439,7 +578,7 @@ def import_teacher(torch_path: str, model_name: str, dataset: str, workdir: str,
   }
   path = os.path.join(workdir, trainer.RESULTS_FILE)
   metrics_log.write_json_atomic(path, results)  # last: it marks the teacher finished
-  metrics_log.log_line(f"imported {model_name} from {torch_path}: test top-1 "
+  metrics_log.log_line(f"imported {kind_name} from {torch_path}: test top-1 "
                        f"{results['test_top1']:.4f}, test loss {results['test_loss']:.4f} on "
                        f"{results['test_examples']} examples of {dataset}; teacher in {workdir}")
   return results
@@ -449,7 +588,9 @@ def _define_flags() -> None:
   """The command line (defined only when run as a program: importing leaves absl's flags alone)."""
   flags.DEFINE_string("torch", None, "PyTorch state dict (.pth): raw, or under 'state_dict' or "
                       "'model'.")
-  flags.DEFINE_enum("model", None, list(LAYOUTS), "The library model the weights are for.")
+  flags.DEFINE_enum(
+      "model", None, list(TEACHER_KINDS), "The network the weights are for: "
+      + "; ".join(f"{name}: {kind.description}" for name, kind in TEACHER_KINDS.items()) + ".")
   flags.DEFINE_string(
       "dataset", None, "Source name of the teacher's data set, e.g. "
       "tfds:imagenet2012 (hardlabel_jax.data.sources).")
@@ -479,11 +620,20 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   f = flags.FLAGS
   mean, std = ([float(v) for v in values] for values in (f.normalization_mean, f.normalization_std))
-  import_teacher(f.torch, f.model, f.dataset, f.workdir, image_size=f.image_size,
-                 num_classes=f.num_classes, train_split=f.train_split, test_split=f.test_split,
-                 data_dir=f.data_dir, eval_batch_size=f.eval_batch_size,
-                 eval_crop_fraction=f.eval_crop_fraction, normalization_mean=mean,
-                 normalization_std=std)
+  try:
+    import_teacher(f.torch, f.model, f.dataset, f.workdir, image_size=f.image_size,
+                   num_classes=f.num_classes, train_split=f.train_split, test_split=f.test_split,
+                   data_dir=f.data_dir, eval_batch_size=f.eval_batch_size,
+                   eval_crop_fraction=f.eval_crop_fraction, normalization_mean=mean,
+                   normalization_std=std)
+  except sources.DataSourceError as e:
+    cli_errors.fail(str(e), cli_errors.REFUSED)
+  except ValueError as e:
+    # This module's refusals start with the flag they are about ('--torch: ...'); any other
+    # ValueError may be a bug and keeps its traceback.
+    if not str(e).startswith("--"):
+      raise
+    cli_errors.fail(str(e), cli_errors.USAGE_ERROR)
 
 
 if __name__ == "__main__":

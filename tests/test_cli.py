@@ -21,10 +21,14 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 EMBEDDED_HL = os.path.join("configs", "embedded_hl.py")
 # The constructor keywords a config sets in `model_kwargs` (so `--config.model_kwargs.<k>=` can
-# override them): the model's fields less those its registry entry fixes (ConvNet's depth;
-# ResNet's stem, stage sizes and block) and those a run derives (num_classes, dtype).
+# override them): the model's fields less those its registry entry fixes (ConvNet's depth and first
+# padding; ResNet's stem, stage sizes and block) and those a run derives (num_classes, dtype).
 MODEL_KWARGS = {
     "convnet_d3": {
+        "norm": "instance",
+        "width": 128
+    },
+    "convnet_d3_pad3": {
         "norm": "instance",
         "width": 128
     },
@@ -49,7 +53,10 @@ MODEL_KWARGS = {
         "zero_init_residual": False
     },
 }
-_FIXED = {"num_classes", "dtype", "parent", "name", "depth", "stem", "stage_sizes", "block_cls"}
+_FIXED = {
+    "num_classes", "dtype", "parent", "name", "depth", "first_padding", "stem", "stage_sizes",
+    "block_cls"
+}
 
 
 def _fields(module: type) -> set[str]:

@@ -16,6 +16,7 @@ from hardlabel_jax.models import ConvNet
 from hardlabel_jax.models import count_params
 from hardlabel_jax.models import create_model
 from hardlabel_jax.models import has_batch_norm
+from hardlabel_jax.models import model_kwargs_defaults
 from hardlabel_jax.models import MODEL_NAMES
 from hardlabel_jax.models import ResNet
 from hardlabel_jax.models.convnet import instance_norm
@@ -50,6 +51,7 @@ def _abstract_init(model: Any, shape: tuple[int, ...], dtype: Any = jnp.float32)
 SHAPE_CASES = [
     ("convnet_d3", (3, 28, 28, 1)),
     ("convnet_d3", (3, 32, 32, 3)),
+    ("convnet_d3_pad3", (3, 28, 28, 1)),
     ("convnet_d4", (2, 64, 64, 3)),
     ("resnet18_cifar", (2, 32, 32, 3)),
     ("resnet18", (2, 64, 64, 3)),
@@ -128,6 +130,41 @@ def test_convnet_d3_param_count() -> None:
   """
   variables, _ = _abstract_init(create_model("convnet_d3", 10), (1, 32, 32, 3))
   assert count_params(variables["params"]) == 320_010
+
+
+def test_convnet_d3_pad3_is_the_dc_codes_one_channel_geometry() -> None:
+  """The DC code pads a 1-channel ConvNet's first conv by 3 (VICO-UoE/DatasetCondensation
+  networks.py, ConvNet._make_layers line 99): 28 px become 32 px after it, so the classifier reads
+  4×4 maps (its `shape_feat` treats 28-px inputs as 32 px, lines 95-96); padded by 1, 3×3 maps.
+
+  Width 128, 28x28x1, 10 classes: conv1 1*3*3*128 + 128 = 1,280; norms 3*256 = 768; conv2, conv3
+  2*147,584 = 295,168; dense (4*4*128)*10 + 10 = 20,490 → 317,706; with 3×3 maps the dense layer
+  has 3*3*128*10 + 10 = 11,530 → 308,746.
+  """
+
+  def first_conv_output(name: str) -> Any:
+    model = create_model(name, 10)
+    x = jnp.zeros((1, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    return variables, state["intermediates"]["conv0"]["__call__"][0]
+
+  for name, side, params in (("convnet_d3_pad3", 32, 317_706), ("convnet_d3", 28, 308_746)):
+    variables, conv0 = jax.eval_shape(lambda name=name: first_conv_output(name))
+    assert conv0.shape == (1, side, side, 128), name
+    assert count_params(variables["params"]) == params, name
+  assert create_model("convnet_d3", 10).first_padding == 1
+  assert create_model("convnet_d4", 10).first_padding == 1
+
+
+def test_first_padding_is_a_registry_choice_and_negative_is_refused() -> None:
+  """model_kwargs stay {width, norm}: the registry fixes the padding, so configs and identities
+  written before it existed are unchanged; a negative padding fails at the first call."""
+  assert set(model_kwargs_defaults("convnet_d3")) == {"width", "norm"}
+  assert set(model_kwargs_defaults("convnet_d3_pad3")) == {"width", "norm"}
+  with pytest.raises(ValueError, match="first_padding -1 must be >= 0"):
+    _abstract_init(ConvNet(num_classes=10, first_padding=-1), (1, 28, 28, 1))
 
 
 def test_count_params_on_concrete_arrays() -> None:
@@ -236,9 +273,12 @@ def test_unknown_model_name_lists_valid_names() -> None:
 def test_registry_names_and_configs() -> None:
   """Registry exposes exactly the documented names with the right depth/stem."""
   assert set(MODEL_NAMES) == {
-      "convnet_d3", "convnet_d4", "resnet18", "resnet18_cifar", "resnet50", "resnet50_cifar"
+      "convnet_d3", "convnet_d3_pad3", "convnet_d4", "resnet18", "resnet18_cifar", "resnet50",
+      "resnet50_cifar"
   }
   assert create_model("convnet_d3", 10).depth == 3
+  assert create_model("convnet_d3_pad3", 10).depth == 3
+  assert create_model("convnet_d3_pad3", 10).first_padding == 3
   assert create_model("convnet_d4", 10).depth == 4
   assert create_model("resnet18", 10).stem == "imagenet"
   assert create_model("resnet18_cifar", 10).stem == "cifar"

@@ -1,4 +1,5 @@
-"""Model registry: ConvNet-D3/D4 and ResNet-18/50 (imagenet or cifar stem)."""
+"""Model registry: ConvNet-D3/D4 (first conv padded by 1 or 3) and ResNet-18/50 (imagenet or cifar
+stem)."""
 
 import dataclasses
 import functools
@@ -17,8 +18,13 @@ from hardlabel_jax.models.resnet import ResNet18
 from hardlabel_jax.models.resnet import ResNet50
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "convnet_d3": functools.partial(ConvNet, depth=3),
-    "convnet_d4": functools.partial(ConvNet, depth=4),  # one extra pool stage for 64px inputs
+    # The registry fixes the first conv's padding, so model_kwargs (and every identity recorded
+    # before it existed) stay as they were.
+    "convnet_d3": functools.partial(ConvNet, depth=3, first_padding=1),
+    # The DC/MTT code's 1-channel ConvNet: its first conv pads by 3 (28-px MNIST → 32 px).
+    "convnet_d3_pad3": functools.partial(ConvNet, depth=3, first_padding=3),
+    # One extra pool stage for 64px inputs.
+    "convnet_d4": functools.partial(ConvNet, depth=4, first_padding=1),
     "resnet18": functools.partial(ResNet18, stem="imagenet"),
     "resnet18_cifar": functools.partial(ResNet18, stem="cifar"),
     "resnet50": functools.partial(ResNet50, stem="imagenet"),
@@ -43,8 +49,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 def model_kwargs_defaults(name: str) -> dict[str, Any]:
   """The keywords a config's `model_kwargs` may set for model `name`, with their defaults.
 
-  Every constructor field the registry entry does not fix (ConvNet's depth; ResNet's stem, stages
-  and block) and a run does not derive: `width`, `norm` for ConvNets; `width`,
+  Every constructor field the registry entry does not fix (ConvNet's depth and first padding;
+  ResNet's stem, stages and block) and a run does not derive: `width`, `norm` for ConvNets; `width`,
   `zero_init_residual` for ResNets.
   """
   if name not in _REGISTRY:

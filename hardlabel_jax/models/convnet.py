@@ -91,12 +91,19 @@ class InstanceNorm(nn.Module):
 
 
 class ConvNet(nn.Module):
-  """depth x [conv3x3 -> norm -> ReLU -> avgpool2x2] -> flatten -> dense; returns float32 logits."""
+  """depth x [conv3x3 -> norm -> ReLU -> avgpool2x2] -> flatten -> dense; returns float32 logits.
+
+  Every conv pads by 1 except the first, which pads by `first_padding`: the DC code
+  (VICO-UoE/DatasetCondensation networks.py, ConvNet._make_layers: `padding=3 if channel == 1 and
+  d == 0 else 1`, copied by MTT and RDED) pads a 1-channel network's first conv by 3, so its 28-px
+  MNIST inputs are 32 px after it.
+  """
 
   num_classes: int
   width: int = 128
   depth: int = 3
   norm: str = "instance"
+  first_padding: int = 1
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -104,13 +111,16 @@ class ConvNet(nn.Module):
     """Map NHWC images to [batch, num_classes] float32 logits."""
     if self.norm not in NORMS:
       raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+    if self.first_padding < 0:
+      raise ValueError(f"first_padding {self.first_padding} must be >= 0")
     x = x.astype(self.dtype)
     for i in range(self.depth):
       fan_in = 3 * 3 * x.shape[-1]
+      pad = self.first_padding if i == 0 else 1
       # PyTorch-default init keeps the net identical to the reference DC implementation.
-      x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=True, dtype=self.dtype,
-                  kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(fan_in),
-                  name=f"conv{i}")(x)
+      x = nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), use_bias=True,
+                  dtype=self.dtype, kernel_init=torch_default_kernel_init,
+                  bias_init=torch_default_bias_init(fan_in), name=f"conv{i}")(x)
       if self.norm == "instance":
         x = InstanceNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{i}")(x)
       elif self.norm == "batch":
