@@ -164,7 +164,7 @@ def test_bad_mapping_fails_before_anything_is_written(tmp_path, data_dir, case):
   elif case == "no_such_file":
     rule, match = "indexx", r"class_order='indexx' is neither"
   elif case == "not_a_folder_source":
-    match = r"applies to 'imagefolder:<path>' sources only"
+    match = r"applies to 'imagefolder:<path>' and 'tiny_imagenet:<root>' sources only"
   _write(root, folders)
   config = _config(root, data_dir, rule)
   if case == "not_a_folder_source":
