@@ -234,11 +234,14 @@ def _read_by(identity: dict[str, Any], config: ml_collections.ConfigDict) -> dic
 
 
 def _completed(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-  """A stored run config with the fields added since it was written at their defaults.
+  """A stored run config with the fields added since it was written at what it ran with.
 
-  (It ran with those defaults.) Nested runs (teacher_config, score_config) are completed too.
+  That is their defaults, except for a field whose default is not what runs did before it existed
+  (`config_schema.BEFORE_THE_FIELD`): a run written without `crop_resize` cropped by PIL's box
+  resize, so it is not resumed under the crop-then-resize default. Nested runs (teacher_config,
+  score_config) are completed too.
   """
-  out = {**defaults, **saved}
+  out = {**defaults, **config_schema.BEFORE_THE_FIELD, **saved}
   for key, value in out.items():
     if isinstance(value, dict) and "task" in value:
       out[key] = _completed(value, json.loads(config_schema.default_config().to_json_best_effort()))

@@ -21,7 +21,10 @@ from hardlabel_jax import hald
 from hardlabel_jax import hald_hyper
 from hardlabel_jax import models
 from hardlabel_jax import preemption
+from hardlabel_jax.data import crops
+from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import dsa
+from hardlabel_jax.data import tensor_set
 
 TASKS = ("train", "relabel", "drift", "score", "distill", "synthesize", "study")
 SELECTIONS = ("random", "el2n_easy", "el2n_hard", "ccs", "cad_prune", "el2n_window", "cad_window",
@@ -46,6 +49,11 @@ CAD_EPOCHS_ROUNDINGS = ("ceil", "round", "floor")
 # A study's budget rule: every cell trains `budget_examples` (fixed compute, the scalability
 # analysis), or `study_epochs_per_subset` epochs of its own pool (the paper's method tables).
 STUDY_BUDGET_RULES = ("fixed_examples", "epochs_per_subset")
+# How a study's cell turns into its accuracy: 'library' one run at the config's recipe, its final
+# test accuracy; 'ddranking' DD-Ranking 0.2.0's evaluation (hardlabel_jax/ddranking.py): the best
+# test accuracy of a learning-rate search and of evaluations every 20 epochs (chosen on the test
+# set).
+STUDY_PROTOCOLS = ("library", "ddranking")
 # CA2D's candidate pool (distill.candidate_pool): 'cad_top_mipc' the top-mipc images of each class
 # by CAD, then RDED's per-image best crop and class-wide CE filter (the paper, DESIGN.md §7);
 # 'cad_selection' exactly CAD-Prune's ipc·factor² images per class, each its own best crop.
@@ -67,8 +75,11 @@ LABEL_FORMATS = ("full", "topk", "topk_q8")
 # stored batches and draws each step's batch from them (the official trainer); 'per_image' keeps a
 # seeded subset of every image's slots and draws one per image and epoch. 'hald_batches' (at any
 # fraction) replays whole stored batches in seeded permutations, one pass after another (HALD's
-# soft phase, validate/train_fkd.py).
-LABEL_PRUNING_MODES = ("lpld_batches", "per_image", "hald_batches")
+# soft phase, validate/train_fkd.py). 'fkd_batches' (at any fraction) replays them in their stored
+# order, epoch after epoch (SRe²L's validate/train_FKD.py; an imported FKD table's own batches).
+LABEL_PRUNING_MODES = ("lpld_batches", "per_image", "hald_batches", "fkd_batches")
+# Label pruning modes that replay whole stored batches at any label_keep_fraction.
+BATCH_REPLAY_MODES = ("hald_batches", "fkd_batches")
 # 'auto': HALD's relabel_slc.py rule, BSSL ('batch_stats') for every set but RDED's (and CA2D's,
 # RDED's algorithm), whose crops the teacher labels in eval mode (resolved_teacher_bn_mode).
 TEACHER_BN_MODES = ("eval", "batch_stats", "auto")
@@ -94,6 +105,10 @@ SYNTH_BATCHINGS = ("mixed", "class")
 SYNTH_AUGMENTS = ("auto", "crop_flip", "roll")
 SYNTH_IMAGE_FORMATS = ("jpeg", "png")
 
+# Fields added with a default that differs from what every run did before they existed: a stored
+# run config without the field ran with this value (checkpointing.check_same_run).
+BEFORE_THE_FIELD = {"crop_resize": "pil_box"}
+
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
 RESUMABLE_FIELDS = frozenset({
     "log_every_steps",
@@ -116,7 +131,8 @@ RESUMABLE_FIELDS = frozenset({
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "task": ("task", "regime", "seed"),
     "data": ("dataset", "train_split", "test_split", "data_dir", "test_dataset", "class_order",
-             "train_images_per_class", "normalization_mean", "normalization_std"),
+             "train_images_per_class", "normalization_mean", "normalization_std",
+             "tensor_set_pixel_scale", "tensor_set_hard_labels", "tensor_set_learning_rate"),
     "pool": ("images_per_class", "subset_seed", "subset_ids_file"),
     "selection": ("selection", "scores_file", "score_config", "ccs_beta", "ccs_strata", "ccs_scope",
                   "cad_direction", "cad_signal", "window_position"),
@@ -128,10 +144,11 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "scoring": ("score_epochs", "cad_subset_images_per_class", "cad_downstream_epochs",
                 "cad_epochs_rounding", "cad_window_rule", "cad_window", "cad_num_windows",
                 "cad_windows_shrink"),
-    "crops": ("image_size", "train_crop_recipe", "crop_scale", "crop_ratio", "random_flip",
-              "cutmix_alpha", "dsa_strategy", "eval_crop_fraction"),
+    "crops": ("image_size", "train_crop_recipe", "crop_scale", "crop_ratio", "crop_resize",
+              "random_flip", "cutmix_alpha", "dsa_strategy", "eval_crop_fraction"),
     "model": ("model", "model_kwargs", "compute_dtype"),
     "budget": ("budget_examples", "num_epochs", "global_batch_size", "eval_batch_size"),
+    "evaluation": ("eval_every_epochs",),
     "optimizer":
         ("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "adam_b1", "adam_b2",
          "schedule", "warmup_epochs", "step_milestones", "step_gamma", "hald_eta", "hald_eta_like"),
@@ -139,9 +156,9 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher_workdir", "teacher_config"),
     "kd": ("distillation_loss", "distillation_kwargs", "logit_standardization", "kd_warmup_epochs"),
     "soft_labels":
-        ("label_table_dir", "temperature", "label_format", "topk", "crops_per_image", "crop_seed",
-         "soft_loss_weight", "label_keep_fraction", "label_pruning", "teacher_bn_mode",
-         "relabel_batch_size", "table_cutmix", "table_positions_per_shard"),
+        ("label_table_dir", "imported_table_dir", "temperature", "label_format", "topk",
+         "crops_per_image", "crop_seed", "soft_loss_weight", "label_keep_fraction", "label_pruning",
+         "teacher_bn_mode", "relabel_batch_size", "table_cutmix", "table_positions_per_shard"),
     "hald": ("hald_schedule", "hald_hard_fraction", "hald_label_smoothing", "hald_cutmix_alpha",
              "hald_hard_cutmix"),
     "drift": ("drift_crop_counts",),
@@ -149,9 +166,11 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
               "study_score_epochs", "study_budget_rule", "study_epochs_per_subset",
               "study_full_epochs", "study_batch_at_most_pool", "study_first_regimes",
               "study_regime_overrides", "study_label_tables", "study_external_set",
-              "study_external_class_order", "study_window_positions", "study_cad_epochs"),
+              "study_external_table", "study_external_class_order", "study_window_positions",
+              "study_cad_epochs", "study_full_regimes", "study_no_augmentation", "study_protocol"),
     "run_control": ("cache_dir", "log_every_steps", "checkpoint_every_steps", "num_workers",
-                    "read_threads", "read_buffer", "tensorboard", "preemption_signal"),
+                    "read_threads", "read_buffer", "tensorboard", "preemption_signal",
+                    "crop_backend", "device_pool_budget_mb"),
 }
 # Tasks that train a network on the config itself (a scoring run is a training run that records
 # per-example statistics every epoch) and tasks that only run a teacher over the pool.
@@ -164,6 +183,12 @@ SYNTHESIZED_SELECTIONS = ("sre2l", "cda")
 # Study methods that are pools rather than selections: the whole train split, and an external set
 # (`study_external_set`, e.g. a distilled set written by another code base) checked against random.
 STUDY_POOLS = ("full", "external")
+# Which runs on a tensor set (data.tensor_set) train at its learned lr.pt: those with soft targets
+# (every regime but HL: DD-Ranking's compute_metrics passes syn_lr to the set's soft-label runs
+# only, and searches the hard-label one's), every regime, or none.
+TENSOR_SET_LEARNING_RATES = ("soft_regimes", "every_regime", "ignore")
+# Read by runs on a tensor set only (a `tensors:<dir>` data set, or a study's external set).
+TENSOR_SET_FIELDS = ("tensor_set_pixel_scale", "tensor_set_hard_labels", "tensor_set_learning_rate")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -189,6 +214,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train_images_per_class = 0
   c.normalization_mean = ()  # () -> the training source's; distilled sets use the original's
   c.normalization_std = ()
+  # A set saved as tensors, `tensors:<dir>` (images.pt, labels.pt, lr.pt; data.tensor_set), read
+  # when the data is one. Float images are 'normalized' (DD-Ranking's: pixels 255 (x·std + mean),
+  # normalization_mean/std or else the test set's) or 'unit' (255 x); clipped values are reported.
+  c.tensor_set_pixel_scale = "normalized"
+  # Hard labels of a soft-labelled set: 'class_major' (DD-Ranking: image i of class i // ipc) or
+  # 'argmax' of its soft labels. labels.pt's integers are hard labels as they are.
+  c.tensor_set_hard_labels = "class_major"
+  c.tensor_set_learning_rate = "soft_regimes"  # TENSOR_SET_LEARNING_RATES: runs that use lr.pt
   c.images_per_class = 0  # 0 -> the full split; else a random class-balanced subset
   c.subset_seed = 0
   c.subset_ids_file = ""  # .npy or .json list of example ids; overrides images_per_class
@@ -250,6 +283,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.image_size = 28
   c.crop_scale = (0.08, 1.0)
   c.crop_ratio = (3 / 4, 4 / 3)
+  # 'crop_then_resize': torchvision's F.resized_crop (the box cut out, then resized), as every
+  # official pipeline crops; 'pil_box': PIL's resize of the box inside the whole image (its filter
+  # also weighs the pixels just outside the box), this library's crops before 2026-12-04.
+  c.crop_resize = "crop_then_resize"
   c.random_flip = True
   c.cutmix_alpha = 0.0  # 0 disables CutMix
   # How training crops are drawn (TRAIN_CROP_RECIPES): 'auto' trains RDED/CA2D sets with RDED's
@@ -275,6 +312,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10.0
   c.global_batch_size = 128
   c.eval_batch_size = 500
+  # > 0: the test split is also evaluated after every this many whole epochs and results.json
+  # records each evaluation and the best (hardlabel_jax/periodic_eval.py; DD-Ranking's protocol
+  # reads the best, a number chosen on the test set). 0: once, after the last step. A run reads
+  # it only when set, so the identity of every other run is as before the field.
+  c.eval_every_epochs = 0
 
   # Online distillation (regime='kd'): a teacher HL run and a loss from hardlabel_jax.losses.
   # '' -> <cache_dir>/teachers/<identity of teacher_config>; a given workdir is checked against
@@ -288,6 +330,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Soft labels (DESIGN.md §3–§5). The table is keyed by (crop_seed, example id, slot).
   c.label_table_dir = ""  # '' -> <cache_dir>/tables/<format>-c<crops>-<identity>
+  # A table imported from labels another code base published (python -m hardlabel_jax.fkd_labels:
+  # SRe²L's FKD folders): sl/hald runs read it instead of relabelling, with no teacher; it must be
+  # of the run's pool, image_size and temperature, and its crops replay from their stored boxes.
+  c.imported_table_dir = ""
   c.temperature = 20.0  # soft labels softmax(z/T) and the KL of sl, sl_kd and hald
   c.label_format = "full"
   c.topk = 5  # classes kept per crop by the topk formats
@@ -369,13 +415,24 @@ def default_config() -> ml_collections.ConfigDict:
   # code base's distilled set, trained like a pool of `dataset` and tested on its test split; its
   # class folders mapped by the class-order rule (see class_order); its images per class are the
   # grid's size.
-  c.study_external_set = ""  # a path, or 'imagefolder:<path>'
+  # a path, 'imagefolder:<path>', or a tensor set (a directory with images.pt, 'tensors:<dir>')
+  c.study_external_set = ""
   c.study_external_class_order = ""
+  # The external set's own soft labels, imported (hardlabel_jax.fkd_labels): its sl/hald cells read
+  # that table (imported_table_dir); '' relabels it with the study's teacher like every pool.
+  c.study_external_table = ""
   # The premise sweep (configs/fashion_premise.py): el2n_window / cad_window cells split into one
   # cell per window position, and cad_prune cells into one per scoring length K (() -> the
   # compute-matched K alone).
   c.study_window_positions = ()
   c.study_cad_epochs = ()
+  # The regimes the 'full' method trains under; () -> every regime of the study (the hard-label
+  # check: ('hl',), the full data of DD-Ranking's hard-label recovery).
+  c.study_full_regimes = ()
+  # Every cell but 'full' also trains without augmentation (`...-noaug-s0`): the whole image
+  # resized, no flip, CutMix or DSA, as DD-Ranking's augmentation-robust score needs.
+  c.study_no_augmentation = False
+  c.study_protocol = "library"  # STUDY_PROTOCOLS
 
   # Run control: where shared artefacts live, logging, checkpoints, input loading.
   c.cache_dir = ""  # teachers, scores, distilled sets and tables shared between runs; '' -> workdir
@@ -385,6 +442,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Grain read threads and batches read ahead inside each process (grain.ReadOptions).
   c.read_threads = 1
   c.read_buffer = 4
+  # Where crops are made (hardlabel_jax/data/device_pool.py): 'host' (PIL in the input pipeline),
+  # 'device' (the pool on every device, crops made in the jitted step; an error if it cannot be),
+  # 'auto' (the device on GPU/TPU when the pool fits the budget, else the host; the host on CPU).
+  # A table records its resampler and is only replayed on the same one.
+  c.crop_backend = "auto"
+  c.device_pool_budget_mb = 0  # per device; 0: a quarter of the device's memory
   c.tensorboard = True
   # Caught besides SIGTERM as a preemption notice (save, exit 75; hardlabel_jax.preemption):
   # SLURM's `--signal=USR1@N` before the time limit. '' catches SIGTERM alone.
@@ -403,13 +466,14 @@ def _require_choice(config: ml_collections.ConfigDict, field: str, choices: tupl
 
 
 # Fields every run reads whatever its task: what it trains or labels on, at what size, how it logs.
-_ALWAYS_READ = frozenset(FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GROUPS["crops"]
-                         + FIELD_GROUPS["model"] + FIELD_GROUPS["budget"]
-                         + FIELD_GROUPS["run_control"]
-                         + ("images_per_class", "subset_seed", "selection"))
+_ALWAYS_READ = frozenset(
+    FIELD_GROUPS["task"] + FIELD_GROUPS["data"] + FIELD_GROUPS["crops"] + FIELD_GROUPS["model"]
+    + FIELD_GROUPS["budget"] + FIELD_GROUPS["run_control"]
+    + ("images_per_class", "subset_seed", "selection")) - frozenset(TENSOR_SET_FIELDS)
 # The fields whose values decide which other fields a run reads.
 _DECIDERS = ("task", "regime", "selection", "optimizer", "schedule", "label_format", "score_epochs",
-             "train_crop_recipe", "label_keep_fraction", "cad_window_rule", "label_pruning")
+             "train_crop_recipe", "label_keep_fraction", "cad_window_rule", "label_pruning",
+             "eval_every_epochs", "dataset", "study_external_set", "imported_table_dir")
 # Read by the trainer's step of each regime (trainer._make_steps, training_examples).
 _REGIME_READS = {
     "hl": frozenset({"label_smoothing"}),
@@ -431,7 +495,7 @@ _DRIFT_READS = frozenset({
 # study's own values of them are never read there.
 _CELL_SETS = frozenset({
     "task", "regime", "seed", "subset_seed", "selection", "images_per_class", "score_config",
-    "window_position"
+    "window_position", "imported_table_dir"
 })
 _SCORE_SETS = frozenset({
     "task", "regime", "selection", "images_per_class", "subset_ids_file", "scores_file",
@@ -498,19 +562,32 @@ def _run_reads(run: Mapping[str, Any]) -> set[str]:
   if train_crop_recipe(run) == "rded":  # run_data.crop_spec: the factor fixes shuffle and scale
     read = (read - {"crop_scale", "crop_ratio"}) | {"rded_factor"}
   if train_crop_recipe(run) == "dsa":  # the whole image; DSA's own crop, flip and cutout
-    read = (read - {"crop_scale", "crop_ratio", "random_flip", "cutmix_alpha"}) | {"dsa_strategy"}
+    read = (read - {"crop_scale", "crop_ratio", "crop_resize", "random_flip", "cutmix_alpha"} |
+            {"dsa_strategy"})
   else:
     read.discard("dsa_strategy")
-  if task in TEACHER_TASKS or (trains and regime != "hl"):
+  if tensor_set.names_tensor_set(run["dataset"]):  # data.tensor_set, tensor_sets.training_config
+    read |= {"tensor_set_pixel_scale", "tensor_set_hard_labels"}
+    if trains:
+      read.add("tensor_set_learning_rate")
+  # An imported table (plan: table_lib.open_imported) replaces the relabel and its teacher.
+  imported = trains and regime in TABLE_REGIMES and bool(run["imported_table_dir"])
+  if task in TEACHER_TASKS or (trains and regime != "hl" and not imported):
     read |= set(FIELD_GROUPS["teacher"])
   if trains:
     read |= _optimizer_reads(run) | _REGIME_READS.get(regime, frozenset())
+  if trains and run.get("eval_every_epochs"):
+    read.add("eval_every_epochs")  # plan._run's periodic evaluation; unset, never read
   if trains and regime in TABLE_REGIMES and (run["label_keep_fraction"] < 1
-                                             or run["label_pruning"] == "hald_batches"):
-    # trainer.training_examples: a fraction below 1 prunes; 'hald_batches' replays stored
-    # batches at any fraction.
+                                             or run["label_pruning"] in BATCH_REPLAY_MODES):
+    # trainer.training_examples: a fraction below 1 prunes; 'hald_batches' and 'fkd_batches'
+    # replay stored batches at any fraction.
     read.add("label_pruning")
-  if task == "relabel" or (trains and regime in TABLE_REGIMES):
+  if trains and regime in TABLE_REGIMES:
+    read.add("imported_table_dir")
+  if imported:
+    read.add("temperature")  # the student's T, which must be the table's
+  elif task == "relabel" or (trains and regime in TABLE_REGIMES):
     read |= _TABLE_READS
     if run["label_format"] != "full":
       read.add("topk")
@@ -622,9 +699,17 @@ def _cell_run(config: ml_collections.ConfigDict, run: Mapping[str, Any], regime:
       **run,
       **{
           k: v for k, v in overrides.items() if k in _DECIDERS
-      }, "task": "train",
+      },
+      "task": "train",
       "regime": regime,
-      "selection": "random" if method in STUDY_POOLS else method
+      "selection": "random" if method in STUDY_POOLS else method,
+      # An external cell trains on the external set (study.cell_config): a tensor set reads the
+      # tensor_set_* fields.
+      "dataset": (tensor_set.PREFIX if method == "external"
+                  and tensor_set.names_tensor_set(run["study_external_set"]) else run["dataset"]),
+      # The external set's sl/hald cells read its imported labels, if the study names them.
+      "imported_table_dir":
+          (config.study_external_table if method == "external" and regime in TABLE_REGIMES else "")
   }
 
 
@@ -786,6 +871,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require_choice(config, "schedule", SCHEDULES)
   _require(isinstance(config.dataset, str) and config.dataset, "dataset", "must be a name")
   _require(config.images_per_class >= 0, "images_per_class", "must be >= 0 (0 = full split)")
+  _require_choice(config, "tensor_set_pixel_scale", tensor_set.PIXEL_SCALES)
+  _require_choice(config, "tensor_set_hard_labels", tensor_set.HARD_LABEL_RULES)
+  _require_choice(config, "tensor_set_learning_rate", TENSOR_SET_LEARNING_RATES)
   _require_choice(config, "selection", SELECTIONS)
   _require(
       config.selection not in SCORED_SELECTIONS or bool(config.scores_file)
@@ -840,6 +928,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.image_size > 0, "image_size", "must be positive")
   _require(config.global_batch_size > 0, "global_batch_size", "must be positive")
   _require(config.eval_batch_size > 0, "eval_batch_size", "must be positive")
+  _require(
+      _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0, "eval_every_epochs",
+      "must be an int >= 0 (0: evaluate once, after the last step)")
   _require(config.budget_examples >= 0, "budget_examples", "must be >= 0")
   # A scoring run's length is K epochs (scoring.training_config), whatever the budget fields say.
   _require(config.task == "score" or config.budget_examples > 0 or config.num_epochs > 0,
@@ -909,13 +1000,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.num_workers >= 0, "num_workers", "must be >= 0")
   _require(config.read_threads >= 0, "read_threads", "must be >= 0")
   _require(config.read_buffer >= 1, "read_buffer", "must be >= 1")
+  _require_choice(config, "crop_backend", device_pool.CROP_BACKENDS)
+  _require_choice(config, "crop_resize", crops.RESIZE_MODES)
+  _require(config.device_pool_budget_mb >= 0, "device_pool_budget_mb", "must be >= 0 (0: auto)")
   _require(0 < config.eval_crop_fraction <= 1, "eval_crop_fraction", "must be in (0, 1]")
   if config.task == "study":  # the grid decides what the study reads
     _require_choice(config, "study_budget_rule", STUDY_BUDGET_RULES)
+    _require_choice(config, "study_protocol", STUDY_PROTOCOLS)
+    _require(isinstance(config.study_no_augmentation, bool), "study_no_augmentation",
+             "must be a bool")
     for field, known in (("study_regimes", REGIMES), ("study_methods", SELECTIONS + STUDY_POOLS)):
       for value in config[field]:
         _require(value in known, field, f"{value!r} is not one of {', '.join(known)}")
     label_tables(config)
+    _require(
+        not config.study_external_table
+        or ("external" in config.study_methods and set(config.study_regimes) & set(TABLE_REGIMES)),
+        "study_external_table", "the external set's imported labels are read by its "
+        f"{'/'.join(TABLE_REGIMES)} cells: the study needs method 'external' and one of those "
+        "regimes")
   _check_fields_read(config)
 
 

@@ -40,6 +40,7 @@ from hardlabel_jax import run_data
 from hardlabel_jax import selection
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax.data import crops
+from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.source import ImageSource
 
@@ -180,48 +181,90 @@ class PaddedNormalizer:
     return pad_center(self.normalizer(image), self.size)
 
 
+def scoring_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
+  """RDED's scoring crops: RandomResizedCrop(size // factor, ratio (1, 1), scale 0.08–1)."""
+  return crops.CropSpec(output_size=config.image_size // run_data.rded_factor(config),
+                        scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False, resize=config.crop_resize)
+
+
 def scoring_example(config: ml_collections.ConfigDict, train: ImageSource, pool: np.ndarray,
-                    normalizer: pipeline.Normalizer) -> pipeline.CropExample:
+                    normalizer: pipeline.Normalizer,
+                    on_device: bool = False) -> pipeline.CropExample:
   """(pool position, slot) → RDED's crop at `size/factor` and its padded, normalised view.
 
   `MultiRandomCrop` in LINs-lab/RDED synthesize/utils.py: RandomResizedCrop(size // factor, ratio
   (1, 1), default scale 0.08–1, bilinear, antialiased) of the image; its `raw_crop` is the patch
   that is stitched, pure in (crop_seed, id, slot).
   """
-  spec = crops.CropSpec(output_size=config.image_size // run_data.rded_factor(config),
-                        scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
-  return pipeline.CropExample(train, pool, spec, config.crop_seed,
-                              PaddedNormalizer(normalizer, config.image_size))
+  return pipeline.CropExample(train, pool, scoring_spec(config), config.crop_seed,
+                              PaddedNormalizer(normalizer, config.image_size), on_device=on_device)
+
+
+def scoring_device(config: ml_collections.ConfigDict, data: run_data.RunData, pool: np.ndarray,
+                   mesh: jax.sharding.Mesh) -> device_pool.DeviceCrops | None:
+  """The candidate pool on the devices with RDED's padded scoring view, when `crop_backend`
+  puts it there (the candidates, not the run's pool, are what is cropped)."""
+  backend = device_pool.choose(config.crop_backend, config.device_pool_budget_mb, data.train, pool,
+                               jax.local_devices())
+  if backend != device_pool.DEVICE:
+    return None
+  return device_pool.place(data.train, pool, scoring_spec(config), data.normalizer.mean,
+                           data.normalizer.std, mesh, pad_to=config.image_size)
 
 
 def _crop_cross_entropy(config, data: run_data.RunData, pool: np.ndarray,
-                        teacher: teacher_lib.Teacher, mesh) -> tuple[np.ndarray, Any]:
+                        teacher: teacher_lib.Teacher, mesh,
+                        device: device_pool.DeviceCrops | None) -> tuple[np.ndarray, Any]:
   """Teacher CE of `rded_crops_per_image` crops of every candidate, `[pool, crops]`."""
-  example = scoring_example(config, data.train, pool, data.normalizer)
+  example = scoring_example(config, data.train, pool, data.normalizer, device is not None)
   slots = config.rded_crops_per_image
   predict = inference.log_probs_fn(teacher.model, mesh, 1.0)
   ce = np.zeros((len(pool), slots), np.float32)
   for out in inference.crop_outputs(example, slots=slots, first_row=0, num_rows=len(pool) * slots,
                                     predict=predict, variables=teacher.variables, mesh=mesh,
                                     batch_size=config.eval_batch_size,
-                                    loading=pipeline.LoaderOptions.from_config(config)):
+                                    loading=pipeline.LoaderOptions.from_config(config),
+                                    device=device):
     position, slot = np.divmod(out["row"], slots)
     ce[position, slot] = -out["log_probs"][np.arange(len(position)), out["label"]]
   return ce, example
 
 
+def chosen_patches(example: pipeline.CropExample, positions: np.ndarray, slots: np.ndarray,
+                   device: device_pool.DeviceCrops | None, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """The uint8 pixels of the chosen crops, `[n, size/factor, size/factor, C]`: exactly those the
+  teacher scored (made on the devices when the scoring crops were)."""
+  if device is None:
+    return np.stack(
+        [example.raw_crop(int(p), int(s))[0] for p, s in zip(positions, slots, strict=True)])
+  padded = mesh_lib.padded_batch(len(positions), mesh)
+  rows = [
+      example.crop_fields(int(positions[k % len(positions)]), int(slots[k % len(positions)]))
+      for k in range(padded)
+  ]
+  fields = {k: np.stack([row[k] for row in rows]) for k in device_pool.KERNEL_FIELDS + ("cut_box",)}
+  return device.uint8_crops(mesh_lib.shard_host_arrays(fields, mesh))[:len(positions)]
+
+
 def identity(config: ml_collections.ConfigDict, fingerprint: str, teacher_digest: str,
              scores: str) -> dict[str, Any]:
   """Everything that defines a distilled set's content (`scores`: the score file's identity)."""
+  # Patches cropped on the devices differ from PIL's by rounding: their sets get their own
+  # directory (host sets keep the digests they had before device crops existed).
+  resampler = ({
+      "crop_resampler": device_pool.DEVICE_RESAMPLER
+  } if device_pool.planned_backend(config.crop_backend) == device_pool.DEVICE else {})
   return {
-      "method": config.selection,
+      **resampler, "method": config.selection,
       "fingerprint": fingerprint,
       "teacher": teacher_digest,
       "ipc": config.images_per_class,
       "factor": run_data.rded_factor(config),
       "mipc": config.rded_candidates_per_class,
       "crops": config.rded_crops_per_image,
-      "crop_seed": config.crop_seed,
+      **({} if config.crop_resize == crops.PIL_BOX else {
+             "crop_resize": config.crop_resize
+         }), "crop_seed": config.crop_seed,
       "subset_seed": config.subset_seed,
       "image_size": config.image_size,
       "scores": scores,
@@ -240,7 +283,7 @@ def set_directory(cache_root: str, ident: Mapping[str, Any]) -> str:
 
 
 def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
-               teacher: teacher_lib.Teacher, example: pipeline.CropExample, labels: np.ndarray,
+               teacher: teacher_lib.Teacher, patches: np.ndarray, labels: np.ndarray,
                pool: np.ndarray, positions: np.ndarray, slots: np.ndarray, ce: np.ndarray,
                candidates: dict[str, Any]) -> None:
   """Stitches the chosen crops into `directory` (PNGs + provenance), atomically."""
@@ -256,14 +299,11 @@ def _write_set(config: ml_collections.ConfigDict, directory: str, ident: dict,
   per_class = config.images_per_class * factor**2
   for start in range(0, len(positions), per_class):
     # The scored crops themselves, already at size/factor (the official code stitches those).
-    patches = np.stack([
-        example.raw_crop(int(positions[k]), int(slots[k]))[0]
-        for k in range(start, start + per_class)
-    ])
     label = int(labels[pool[positions[start]]])
     class_dir = os.path.join(partial, image_sets.class_directory(label))
     os.makedirs(class_dir, exist_ok=True)
-    for j, image in enumerate(stitch(patches, config.images_per_class, factor)):
+    for j, image in enumerate(
+        stitch(patches[start:start + per_class], config.images_per_class, factor)):
       if image.shape[0] != config.image_size:  # size not divisible by factor
         image = crops.resized_crop(image, 0, 0, image.shape[0], image.shape[1], config.image_size)
       name = f"{j:05d}.png"
@@ -291,11 +331,13 @@ def build(config: ml_collections.ConfigDict, directory: str, ident: Mapping[str,
   """Writes the RDED/CA2D set `ident` describes into `directory` (whole train split as `data`)."""
   labels = np.asarray(data.train.labels())
   pool = candidate_pool(config, data.train)
-  ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh)
+  device = scoring_device(config, data, pool, mesh)
+  ce, example = _crop_cross_entropy(config, data, pool, teacher, mesh, device)
   factor = run_data.rded_factor(config)
   positions, slots = select_crops(labels[pool], ce, config.images_per_class, factor)
+  patches = chosen_patches(example, positions, slots, device, mesh)  # on every process
   if jax.process_index() == 0:  # every process scored the crops; one writes the set
-    _write_set(config, directory, dict(ident), teacher, example, labels, pool, positions, slots, ce,
+    _write_set(config, directory, dict(ident), teacher, patches, labels, pool, positions, slots, ce,
                pool_record(config, data.train, pool))
   mesh_lib.sync_processes("distilled set written")
   metrics_log.log_line(f"{config.selection} set ({config.images_per_class} images per class, "

@@ -134,6 +134,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
   slots = counts[-1]
   # The crops a table of `slots` crops per image stores (its CutMix within relabel batches too).
   example = run_data.table_crop_example(config, data, slots=slots)
+  device = run_data.device_crops(data, mesh)
   labels = np.asarray(data.train.labels())[data.pool_ids]
   loading = pipeline.LoaderOptions.from_config(config)
   num_classes = data.train.info.num_classes
@@ -146,7 +147,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
                                           group_size=config.relabel_batch_size,
                                           seed=config.crop_seed, predict=predict,
                                           variables=teacher.variables, mesh=mesh,
-                                          batch_size=config.eval_batch_size, loading=loading)
+                                          batch_size=config.eval_batch_size, loading=loading,
+                                          device=device)
     crop_log_probs = _crop_grid(outputs, 0, len(data.pool_ids), slots, num_classes)
     stats = [image_drift_stats(crop_log_probs, image_log_probs, labels, counts)]
   else:
@@ -159,7 +161,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunD
       outputs = inference.crop_outputs(example, slots=slots, first_row=start * slots,
                                        num_rows=(stop - start) * slots, predict=predict,
                                        variables=teacher.variables, mesh=mesh,
-                                       batch_size=config.eval_batch_size, loading=loading)
+                                       batch_size=config.eval_batch_size, loading=loading,
+                                       device=device)
       crop_log_probs = _crop_grid(outputs, start, stop, slots, num_classes)
       stats.append(
           image_drift_stats(crop_log_probs, image_log_probs[start:stop], labels[start:stop],

@@ -20,6 +20,7 @@ from hardlabel_jax import hald_hyper
 from hardlabel_jax import run_data
 from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import sources
+from hardlabel_jax.data import tensor_set
 
 PROVENANCE_FILE = "provenance.json"
 SPLIT = "train"
@@ -53,12 +54,15 @@ def folder_config(config: ml_collections.ConfigDict, directory: str,
   """The config of a run training on an image folder made from `config`'s data, tested on it.
 
   The folder is normalised as the data it was made from, and its classes are mapped onto the
-  test split's by `class_order`; the pool is the whole folder.
+  test split's by `class_order`; the pool is the whole folder. A directory holding `images.pt`
+  is a tensor set (`tensors:<dir>`, data.tensor_set), read against the same test split; its
+  labels are its own, so it takes no class_order.
   """
   out = config.copy_and_resolve_references()
   reference = sources.load_source(config.dataset, config.test_split, config.data_dir or None)
   out.test_dataset = config.test_dataset or config.dataset
-  out.dataset = f"{image_folder.PREFIX}{directory}"
+  tensors = tensor_set.is_tensor_set(directory)
+  out.dataset = f"{tensor_set.PREFIX if tensors else image_folder.PREFIX}{directory}"
   out.train_split = SPLIT  # <dir>/train/<class>, or <dir>/<class> when there is no train/
   out.class_order = class_order
   out.train_images_per_class = 0  # the folder is a split of its own (the cut made it, if any)

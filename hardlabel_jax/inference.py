@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import batch_feed
 from hardlabel_jax import bssl
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import run_data
+from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import relabel_batches
 
@@ -50,10 +52,15 @@ def _crop_row(example: pipeline.CropExample, slots: int, row: int,
               valid: bool) -> dict[str, np.ndarray]:
   """The normalised crop of grid row `row` with its label, metadata and mask."""
   position, slot = divmod(row, slots)
-  pixels, fields, metadata = example.raw_crop(position, slot)
+  if example.on_device:  # the crop's fields: `DeviceCrops` makes the pixels before `predict`
+    fields = example.crop_fields(position, slot)
+    metadata = fields
+    kernel = {k: fields[k] for k in device_pool.KERNEL_FIELDS}
+  else:
+    pixels, fields, metadata = example.raw_crop(position, slot)
+    kernel = {"image": example.normalizer(pixels)}
   return {
-      "image": example.normalizer(pixels),
-      "label": fields["label"],
+      **kernel, "label": fields["label"],
       "mix_lambda": fields["mix_lambda"],
       "row": np.int32(row),
       "mask": np.float32(valid),
@@ -61,6 +68,12 @@ def _crop_row(example: pipeline.CropExample, slots: int, row: int,
           k: metadata[k] for k in _METADATA_FIELDS if k in metadata
       }
   }
+
+
+def _check_device(example: pipeline.CropExample, device: device_pool.DeviceCrops | None) -> None:
+  if example.on_device != (device is not None):
+    raise ValueError("an on-device crop example needs its DeviceCrops, and a host one none "
+                     f"(on_device={example.on_device}, DeviceCrops given: {device is not None})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +132,14 @@ def bssl_groups_per_call(group_size: int, batch_size: int, mesh: jax.sharding.Me
 def bssl_crop_outputs(
     example: pipeline.CropExample, *, slots: int, group_size: int, seed: int, predict: Callable,
     variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
-    loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
-) -> Iterator[dict[str, np.ndarray]]:
-  """`predict` (`bssl_log_probs_fn`) over every row of the grid in BSSL batches; valid rows."""
+    loading: pipeline.LoaderOptions = pipeline.LoaderOptions(),
+    device: device_pool.DeviceCrops | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """`predict` (`bssl_log_probs_fn`) over every row of the grid in BSSL batches; valid rows.
+
+  An `on_device` example's crops are made by `device` (its pool on the mesh) before `predict`.
+  """
+  _check_device(example, device)
+  feed = batch_feed.BatchFeed(mesh, device)  # one transfer a batch; the crops made there
   table = relabel_batches.group_rows(len(example.pool_ids), slots, group_size, seed)
   per_call = bssl_groups_per_call(group_size, batch_size, mesh)
   padding = np.full((-len(table) % per_call, group_size), -1, table.dtype)
@@ -131,24 +149,28 @@ def bssl_crop_outputs(
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
   for local in pipeline.to_iterator(dataset, loading):
-    out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
+    out = jax.device_get(predict(variables, feed(local)))
     keep = out.pop("mask") > 0
     yield {k: np.asarray(v)[keep] for k, v in out.items()}
 
 
-def crop_outputs(
-    example: pipeline.CropExample, *, slots: int, first_row: int, num_rows: int, predict: Callable,
-    variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
-    loading: pipeline.LoaderOptions = pipeline.LoaderOptions()
-) -> Iterator[dict[str, np.ndarray]]:
-  """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows."""
+def crop_outputs(example: pipeline.CropExample, *, slots: int, first_row: int, num_rows: int,
+                 predict: Callable, variables: Any, mesh: jax.sharding.Mesh, batch_size: int,
+                 loading: pipeline.LoaderOptions = pipeline.LoaderOptions(),
+                 device: device_pool.DeviceCrops | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """`predict(variables, batch)` on grid rows `[first_row, first_row + num_rows)`, valid rows.
+
+  An `on_device` example's crops are made by `device` (its pool on the mesh) before `predict`.
+  """
+  _check_device(example, device)
+  feed = batch_feed.BatchFeed(mesh, device)  # one transfer a batch; the crops made there
   global_batch = mesh_lib.padded_batch(batch_size, mesh)
   dataset = pipeline.process_batches(CropRows(example, slots, first_row,
                                               num_rows), num_batches=-(-num_rows // global_batch),
                                      global_batch=global_batch, process_index=jax.process_index(),
                                      process_count=jax.process_count())
   for local in pipeline.to_iterator(dataset, loading):
-    out = jax.device_get(predict(variables, mesh_lib.global_batch(local, mesh)))
+    out = jax.device_get(predict(variables, feed(local)))
     keep = out.pop("mask") > 0
     yield {k: np.asarray(v)[keep] for k, v in out.items()}
 

@@ -27,14 +27,17 @@ from hardlabel_jax import drift
 from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import metrics_log
+from hardlabel_jax import periodic_eval
 from hardlabel_jax import relabel
 from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import synthesize
 from hardlabel_jax import teacher as teacher_lib
+from hardlabel_jax import tensor_sets
 from hardlabel_jax import trainer
 from hardlabel_jax import workdir_lock
 from hardlabel_jax.data import image_folder
+from hardlabel_jax.data import tensor_set
 from hardlabel_jax.soft_labels import table as table_lib
 
 RESULTS_FILE = trainer.RESULTS_FILE
@@ -89,6 +92,9 @@ class TablePlan:
 
   directory: str
   identity: dict[str, Any]
+  # A table imported from another code base's labels (config.imported_table_dir): only opened
+  # and checked against the run's data, never built, and it records no identity of ours.
+  imported: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +119,29 @@ def _fingerprint(config: ml_collections.ConfigDict) -> str:
 def _needs_teacher(task: str, config: ml_collections.ConfigDict) -> bool:
   if task in config_schema.TEACHER_TASKS or config.selection in SET_METHODS:
     return True
-  return task == "train" and config.regime != "hl"
+  # SL on a tensor set's stored soft labels replays them (tensor_sets), and an imported table holds
+  # another code base's labels: no teacher labels them.
+  return (task == "train" and config.regime != "hl"
+          and not tensor_sets.replays_stored_labels(config)
+          and not _reads_imported_table(task, config))
+
+
+def _reads_imported_table(task: str, config: ml_collections.ConfigDict) -> bool:
+  return (task == "train" and config.regime in config_schema.TABLE_REGIMES
+          and bool(config.imported_table_dir))
+
+
+def _imported_table(config: ml_collections.ConfigDict,
+                    data: run_data.RunData) -> table_lib.SoftLabelTable:
+  """The imported table an sl/hald run reads instead of relabelling, checked against its data."""
+  if data.on_device:
+    raise ValueError("config.crop_backend: an imported table's crops are cut on the host as "
+                     "torchvision cuts them (crop, then resize), which the device crops do not "
+                     "do; set crop_backend='host'")
+  return table_lib.open_imported(config.imported_table_dir, dataset_name=data.train.info.name,
+                                 dataset_fingerprint=data.train.info.fingerprint, ids=data.pool_ids,
+                                 num_classes=data.train.info.num_classes,
+                                 image_size=config.image_size, temperature=config.temperature)
 
 
 def _teacher_plan(config: ml_collections.ConfigDict, cache_root: str) -> TeacherPlan:
@@ -212,8 +240,16 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str, task: str | None 
     distilled = _set_plan(resolved, cache_root, fingerprint, teacher, scores_identity)
     if task not in SET_TASKS:
       resolved = image_sets.training_config(resolved, distilled.directory)
+  if tensor_sets.is_tensor_run(resolved):  # its lr.pt; SL on its stored labels checked
+    resolved = tensor_sets.training_config(resolved)
   table = None
-  if task == "relabel" or (task == "train" and config.regime in config_schema.TABLE_REGIMES):
+  if _reads_imported_table(task, resolved):
+    table = TablePlan(os.path.abspath(resolved.imported_table_dir), {}, imported=True)
+  elif task == "train" and tensor_sets.replays_stored_labels(resolved):
+    identity = tensor_sets.table_identity(
+        resolved, _data_identity(config, fingerprint, scores_identity, distilled))
+    table = TablePlan(tensor_sets.table_directory(resolved, cache_root, identity), identity)
+  elif task == "relabel" or (task == "train" and config.regime in config_schema.TABLE_REGIMES):
     data_identity = _data_identity(config, fingerprint, scores_identity, distilled)
     identity = relabel.table_identity(resolved, data_identity, teacher.digest)
     table = TablePlan(relabel.table_directory(resolved, cache_root, identity), identity)
@@ -241,7 +277,8 @@ def _check_teacher(plan: Plan) -> None:
         raise cache.IdentityMismatchError(
             f"config.{field}: the teacher in {teacher.directory} does not match teacher_config "
             f"({'; '.join(diff[:6])}); point teacher_workdir elsewhere or fix teacher_config")
-    elif not _base_config(plan).dataset.startswith(image_folder.PREFIX):
+    elif not _base_config(plan).dataset.startswith((image_folder.PREFIX, tensor_set.PREFIX)):
+      # An external set (a folder or tensors) is made from the teacher's data, not the same split.
       wanted = _fingerprint(_base_config(plan))
       if stored["dataset_fingerprint"] != wanted:
         raise cache.IdentityMismatchError(
@@ -272,7 +309,9 @@ def check(plan: Plan) -> None:
       check(make_plan(plan.scores.config, plan.scores.directory, "score"))
   if plan.distilled is not None:
     cache.check_identity(plan.distilled.directory, plan.distilled.identity, "the image set")
-  if plan.table is not None:
+  if plan.table is not None and plan.table.imported:
+    _imported_table(plan.config, run_data.load_run_data(plan.config))  # opens, writes nothing
+  elif plan.table is not None:
     cache.check_identity(plan.table.directory, plan.table.identity, "the soft-label table")
   if plan.task in config_schema.TRAINING_TASKS:
     checkpointing.check_same_run(plan.workdir, plan.config)
@@ -343,14 +382,21 @@ def build(plan: Plan, *, devices: list[jax.Device] | None = None,
     with _building(plan.distilled.directory, "the image set"):
       _build_set(plan, source, teacher, mesh, shard_hook)
   data = source if plan.task in SET_TASKS else run_data.load_run_data(plan.config)
+  if tensor_sets.is_tensor_run(plan.config) and plan.task not in SET_TASKS:
+    metrics_log.log_line(tensor_sets.describe(plan.config, data))
   table = None
-  if plan.table is not None:
+  if plan.table is not None and plan.table.imported:
+    table = _imported_table(plan.config, data)
+  elif plan.table is not None:
     # A finished table is only opened (readers need no lock); a missing one is built under one.
     building = (contextlib.nullcontext() if os.path.isdir(plan.table.directory) else _building(
         plan.table.directory, "the soft-label table"))
     with building:
-      table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
-                                  shard_hook=shard_hook)
+      if plan.task == "train" and tensor_sets.replays_stored_labels(plan.config):
+        table = tensor_sets.write_table(plan.config, plan.table.directory, data)
+      else:
+        table = relabel.write_table(plan.config, plan.table.directory, data, teacher, mesh,
+                                    shard_hook=shard_hook)
       if _is_writer():
         cache.write_identity(plan.table.directory, plan.table.identity)
   return Artefacts(data, mesh, teacher, table)
@@ -390,9 +436,16 @@ def _run(plan: Plan, artefacts: Artefacts, *, step_hook: Callable[[int], None] |
   teacher = None
   if artefacts.teacher is not None and plan.config.regime != "hl":
     teacher = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
+  evaluation = None
+  if plan.config.eval_every_epochs:  # the test split after every N epochs, through the hook
+    evaluation = periodic_eval.PeriodicEvaluation(plan.config, artefacts.data, artefacts.mesh,
+                                                  plan.workdir)
+  hook = periodic_eval.chained(epoch_hook, evaluation)
   output = trainer.train(plan.config, plan.workdir, artefacts.data, artefacts.mesh, teacher=teacher,
-                         table=artefacts.table, step_hook=step_hook, epoch_hook=epoch_hook,
+                         table=artefacts.table, step_hook=step_hook, epoch_hook=hook,
                          batch_hook=batch_hook)
+  if evaluation is not None:
+    output.results.update(evaluation.summary())
   output.results.update(_teacher_summary(artefacts.teacher if teacher is not None else None))
   # The CAD windows the run's score file used (shrunk or not), for the study report.
   output.results.update(scoring.cad_record(_base_config(plan)))

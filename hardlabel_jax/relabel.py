@@ -26,6 +26,8 @@ from hardlabel_jax import metrics_log
 from hardlabel_jax import preemption
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
+from hardlabel_jax.data import crops
+from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.soft_labels import formats
 from hardlabel_jax.soft_labels import table as table_lib
@@ -55,7 +57,16 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
           # a row's stored box, so only the header can tell them apart).
           "recipe": config_schema.train_crop_recipe(config),
           "shuffle_factor": int(spec.shuffle_factor),
-          **_cutmix_partner(config)
+          # Tables cropped by PIL's box resize (before 2026-12-04) record nothing.
+          **({} if spec.resize == crops.PIL_BOX else {
+                 "resize": spec.resize
+             }),
+          **_cutmix_partner(config),
+          # Device crops differ from PIL's by rounding: a table is replayed on its own pixels
+          # only (host tables, made before device crops existed, record nothing).
+          **({
+              "resampler": device_pool.DEVICE_RESAMPLER
+          } if data.on_device else {})
       },
       temperature=float(config.temperature),
       label_format=config.label_format,
@@ -85,9 +96,15 @@ def table_identity(config: ml_collections.ConfigDict, data_identity: Mapping[str
   else:
     recipe.update(crop_scale=config.crop_scale, crop_ratio=config.crop_ratio)
   recipe["topk"] = config.topk if config.label_format != "full" else 0
+  if config.crop_resize != crops.PIL_BOX:  # tables of PIL's box resize keep their digests
+    recipe["crop_resize"] = config.crop_resize
   if run_data.cutmix_in_relabel_batches(config):
     recipe.update(table_cutmix="relabel_batch", relabel_batch_size=config.relabel_batch_size)
   recipe["teacher_bn_mode"] = config_schema.resolved_teacher_bn_mode(config)
+  if device_pool.planned_backend(config.crop_backend) == device_pool.DEVICE:
+    # Its own directory (a pool over the device budget still gets host crops, and its header
+    # says so: the replay of the same pool falls back the same way).
+    recipe["crop_resampler"] = device_pool.DEVICE_RESAMPLER
   if recipe["teacher_bn_mode"] == "batch_stats":
     # BSSL labels depend on their batch: its size and how batches are drawn
     # (data/relabel_batches.py).
@@ -167,6 +184,7 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
   num_shards = -(-len(spec.ids) // per_shard)
   done = _completed_everywhere(writer, num_shards)
   example = run_data.table_crop_example(config, data)
+  device = run_data.device_crops(data, mesh) if not all(done) else None
   bssl = config_schema.resolved_teacher_bn_mode(config) == "batch_stats"
   if bssl:
     predict = inference.bssl_log_probs_fn(teacher.model, mesh, config.temperature,
@@ -192,12 +210,14 @@ def write_table(config: ml_collections.ConfigDict, directory: str, data: run_dat
                                                group_size=config.relabel_batch_size,
                                                seed=config.crop_seed, predict=predict,
                                                variables=teacher.variables, mesh=mesh,
-                                               batch_size=config.eval_batch_size, loading=loading)
+                                               batch_size=config.eval_batch_size, loading=loading,
+                                               device=device)
     else:
       outputs_of = inference.crop_outputs(example, slots=spec.slots_per_image, first_row=first_row,
                                           num_rows=num_rows, predict=predict,
                                           variables=teacher.variables, mesh=mesh,
-                                          batch_size=config.eval_batch_size, loading=loading)
+                                          batch_size=config.eval_batch_size, loading=loading,
+                                          device=device)
     for outputs in outputs_of:
       _rows_of(outputs, spec, first_row, rows)
     if writer is not None:

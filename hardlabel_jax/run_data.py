@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -11,13 +12,15 @@ from hardlabel_jax import config_schema
 from hardlabel_jax import selection
 from hardlabel_jax.data import class_cut
 from hardlabel_jax.data import crops
+from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import errors as data_errors
-from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.data import sources
+from hardlabel_jax.data import tensor_set
 from hardlabel_jax.data.errors import DataSourceError
 from hardlabel_jax.data.source import ImageSource
+from hardlabel_jax.data.source import SourceInfo
 
 _SHOWN = 5  # class names quoted in an error message
 
@@ -31,6 +34,13 @@ class RunData:
   pool_ids: np.ndarray
   crop_spec: crops.CropSpec
   normalizer: pipeline.Normalizer
+  # Where training and table crops are made: device_pool.HOST or DEVICE (`crop_backend` resolved
+  # for this pool and these devices).
+  crop_backend: str = device_pool.HOST
+
+  @property
+  def on_device(self) -> bool:
+    return self.crop_backend == device_pool.DEVICE
 
 
 # The score a selection method ranks by (names in a task='score' run's score file).
@@ -79,12 +89,12 @@ def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
   recipe = config_schema.train_crop_recipe(config)
   if recipe == "rded":
     return crops.rded_spec(config.image_size, rded_factor(config), flip=config.random_flip,
-                           cutmix_alpha=config.cutmix_alpha)
+                           cutmix_alpha=config.cutmix_alpha, resize=config.crop_resize)
   if recipe == "dsa":  # the whole image; the train step applies DSA on the device
     return crops.whole_image_spec(config.image_size)
   return crops.CropSpec(output_size=config.image_size, scale=tuple(config.crop_scale),
                         ratio=tuple(config.crop_ratio), flip=config.random_flip,
-                        cutmix_alpha=config.cutmix_alpha)
+                        cutmix_alpha=config.cutmix_alpha, resize=config.crop_resize)
 
 
 def cutmix_in_relabel_batches(config: ml_collections.ConfigDict) -> bool:
@@ -110,16 +120,37 @@ def table_crop_example(config: ml_collections.ConfigDict, data: RunData,
   """The crops a soft-label table stores and every replay of it reads (`crop_seed`, the run's
   crop spec and the table's CutMix over `slots` relabel epochs, default `crops_per_image`), from
   `source` (default the train split)."""
-  return pipeline.CropExample(source or data.train, data.pool_ids, data.crop_spec, config.crop_seed,
-                              data.normalizer, table_cutmix_plan(config, data, slots))
+  return pipeline.CropExample(source or data.train, data.pool_ids, data.crop_spec,
+                              config.crop_seed, data.normalizer,
+                              table_cutmix_plan(config, data, slots), on_device=data.on_device)
+
+
+def device_crops(data: RunData, mesh: jax.sharding.Mesh) -> device_pool.DeviceCrops | None:
+  """The run's pool placed on `mesh` with its crop program, or None when crops are made on the
+  host."""
+  if not data.on_device:
+    return None
+  return device_pool.place(data.train, data.pool_ids, data.crop_spec, data.normalizer.mean,
+                           data.normalizer.std, mesh)
 
 
 def _test_source(config: ml_collections.ConfigDict) -> ImageSource:
-  """The test split; an image folder tested on its own test split maps it by class_order too."""
+  """The test split; an image folder (or Tiny-ImageNet) tested on its own test split maps it by
+  class_order too."""
   name = config.test_dataset or config.dataset
-  own_folder = name == config.dataset and name.startswith(image_folder.PREFIX)
+  own_folder = name == config.dataset and sources.takes_class_order(name)
   return sources.load_source(name, config.test_split, config.data_dir or None,
                              class_order=config.class_order if own_folder else "")
+
+
+def tensor_reading(config: ml_collections.ConfigDict, test: SourceInfo) -> tensor_set.Reading:
+  """How a run reads its tensor set: against the test split's classes and channels, undoing
+  `normalization_mean/std` (else the test split's statistics), by the `tensor_set_*` rules."""
+  return tensor_set.Reading(num_classes=test.num_classes, channels=test.image_shape[-1],
+                            mean=tuple(config.normalization_mean) or test.mean,
+                            std=tuple(config.normalization_std) or test.std,
+                            pixel_scale=config.tensor_set_pixel_scale,
+                            hard_labels=config.tensor_set_hard_labels)
 
 
 def train_source(config: ml_collections.ConfigDict, test: ImageSource | None = None) -> ImageSource:
@@ -129,8 +160,14 @@ def train_source(config: ml_collections.ConfigDict, test: ImageSource | None = N
   With class_order '' this is the plain train split (folder names sorted) and the test split is
   not opened; otherwise `test` (opened here when None) supplies the classes to map onto, so a
   folder that does not match them fails here, before anything is built or trained.
+  A tensor set (`tensors:<dir>`) is read against the test split (`tensor_reading`).
   """
-  if not config.class_order:
+  if config.dataset.startswith(tensor_set.PREFIX):
+    test = _test_source(config) if test is None else test
+    split = sources.load_source(config.dataset, config.train_split, config.data_dir or None,
+                                class_order=config.class_order,
+                                tensor_reading=tensor_reading(config, test.info))
+  elif not config.class_order:
     split = sources.load_source(config.dataset, config.train_split, config.data_dir or None)
   else:
     test = _test_source(config) if test is None else test
@@ -211,7 +248,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   spec = crop_spec(config)
   mean = tuple(config.normalization_mean) or tuple(train.info.mean)
   std = tuple(config.normalization_std) or tuple(train.info.std)
-  return RunData(train, test, pool_ids, spec, pipeline.Normalizer(mean, std))
+  backend = device_pool.choose(config.crop_backend, config.device_pool_budget_mb, train, pool_ids,
+                               jax.local_devices())
+  return RunData(train, test, pool_ids, spec, pipeline.Normalizer(mean, std), backend)
 
 
 def input_shape(config: ml_collections.ConfigDict, data: RunData) -> tuple[int, int, int, int]:

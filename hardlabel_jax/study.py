@@ -17,12 +17,20 @@ configs are those of a study without the field, and a cached study resumes as be
 (configs/fashion_premise.py): one el2n_window / cad_window cell per window position (`...-w0.25-s0`)
 and one cad_prune cell per scoring length K (`...-k12-s0`); `premise_report` reads them, and
 `cad_picks` describes the images every CAD-Prune cell at its compute-matched K trained on.
+
+DD-Ranking's scores (`ddranking`, written by `study_report` into report.md and scores.json) need
+two more kinds of cell: `study_no_augmentation` gives every cell but `full` a twin trained without
+augmentation (`...-noaug-s0`), and `study_full_regimes` trains the full split under some regimes
+only (the check: HL). `study_protocol='ddranking'` trains each cell as DD-Ranking evaluates: one
+run per learning rate of its search in `cells/<cell>/lr<rate>/`, evaluated every 20 epochs, and
+the cell's results.json the best evaluation of the best rate (chosen on the test set).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Callable
@@ -34,6 +42,7 @@ import numpy as np
 from hardlabel_jax import cad_picks
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
+from hardlabel_jax import ddranking
 from hardlabel_jax import distill
 from hardlabel_jax import image_sets
 from hardlabel_jax import mesh as mesh_lib
@@ -45,8 +54,11 @@ from hardlabel_jax import run_data
 from hardlabel_jax import scoring
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
+from hardlabel_jax import tensor_sets
+from hardlabel_jax import trainer
 from hardlabel_jax import workdir_lock
 from hardlabel_jax.data import image_folder
+from hardlabel_jax.data import tensor_set
 
 FULL = "full"  # the method that trains on the whole train split (ipc 0 in the CSV)
 EXTERNAL = "external"  # an external set (study_external_set) trained as a pool of the data set
@@ -60,11 +72,14 @@ CELL_CONFIG_FILE = "study_cell.json"  # a cell's config as the study built it, b
 # budget_rule: the study's (STUDY_BUDGET_RULES); cad_scoring_epochs and cad_window_used: the K and
 # J of a CAD-ranked cell's scoring run, cad_matched_epochs the compute-matched K = E·n/N at its size
 # (empty for the other methods). variant: a premise-sweep cell's K or window ('k12', 'w0.25'; empty
-# elsewhere), window_position: a rank-window cell's position.
+# elsewhere), window_position: a rank-window cell's position. augmentation: 'none' for a cell of
+# the no-augmentation arm (study_no_augmentation), '' otherwise; learning_rate: the one the row's
+# accuracy trained at (DD-Ranking's protocol: the one its search chose); protocol: study_protocol.
 CSV_FIELDS = ("regime", "method", "ipc", "seed", "test_top1", "test_loss", "budget_rule",
               "examples_seen", "steps", "epochs", "pool_size", "label_source", "label_bytes",
               "crops_per_image", "label_keep_fraction", "cad_scoring_epochs", "cad_window_used",
-              "cad_matched_epochs", "variant", "window_position", "wall_seconds")
+              "cad_matched_epochs", "variant", "window_position", "wall_seconds", "augmentation",
+              "learning_rate", "protocol")
 # Where each regime's training targets come from (the bytes plot separates the three).
 LABEL_SOURCES = {
     regime: "table" if regime in config_schema.TABLE_REGIMES else "teacher" if regime
@@ -72,6 +87,18 @@ LABEL_SOURCES = {
 }
 _STUDY_FIELDS = tuple(k for k in config_schema.default_config() if k.startswith("study_"))
 TABLE_FIELDS = ("crops_per_image", "label_keep_fraction")  # what a study_label_tables entry sets
+# DD-Ranking's "without augmentation" (ddranking 0.2.0 aug_robust.py: no `aug_func` and the
+# `default_transform`, Resize → ToTensor → Normalize): the whole image (crops.whole_image_spec;
+# the centre square of a non-square one), unflipped, no CutMix, DSA or ShufflePatches, and HALD's
+# hard phase without its CutMix. Applied after the regime overrides: the arm is its definition.
+NO_AUGMENTATION = {
+    "train_crop_recipe": "rrc",
+    "crop_scale": (1.0, 1.0),
+    "crop_ratio": (1.0, 1.0),
+    "random_flip": False,
+    "cutmix_alpha": 0.0,
+    "hald_cutmix_alpha": 0.0
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +117,8 @@ class Cell:
   # compute-matched K), a rank-window cell's position of `study_window_positions`.
   cad_epochs: int = 0
   position: float | None = None
+  # False: the cell of the no-augmentation arm (study_no_augmentation), named `...-noaug-s0`.
+  augmented: bool = True
 
   @property
   def variant(self) -> str:
@@ -103,7 +132,8 @@ class Cell:
     size = "all" if self.method == FULL else f"ipc{self.ipc}"
     table = f"-c{self.crops}k{self.keep:g}" if self.crops else ""
     variant = f"-{self.variant}" if self.variant else ""
-    return f"{self.regime}-{self.method}-{size}{table}{variant}-s{self.seed}"
+    arm = "" if self.augmented else "-noaug"
+    return f"{self.regime}-{self.method}-{size}{table}{variant}{arm}-s{self.seed}"
 
 
 def label_tables(config: ml_collections.ConfigDict, regime: str) -> tuple[tuple[int, float], ...]:
@@ -120,18 +150,32 @@ def method_variants(config: ml_collections.ConfigDict, method: str) -> list[dict
   return [{}]
 
 
+def full_regimes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The regimes the `full` method trains under: study_full_regimes, or every regime."""
+  return tuple(config.study_full_regimes) or tuple(config.study_regimes)
+
+
+def augmentation_arms(config: ml_collections.ConfigDict, method: str) -> tuple[bool, ...]:
+  """(True,), and False too for every method but `full` with study_no_augmentation."""
+  return (True, False) if config.study_no_augmentation and method != FULL else (True,)
+
+
 def grid(config: ml_collections.ConfigDict) -> list[Cell]:
-  """Every cell, in CSV order: regime, method, images per class, label table, variant, seed."""
+  """Every cell, in CSV order: regime, method, images per class, label table, variant, the
+  augmentation arm, seed."""
   cells = []
   for regime in config.study_regimes:
     tables = label_tables(config, regime)
     for method in config.study_methods:
+      if method == FULL and regime not in full_regimes(config):
+        continue
       sizes = (0,) if method == FULL else config.study_images_per_class
       cells += [
-          Cell(regime, method, int(ipc), int(seed), crops, keep, **variant)
+          Cell(regime, method, int(ipc), int(seed), crops, keep, augmented=augmented, **variant)
           for ipc in sizes
           for crops, keep in tables
           for variant in method_variants(config, method)
+          for augmented in augmentation_arms(config, method)
           for seed in config.study_seeds
       ]
   return cells
@@ -237,6 +281,11 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
   elif cell.method == EXTERNAL:
     cell_cfg = image_sets.folder_config(cell_cfg, external_path(config),
                                         config.study_external_class_order)
+    if (config.study_external_table and cell.regime in config_schema.TABLE_REGIMES
+        and cell.augmented):
+      # The labels the set's method published (hardlabel_jax.fkd_labels), not our relabel; they
+      # belong to their own crops, so the no-augmentation arm's whole images are relabelled.
+      cell_cfg.imported_table_dir = os.path.abspath(config.study_external_table)
   else:
     cell_cfg.selection, cell_cfg.images_per_class = cell.method, cell.ipc
   if epochs_per_subset(config):
@@ -257,9 +306,90 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell, class_counts: np.
   overrides = config.study_regime_overrides.get(cell.regime)
   for field, value in (overrides.items() if overrides else ()):
     cell_cfg[field] = value
+  if not cell.augmented:
+    for field, value in NO_AUGMENTATION.items():
+      cell_cfg[field] = value
+  if config.study_protocol == "ddranking":
+    cell_cfg.eval_every_epochs = ddranking.TEST_INTERVAL_EPOCHS
+    if epochs_per_subset(config):
+      # DD-Ranking trains whole epochs, the last batch short, and evaluates after the last one;
+      # whole batches here, so the budget rounds up to the batch that completes epoch E.
+      batch = cell_cfg.global_batch_size
+      cell_cfg.budget_examples = math.ceil(
+          cell_cfg.num_epochs * cell_pool_size(cell, class_counts) / batch) * batch
   # The study's fields for other regimes and methods (a temperature, a teacher) back at their
   # defaults: the cell must validate, and an HL cell's identity must not depend on them.
   return config_schema.reset_unread(cell_cfg)
+
+
+def learning_rate_runs(
+    config: ml_collections.ConfigDict, cell: Cell,
+    cell_cfg: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(subdirectory, config) of the training runs a cell's accuracy comes from.
+
+  The library's protocol: the cell itself, in its own workdir (''). DD-Ranking's: one run per
+  learning rate of its search (`lr0.001`, ...), or, for the full data, which it trains once at a
+  fixed recipe, and for a set with its own learned rate (a tensor set's lr.pt, as DD-Ranking's
+  `syn_lr` skips the search, soft_label.py L547), one at that rate.
+  """
+  if config.study_protocol != "ddranking":
+    return [("", cell_cfg)]
+  learned = tensor_sets.learned_rate(cell_cfg)
+  if cell.method == FULL or learned is not None:
+    rates = (learned if learned is not None else cell_cfg.learning_rate,)
+  else:
+    rates = ddranking.LEARNING_RATES
+  runs = []
+  for rate in rates:
+    run = cell_cfg.copy_and_resolve_references()
+    run.learning_rate = float(rate)
+    runs.append((f"lr{rate:g}", run))
+  return runs
+
+
+def _run_dir(cell_dir: str, subdirectory: str) -> str:
+  return os.path.join(cell_dir, subdirectory) if subdirectory else cell_dir
+
+
+def searched_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """A cell's results under DD-Ranking's protocol, from its runs' results (search order).
+
+  Its rule (`_hyper_param_search_for_*_label`): the run whose best evaluation is highest, the
+  first of equal ones, starting from 0; the cell's test_top1 is that best evaluation, chosen on
+  the test set. With no evaluation above 0 the accuracy is 0 and the rate 0, as there.
+  """
+  best, index = ddranking.first_best([r["best_test_top1"] for r in runs])
+  chosen = runs[0 if index is None else index]
+  return {
+      **chosen, "protocol": "ddranking",
+      "selected_on_test_set": True,
+      "test_top1": best,
+      "test_loss": chosen["test_loss"] if index is None else chosen["best_test_loss"],
+      "final_test_top1": chosen["test_top1"],
+      "final_test_loss": chosen["test_loss"],
+      "selected_learning_rate": 0.0 if index is None else chosen["config"]["learning_rate"],
+      "learning_rate_search": [{
+          "learning_rate": r["config"]["learning_rate"],
+          "best_test_top1": r["best_test_top1"],
+          "best_epoch": r["best_epoch"]
+      } for r in runs],
+      "wall_seconds": sum(r["wall_seconds"] for r in runs)
+  }
+
+
+def _check_evaluated(configs: dict[Cell, ml_collections.ConfigDict],
+                     class_counts: np.ndarray) -> None:
+  """DD-Ranking's protocol: every cell trains at least one evaluation interval."""
+  interval = ddranking.TEST_INTERVAL_EPOCHS
+  for cell, cell_cfg in configs.items():
+    epochs = trainer.budget_from_config(cell_cfg, cell_pool_size(cell, class_counts)).epochs
+    if epochs < interval:
+      _fail(
+          "study_protocol", f"'ddranking' reports the best test accuracy of evaluations after "
+          f"every {interval} epochs; cell {cell.name} trains {epochs:.1f} epochs, so it has none "
+          f"(DD-Ranking would report 0). Give every cell >= {interval} epochs, e.g. "
+          "study_budget_rule='epochs_per_subset' with study_epochs_per_subset and "
+          "study_full_epochs")
 
 
 def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
@@ -306,6 +436,7 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
           "budget_examples", f"{config.budget_examples} examples is less than one global batch "
           f"({config.global_batch_size})")
   _check_premise_axes(config)
+  _check_ddranking_fields(config)
   if set(config.study_methods) & {"el2n_easy", "el2n_hard", "el2n_window", "ccs"} and \
       config.study_score_epochs < 1:
     _fail("study_score_epochs", "EL2N and CCS rank by a scoring run; it needs >= 1 epoch")
@@ -326,6 +457,29 @@ def _check_grid_fields(config: ml_collections.ConfigDict) -> None:
         # The override would give every table of the axis one value: cells named apart, run alike.
         _fail(f"study_regime_overrides.{regime}.{field}",
               "study_label_tables sets it in every table cell; remove one of the two")
+
+
+def _check_ddranking_fields(config: ml_collections.ConfigDict) -> None:
+  """study_full_regimes, study_no_augmentation and study_protocol: what DD-Ranking's scores need."""
+  regimes = tuple(config.study_full_regimes)
+  if regimes and FULL not in config.study_methods:
+    _fail("study_full_regimes", "only 'full' cells read it; add 'full' to study_methods or leave "
+          "it empty")
+  for regime in regimes:
+    if regime not in config.study_regimes:
+      _fail("study_full_regimes", f"{regime!r} is not a regime of this study "
+            f"({', '.join(config.study_regimes)})")
+  if len(set(regimes)) != len(regimes):
+    _fail("study_full_regimes", f"{regimes} repeats a regime")
+  if config.study_no_augmentation and not set(config.study_methods) - {FULL}:
+    _fail(
+        "study_no_augmentation", "the arm trains every cell but 'full' without augmentation; "
+        "this study has no other method")
+  interval = ddranking.TEST_INTERVAL_EPOCHS
+  if config.study_protocol == "ddranking" and config.eval_every_epochs not in (0, interval):
+    _fail(
+        "eval_every_epochs", f"study_protocol='ddranking' evaluates every {interval} epochs "
+        "(DD-Ranking's test_interval); leave it at 0")
 
 
 def _check_premise_axes(config: ml_collections.ConfigDict) -> None:
@@ -393,10 +547,11 @@ def _check_sizes(config: ml_collections.ConfigDict, class_counts: np.ndarray) ->
 
 
 def external_path(config: ml_collections.ConfigDict) -> str:
-  """The folder of `study_external_set` (given as a path or as 'imagefolder:<path>')."""
+  """The directory of `study_external_set`, given as a path, 'imagefolder:<path>' or
+  'tensors:<dir>' (a directory holding images.pt is a tensor set whichever way it is named)."""
   path = config.study_external_set
-  if path.startswith(image_folder.PREFIX):
-    path = path[len(image_folder.PREFIX):]
+  for prefix in (image_folder.PREFIX, tensor_set.PREFIX):
+    path = path.removeprefix(prefix)
   return os.path.abspath(path)
 
 
@@ -462,6 +617,8 @@ def validate_study(config: ml_collections.ConfigDict, counts: np.ndarray,
       config_schema.validate(cell_cfg)
     except ValueError as e:
       raise ValueError(f"study cell {cell.name}: {e}") from e
+  if config.study_protocol == "ddranking":
+    _check_evaluated(configs, counts)
   return configs
 
 
@@ -501,7 +658,11 @@ def cell_row(cell: Cell, results: dict[str, Any], budget_rule: str,
       "cad_matched_epochs": matched_epochs or "",
       "variant": cell.variant,
       "window_position": "" if cell.position is None else cell.position,
-      "wall_seconds": round(results["wall_seconds"], 1)
+      "wall_seconds": round(results["wall_seconds"], 1),
+      "augmentation": "" if cell.augmented else ddranking.NO_AUGMENTATION,
+      "learning_rate": results.get("selected_learning_rate",
+                                   results.get("config", {}).get("learning_rate", "")),
+      "protocol": results.get("protocol", "library")
   }
 
 
@@ -559,13 +720,53 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices: list[jax.De
     # cell's own run_config.json holds its resolved config: score file and distilled set paths.)
     cell_dir = os.path.join(workdir, CELLS_DIR, cell.name)
     checkpointing.check_same_run(cell_dir, cell_cfg, CELL_CONFIG_FILE)
-    if not os.path.exists(os.path.join(cell_dir, plan_lib.RESULTS_FILE)):
-      # The shared teacher, scores, sets and tables a cell still to train would use, and the
-      # workdir it resumes in, checked up front too (a finished cell is only read).
-      plan_lib.check(plan_lib.make_plan(cell_cfg, cell_dir, "train"))
+    results_path = os.path.join(cell_dir, plan_lib.RESULTS_FILE)
+    if os.path.exists(results_path):
+      _check_finished_protocol(config, cell, results_path)
+      continue
+    for subdirectory, run_cfg in learning_rate_runs(config, cell, cell_cfg):
+      run_dir = _run_dir(cell_dir, subdirectory)
+      if not os.path.exists(os.path.join(run_dir, plan_lib.RESULTS_FILE)):
+        # The shared teacher, scores, sets and tables a run still to train would use, and the
+        # workdir it resumes in, checked up front too (a finished run is only read).
+        plan_lib.check(plan_lib.make_plan(run_cfg, run_dir, "train"))
   lock = workdir_lock.workdir_lock_path(workdir)
   with workdir_lock.hold(lock, f"the study workdir {os.path.abspath(workdir)}"):
     return _train_cells(config, configs, counts, workdir, cache_dir, devices, step_hook)
+
+
+def _check_finished_protocol(config: ml_collections.ConfigDict, cell: Cell, path: str) -> None:
+  """A finished cell's accuracy came from this study's protocol (its results.json says which)."""
+  with open(path) as f:
+    protocol = json.load(f).get("protocol", "library")
+  if protocol != config.study_protocol:
+    _fail(
+        "study_protocol", f"{config.study_protocol!r}, but cell {cell.name} in "
+        f"{os.path.dirname(path)} finished under {protocol!r}; use a new workdir")
+
+
+def _train_searched_cell(config: ml_collections.ConfigDict, cell: Cell,
+                         cell_cfg: ml_collections.ConfigDict, cell_dir: str,
+                         devices: list[jax.Device] | None,
+                         step_hook: Callable[[int], None] | None) -> None:
+  """DD-Ranking's protocol: each of the cell's runs (a finished one is read), then the cell's
+  results.json, its chosen run's (the file that marks the cell finished)."""
+  runs = []
+  for subdirectory, run_cfg in learning_rate_runs(config, cell, cell_cfg):
+    run_dir = _run_dir(cell_dir, subdirectory)
+    path = os.path.join(run_dir, plan_lib.RESULTS_FILE)
+    if not os.path.exists(path):
+      if preemption.stop_requested():
+        raise preemption.stop(f"study stopped in cell {cell.name} before its run {subdirectory}")
+      plan_lib.train(run_cfg, run_dir, devices=devices, step_hook=step_hook)
+    with open(path) as f:
+      runs.append(json.load(f))
+  results = searched_results(runs)
+  if jax.process_index() == 0:
+    metrics_log.write_json_atomic(os.path.join(cell_dir, plan_lib.RESULTS_FILE), results)
+  metrics_log.log_line(f"study: {cell.name} chose learning rate "
+                       f"{results['selected_learning_rate']:g} (test top-1 "
+                       f"{results['test_top1']:.4f}, selected on the test set)")
 
 
 def cad_prune_picks(config: ml_collections.ConfigDict, configs: dict[Cell,
@@ -644,6 +845,10 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
       if values
   ]
   axis += "".join(f"{text} × " for text in premise)
+  if config.study_no_augmentation:
+    axis += "2 augmentation arms (all but full) × "
+  if config.study_protocol == "ddranking":
+    axis += f"{len(ddranking.LEARNING_RATES)} learning rates (all but full, DD-Ranking) × "
   metrics_log.log_line(f"study: {len(cells)} cells ({len(config.study_regimes)} regimes × "
                        f"{len(config.study_methods)} methods × "
                        f"{len(config.study_images_per_class)} sizes × {axis}"
@@ -665,7 +870,10 @@ def _train_cells(config: ml_collections.ConfigDict, configs: dict[Cell, ml_colle
     if is_writer:
       os.makedirs(cell_dir, exist_ok=True)
       checkpointing.write_run_identity(cell_dir, configs[cell], CELL_CONFIG_FILE)
-    plan_lib.train(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
+    if config.study_protocol == "ddranking":
+      _train_searched_cell(config, cell, configs[cell], cell_dir, devices, step_hook)
+    else:
+      plan_lib.train(configs[cell], cell_dir, devices=devices, step_hook=step_hook)
     if is_writer:
       write_csv(_finished_rows(workdir, cells, config, counts), csv_path)
   rows = _finished_rows(workdir, cells, config, counts)

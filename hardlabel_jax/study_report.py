@@ -24,6 +24,8 @@ import math
 import os
 from typing import Any, Callable, Iterable, Sequence
 
+from hardlabel_jax import ddranking
+from hardlabel_jax import metrics_log
 from hardlabel_jax import selection
 
 FULL = "full"
@@ -41,8 +43,16 @@ PROTOCOL_FIELDS = {
     "cad_matched_epochs": int,
     # A premise-sweep cell's K or window ('k12', 'w0.25') and its window position.
     "variant": str,
-    "window_position": float
+    "window_position": float,
+    # 'none': a cell of the no-augmentation arm; the learning rate its accuracy trained at; the
+    # study's protocol ('ddranking': chosen on the test set).
+    "augmentation": str,
+    "learning_rate": float,
+    "protocol": str
 }
+# How a row of the no-augmentation arm is named beside its method (tables) or regime (gains).
+ARM_TEXT = {ddranking.NO_AUGMENTATION: "no augmentation"}
+SCORES_FILE = "scores.json"  # DD-Ranking's scores of the study's methods (ddranking.study_scores)
 BUDGET_RULE_TEXT = {
     "fixed_examples": "fixed budget (every cell the same examples)",
     "epochs_per_subset": "epochs per subset (every cell the same epochs of its own pool)"
@@ -127,21 +137,37 @@ def method_label(row: dict[str, Any]) -> str:
   return f"{row['method']} " + (f"K={variant[1:]}" if variant[0] == "k" else f"@{variant[1:]}")
 
 
+def _arm(row: dict[str, Any]) -> str:
+  return row.get("augmentation", "")
+
+
+def _with_arm(method: str, row: dict[str, Any]) -> str:
+  """'random', or 'random (no augmentation)' for a row of the no-augmentation arm."""
+  arm = ARM_TEXT.get(_arm(row), _arm(row))
+  return f"{method} ({arm})" if arm else method
+
+
+def _qualifier(table: str, arm: str) -> str:
+  """'16 crops, keep 1/4', 'no augmentation', both, or '': what sets an entry apart."""
+  return ", ".join(text for text in (table, ARM_TEXT.get(arm, arm)) if text)
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One entry per (regime, method, ipc, label table): accuracy mean/std in %, seeds, label bytes.
+  """One entry per (regime, method, ipc, label table, arm): accuracy mean/std in %, seeds, bytes.
 
   `table` names the label table ('16 crops, keep 1/4') only where the regime's rows hold more
-  than one (a study_label_tables axis); elsewhere it is '' and the entry is as without the axis.
-  A premise-sweep cell's K or window is part of its method (`method_label`).
+  than one (a study_label_tables axis), and the no-augmentation arm ('no augmentation'); elsewhere
+  it is '' and the entry is as without the axis. A premise-sweep cell's K or window is part of
+  its method (`method_label`).
   """
   tables: dict[str, set] = {}
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     tables.setdefault(row["regime"], set()).add(_table_of(row))
-    groups.setdefault((row["regime"], method_label(row), row["ipc"], *_table_of(row)),
+    groups.setdefault((row["regime"], method_label(row), row["ipc"], *_table_of(row), _arm(row)),
                       []).append(row)
   summary = []
-  for (regime, method, ipc, crops, keep), members in groups.items():
+  for (regime, method, ipc, crops, keep, arm), members in groups.items():
     summary.append({
         "regime": regime,
         "method": method,
@@ -151,7 +177,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "label_bytes": sum(r["label_bytes"] for r in members) / len(members),
         "crops": crops,
         "keep": keep,
-        "table": table_text(crops, keep) if len(tables[regime]) > 1 else ""
+        "table": _qualifier(table_text(crops, keep) if len(tables[regime]) > 1 else "", arm)
     })
   return summary
 
@@ -278,7 +304,7 @@ def protocol_table(rows: list[dict[str, Any]]) -> str:
   """
   seen: dict[tuple, set] = {}
   for row in rows:
-    key = (row["method"], row["ipc"])
+    key = (_with_arm(row["method"], row), row["ipc"])
     seen.setdefault(key, set()).add(
         (row.get("budget_rule", ""), round(row["epochs"], 2), row["examples_seen"], row["steps"],
          row.get("cad_scoring_epochs", ""), row.get("cad_window_used", "")))
@@ -353,7 +379,8 @@ def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   cells: dict[tuple, dict[str, dict[int, dict]]] = {}
   for row in rows:
     if row["regime"] in ("sl", "hald"):
-      key = (row["method"], row["ipc"], *_table_of(row))
+      # The no-augmentation arm pairs within itself, named beside the method.
+      key = (_with_arm(row["method"], row), row["ipc"], *_table_of(row))
       cells.setdefault(key, {}).setdefault(row["regime"], {})[row["seed"]] = row
   out = []
   for (method, ipc, crops, keep), by_regime in cells.items():
@@ -622,7 +649,9 @@ def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
       axis.plot([s["label_bytes"] for s in points], [s["mean"] for s in points],
                 color=colors[method], linestyle=lines.get(regime, ":"), linewidth=0.8)
   for regime, style in (("hl", ":"), ("sl_kd", "--")):
-    reference = [s for s in summary if s["regime"] == regime and s["method"] == RANDOM]
+    reference = [
+        s for s in summary if s["regime"] == regime and s["method"] == RANDOM and not s["table"]
+    ]
     for s in reference:
       axis.axhline(s["mean"], color="gray", linestyle=style, linewidth=0.8)
       axis.annotate(f"{REGIME_NAMES[regime]} random ipc {s['ipc']}", (0.01, s["mean"]),
@@ -698,6 +727,83 @@ def budget_line(rows: list[dict[str, Any]], budget: str | None) -> str:
   return f"Budget rule: {'; '.join(named)}." if named else "Budget rule: not recorded (older CSV)."
 
 
+def selected_on_test_set(rows: list[dict[str, Any]]) -> bool:
+  """Whether the rows' accuracies are DD-Ranking's, chosen on the test set."""
+  return any(row.get("protocol") == "ddranking" for row in rows)
+
+
+def _score_text(stat: dict[str, float], seeds: int, points: bool) -> str:
+  """A gain in points (+1.23 ± 0.45) or an LRS / ARS (4 significant digits), with its seeds."""
+  mean, std = (f"{stat['mean']:+.2f}", f"{stat['std']:.2f}") if points else (f"{stat['mean']:.4g}",
+                                                                             f"{stat['std']:.4g}")
+  return f"{mean} ± {std} ({seeds})"
+
+
+def _score_labels(entries: list[dict[str, Any]], regime_key: str) -> list[str]:
+  """Each entry's regime, with its label table where the regime's entries hold several."""
+  tables: dict[str, set] = {}
+  for e in entries:
+    tables.setdefault(e[regime_key], set()).add(
+        (e.get("crops_per_image"), e.get("label_keep_fraction")))
+  return [
+      _regime_text(
+          e[regime_key],
+          table_text(e["crops_per_image"], e["label_keep_fraction"])
+          if len(tables[e[regime_key]]) > 1 else "") for e in entries
+  ]
+
+
+def ddranking_tables(scores: dict[str, Any]) -> str:
+  """Markdown: LRS with its HLR and IOR, and ARS with its two gains over random, per method,
+  size and regime, mean ± population std over seeds (seeds); '' without a score."""
+  blocks = []
+  if scores["lrs"]:
+    lines = ["| method | ipc | soft labels | HLR | IOR | LRS |", "|---|---|---|---|---|---|"]
+    for e, label in zip(scores["lrs"], _score_labels(scores["lrs"], "soft_regime"), strict=True):
+      n = len(e["seeds"])
+      lines.append(f"| {e['method']} | {e['ipc']} | {label} | {_score_text(e['hlr'], n, True)} | "
+                   f"{_score_text(e['ior'], n, True)} | {_score_text(e['lrs'], n, False)} |")
+    blocks.append("\n".join(lines))
+  if scores["ars"]:
+    lines = [
+        "| method | ipc | labels | gain with augmentation | gain without | ARS |",
+        "|---|---|---|---|---|---|"
+    ]
+    for e, label in zip(scores["ars"], _score_labels(scores["ars"], "regime"), strict=True):
+      n = len(e["seeds"])
+      lines.append(f"| {e['method']} | {e['ipc']} | {label} | "
+                   f"{_score_text(e['with_aug_score'], n, True)} | "
+                   f"{_score_text(e['without_aug_score'], n, True)} | "
+                   f"{_score_text(e['ars'], n, False)} |")
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks)
+
+
+def _ddranking_section(scores: dict[str, Any]) -> list[str]:
+  """The report's lines on DD-Ranking's scores (none without a score)."""
+  tables = ddranking_tables(scores)
+  if not tables:
+    return []
+  accuracies = (
+      "The accuracies are DD-Ranking's protocol's, **selected on the test set** (the best of "
+      f"{len(ddranking.LEARNING_RATES)} learning rates and of evaluations every "
+      f"{ddranking.TEST_INTERVAL_EPOCHS} epochs)." if scores["selected_on_test_set"] else
+      "The accuracies are final test accuracies at the study's recipe (DD-Ranking itself picks "
+      "the learning rate and the epoch on the test set: study_protocol='ddranking').")
+  lines = [
+      "## DD-Ranking scores (points), mean ± std over seeds (seeds)", "",
+      f"As `{ddranking.SOURCE}`, per seed, then the mean and numpy's population std (ddof 0) over "
+      f"seeds, λ = {scores['lambda']:g}: HLR = full-data HL − set HL; IOR = set − random under "
+      "the soft labels; LRS = (e^α − e^−1)/(e − e^−1), α = λ·IOR − (1 − λ)·HLR; ARS the same map "
+      "of λ·(gain over random with augmentation) + (1 − λ)·(gain without). Accuracies are in "
+      "percent, as its code passes them, so LRS and ARS leave [0, 1] beyond a point's gap. "
+      + accuracies, "", tables, ""
+  ]
+  if scores["missing"]:
+    lines += ["Not computed: " + "; ".join(scores["missing"]) + ".", ""]
+  return lines + [f"Per-seed values: [{SCORES_FILE}]({SCORES_FILE}).", ""]
+
+
 def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = None) -> Report:
   """Writes report.md and the three plots into `out_dir`; returns the text and paths.
 
@@ -709,10 +815,13 @@ def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = 
   plot_accuracy_vs_ipc(summary, paths[0])
   plot_gain_over_random(summary, paths[1])
   plot_accuracy_vs_label_bytes(summary, paths[2])
+  selected = (f": selected on the test set (DD-Ranking's protocol, the best of "
+              f"{len(ddranking.LEARNING_RATES)} learning rates and of evaluations every "
+              f"{ddranking.TEST_INTERVAL_EPOCHS} epochs)" if selected_on_test_set(rows) else "")
   lines = [
       "## Protocol", "",
       budget_line(rows, budget), "",
-      protocol_table(rows), "", "## Test top-1 (%), mean ± std over seeds (seeds)", "",
+      protocol_table(rows), "", f"## Test top-1 (%), mean ± std over seeds (seeds){selected}", "",
       accuracy_table(summary), ""
   ]
   gains = gain_table(summary)
@@ -728,6 +837,12 @@ def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = 
         "## Spread between subset methods and gain over random (points)", "",
         spread_table(summary), ""
     ]
+  scores = ddranking.study_scores(rows)
+  lines += _ddranking_section(scores)
+  if scores["lrs"] or scores["ars"]:
+    scores_path = os.path.join(out_dir, SCORES_FILE)
+    metrics_log.write_json_atomic(scores_path, scores)
+    paths = (*paths, scores_path)
   bytes_table = label_bytes_table(rows)
   if bytes_table:
     lines += [
@@ -753,7 +868,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = 
   with open(tmp, "w") as f:
     f.write(markdown)
   os.replace(tmp, report_path)
-  return Report(markdown, (report_path, *paths))
+  return Report(markdown, (report_path, *paths))  # plots, then scores.json when written
 
 
 def main(argv: Sequence[str]) -> None:

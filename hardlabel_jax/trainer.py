@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hardlabel_jax import batch_feed
 from hardlabel_jax import checkpointing
 from hardlabel_jax import config_schema
 from hardlabel_jax import faults
@@ -105,9 +106,16 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
       normalizer=data.normalizer, global_batch=mesh_lib.padded_batch(config.eval_batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count(),
       loading=pipeline.LoaderOptions.from_config(config))
-  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  feed = batch_feed.BatchFeed(mesh)
+  # Read once at the end (summed on the host in batch order), with at most `_steps_in_flight`
+  # batches unfinished: their sums are all-reduces, as a train step's gradients are.
+  per_batch = []
   for local in batches:
-    sums = eval_fn(state, mesh_lib.global_batch(local, mesh))
+    per_batch.append(eval_fn(state, feed(local)))
+    if len(per_batch) > _steps_in_flight(mesh):
+      jax.block_until_ready(per_batch[-1 - _steps_in_flight(mesh)])
+  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for sums in jax.device_get(per_batch):
     totals = {k: totals[k] + float(sums[k]) for k in totals}
   if not totals["count"]:
     raise ValueError(f"the test split {data.test.info.split!r} of {data.test.info.name} has no "
@@ -288,7 +296,8 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
   """Global stream position → training example, for the configured regime."""
   order = pipeline.EpochShuffle(len(data.pool_ids), config.seed)
   train = pool_memory.in_memory(data.train, data.pool_ids)  # every epoch reads the pool again
-  fresh = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.seed, data.normalizer)
+  fresh = pipeline.CropExample(train, data.pool_ids, data.crop_spec, config.seed, data.normalizer,
+                               on_device=data.on_device)
   if table is None:
     return pipeline.FreshCrops(fresh, order)
   stored = run_data.table_crop_example(config, data, train)
@@ -304,8 +313,8 @@ def training_examples(config: ml_collections.ConfigDict, data: run_data.RunData,
   pipeline_alpha = config.hald_cutmix_alpha if config.hald_hard_cutmix == "pool" else 0.0
   hard_spec = dataclasses.replace(data.crop_spec, cutmix_alpha=pipeline_alpha)
   hard = pipeline.FreshCrops(
-      pipeline.CropExample(train, data.pool_ids, hard_spec, config.seed, data.normalizer), order,
-      slot_offset=config.crops_per_image)
+      pipeline.CropExample(train, data.pool_ids, hard_spec, config.seed, data.normalizer,
+                           on_device=data.on_device), order, slot_offset=config.crops_per_image)
   return replay.PhasedCrops(phases, soft, hard, data.train.info.num_classes)
 
 
@@ -347,8 +356,9 @@ def _steps_in_flight(mesh: jax.sharding.Mesh) -> int:
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                state: train_state_lib.TrainState, iterator, step_fns: dict[str, Callable],
-                phases: hald.StepPhases, budget: Budget, start_step: int,
+                state: train_state_lib.TrainState, iterator, feed: batch_feed.BatchFeed,
+                step_fns: dict[str,
+                               Callable], phases: hald.StepPhases, budget: Budget, start_step: int,
                 checkpointer: checkpointing.Checkpointer, log: metrics_log.MetricsLog,
                 progress: metrics_log.Progress, *, step_hook, epoch_hook,
                 batch_hook: BatchHook | None) -> tuple[train_state_lib.TrainState, float]:
@@ -368,7 +378,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
   most_in_flight = _steps_in_flight(mesh)
   for step in range(start_step + 1, budget.steps + 1):
     step_fn = step_fns[phases.of_step(step - 1)]
-    state, metrics = step_fn(state, mesh_lib.global_batch(next(iterator), mesh))
+    state, metrics = step_fn(state, feed(next(iterator)))
     outputs = (step, metrics.pop(train_steps.PER_EXAMPLE, None))
     watch.update(state.step, metrics["loss"])
     in_flight.append(metrics["loss"])
@@ -455,6 +465,7 @@ def standalone_step_rate(config: ml_collections.ConfigDict, data: run_data.RunDa
   phases = step_phases(config, budget)
   step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget,
                          data.train.info.num_classes, teacher)
+  feed = batch_feed.BatchFeed(mesh, run_data.device_crops(data, mesh))
   # The run's own batches, by index (this process's rows, as the loop's stream makes them).
   batches = pipeline.process_batches(training_examples(config, data, table,
                                                        phases), num_batches=budget.steps,
@@ -468,7 +479,7 @@ def standalone_step_rate(config: ml_collections.ConfigDict, data: run_data.RunDa
     phase = phases.of_step(step)
     if phase in seconds_per_step:
       continue
-    batch = mesh_lib.global_batch(batches[step], mesh)
+    batch = feed(batches[step])  # on the devices, the crops made, before the timing
     state, _ = step_fns[phase](state, batch)  # compiles
     jax.block_until_ready(state)
     times = []
@@ -530,17 +541,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
 
   step_fns = _make_steps(config, model, tx, schedule, step_rng, mesh, budget, info.num_classes,
                          teacher, record_margins=batch_hook is not None)
+  feed = batch_feed.BatchFeed(mesh, run_data.device_crops(data, mesh))
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_writer)
   progress = metrics_log.Progress(budget.steps, config.global_batch_size, start_step)
   metrics_log.log_line(
       f"training {config.model} on {len(data.pool_ids)} examples of {info.name} "
       f"({info.num_classes} classes), {budget.steps} steps × {config.global_batch_size} = "
       f"{budget.steps * config.global_batch_size} examples ({budget.epochs:.1f} epochs) on "
-      f"{mesh.size} devices; starting at step {start_step}")
+      f"{mesh.size} devices, crops made on the {data.crop_backend}; starting at step {start_step}")
 
   try:
-    state, train_seconds = _train_loop(config, workdir, mesh, state, iterator, step_fns, phases,
-                                       budget, start_step, checkpointer, log, progress,
+    state, train_seconds = _train_loop(config, workdir, mesh, state, iterator, feed, step_fns,
+                                       phases, budget, start_step, checkpointer, log, progress,
                                        step_hook=step_hook, epoch_hook=epoch_hook,
                                        batch_hook=batch_hook)
   except BaseException:
@@ -571,6 +583,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: run_data.RunDat
       **_label_summary(config, table),
       "phase_steps": phases.counts(),
       "pool_size": int(len(data.pool_ids)),
+      "crop_backend": data.crop_backend,
       "dataset": info.name,
       "dataset_fingerprint": info.fingerprint,
       "num_params": models.count_params(state.params),

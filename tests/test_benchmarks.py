@@ -205,7 +205,11 @@ def test_cell_quick_runs_every_regime_against_its_step(tmp_path):
                                  str(out)]))
   assert [r["regime"] for r in saved["rows"]] == ["hl", "sl", "sl_kd", "hald"]
   for row in saved["rows"]:
-    assert row["cell_examples_per_sec"] > 0 and row["step_examples_per_sec"] > 0
-    assert row["cell_over_step"] == pytest.approx(row["cell_examples_per_sec"]
-                                                  / row["step_examples_per_sec"])
+    assert row["step_examples_per_sec"] > 0
+    for backend in ("host", "device"):  # both inputs, side by side
+      assert row[f"{backend}_examples_per_sec"] > 0
+      assert row[f"{backend}_over_step"] == pytest.approx(row[f"{backend}_examples_per_sec"]
+                                                          / row["step_examples_per_sec"])
+    assert row["device_over_host"] == pytest.approx(row["device_examples_per_sec"]
+                                                    / row["host_examples_per_sec"])
   assert set(saved["rows"][3]["step_phases"]) == {"soft_examples_per_sec", "hard_examples_per_sec"}

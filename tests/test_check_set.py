@@ -1,12 +1,16 @@
 """The hard-label check of an external set (study method 'external', configs/check_set.py)."""
 
 import csv
+import json
 import os
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from ddranking_official import official_aggregate
+from ddranking_official import official_ars
+from ddranking_official import official_lrs
 from hardlabel_jax import config_schema
 from hardlabel_jax import image_sets
 from hardlabel_jax import plan
@@ -40,16 +44,52 @@ def test_check_runs_end_to_end_on_an_official_layout(teacher_dir, tmp_path):
   config = config_schema.load_config_file(CONFIG,
                                           f"set={external},teacher={teacher_dir},seeds=2,runlocal")
   rows = study.run(config, str(tmp_path / "check"))
-  cells = {(r["regime"], r["method"], r["ipc"], r["seed"]) for r in rows}
-  assert cells == {
-      (g, m, 3, s) for g in ("hl", "sl") for m in ("random", "external") for s in (0, 1)
-  }
-  for name in ("results.csv", "report.md", "gain_over_random.png"):
+  cells = {(r["regime"], r["method"], r["ipc"], r["augmentation"], r["seed"]) for r in rows}
+  # Both arms of every subset cell, and the full split under HL alone (DD-Ranking's HLR).
+  assert cells == {(g, m, 3, a, s)
+                   for g in ("hl", "sl")
+                   for m in ("random", "external")
+                   for a in ("", "none")
+                   for s in (0, 1)} | {("hl", "full", 0, "", s) for s in (0, 1)}
+  for name in ("results.csv", "report.md", "gain_over_random.png", "scores.json"):
     assert os.path.exists(tmp_path / "check" / name)
   report = open(tmp_path / "check" / "report.md").read()
   assert "| HL | external |" in report and "best − random" in report
+  assert "| HL | external (no augmentation) |" in report and "## DD-Ranking scores" in report
   # Each external cell trained on the 30 images of the folder, tested on the 1,000 real ones.
   assert {int(r["pool_size"]) for r in rows if r["method"] == "external"} == {30}
+  _check_scores_from_the_csv(tmp_path / "check")
+
+
+def _check_scores_from_the_csv(workdir):
+  """scores.json against DD-Ranking's own lines (tests/ddranking_official.py: soft_label.py
+  L561–564, aug_robust.py L577–580, their np.mean / np.std over runs) applied to results.csv,
+  in its percent."""
+  acc = {
+      (r["regime"], r["method"], r["augmentation"], int(r["seed"])): 100 * float(r["test_top1"])
+      for r in _rows(workdir / "results.csv")
+  }
+  with open(workdir / "scores.json") as f:
+    scores = json.load(f)
+  assert scores["missing"] == [] and scores["units"].startswith("percent")
+  (lrs,) = scores["lrs"]
+  assert (lrs["method"], lrs["soft_regime"], lrs["seeds"]) == ("external", "sl", [0, 1])
+  runs = [
+      official_lrs(acc["hl", "full", "", s], acc["hl", "external", "", s],
+                   acc["sl", "external", "", s], acc["sl", "random", "", s]) for s in (0, 1)
+  ]
+  for i, name in enumerate(("hlr", "ior", "lrs")):
+    assert lrs[name] == pytest.approx(official_aggregate([run[i] for run in runs]), rel=1e-9)
+  ars = {e["regime"]: e for e in scores["ars"]}
+  assert set(ars) == {"hl", "sl"}
+  for regime, entry in ars.items():
+    runs = [
+        official_ars(acc[regime, "external", "", s], acc[regime, "random", "", s],
+                     acc[regime, "external", "none", s], acc[regime, "random", "none", s])
+        for s in (0, 1)
+    ]
+    for i, name in enumerate(("with_aug_score", "without_aug_score", "ars")):
+      assert entry[name] == pytest.approx(official_aggregate([run[i] for run in runs]), rel=1e-9)
 
 
 @pytest.mark.slow
@@ -117,3 +157,28 @@ def test_a_plan_on_an_external_cell_trains_on_the_folder(tmp_path):
   assert cell_config.test_dataset == "embedded_mnist" and cell_config.class_order == "index"
   resolved = plan.make_plan(cell_config, str(tmp_path / "w"), "train").config
   assert resolved.selection == "random" and resolved.images_per_class == 0
+
+
+def test_the_ddranking_protocol_of_the_check_validates_at_its_scale(tmp_path):
+  """`protocol=ddranking`: 5 seeds (num_eval), 300 epochs per cell (num_epochs), every subset
+  cell at its 5 learning rates, the full split once; the budget rounds up to whole batches that
+  complete epoch 300, whose evaluation DD-Ranking makes (soft_label.py L374)."""
+  external = _write_official_set(tmp_path / "set", 2, extension=".png")
+  config = config_schema.load_config_file(CONFIG, f"set={external},protocol=ddranking")
+  counts = study.train_class_counts(config)
+  config = study.with_external_size(config, counts)
+  configs = study.validate_study(config, counts, str(tmp_path / "cache"))
+  assert tuple(config.study_seeds) == tuple(range(5)) and not (tmp_path / "cache").exists()
+  cells = {c.name: c for c in configs}
+  assert len(cells) == 3 * 2 * 2 * 5 + 5  # regimes × methods × arms × seeds, full HL per seed
+  external_cell = cells["sl_kd-external-ipc2-noaug-s4"]
+  runs = study.learning_rate_runs(config, external_cell, configs[external_cell])
+  assert [(name, run.learning_rate) for name, run in runs] == [("lr0.001", 0.001),
+                                                               ("lr0.005", 0.005), ("lr0.01", 0.01),
+                                                               ("lr0.05", 0.05), ("lr0.1", 0.1)]
+  assert all(run.eval_every_epochs == 20 for _, run in runs)
+  # 20 images × 300 epochs in batches of 48: 125 steps (6,000 examples, 300 epochs).
+  assert configs[external_cell].budget_examples == 6000
+  full = cells["hl-full-all-s0"]
+  (only,) = study.learning_rate_runs(config, full, configs[full])
+  assert only[0] == "lr0.002" and configs[full].budget_examples == 4000 * 300

@@ -292,15 +292,15 @@ def test_rded_scores_the_patch_normalised_then_zero_padded(size, factor, offset)
   for slot in range(5):
     scored = rows(slot)["image"]
     assert scored.shape == (size, size, 3)
-    # The box of RandomResizedCrop (scale 0.08–1, ratio 1) keyed by (seed, id, slot), resized
-    # bilinearly straight to size // factor.
+    # The box of RandomResizedCrop (scale 0.08–1, ratio 1) keyed by (seed, id, slot), cut out
+    # and resized bilinearly to size // factor (torchvision's F.resized_crop: crop, then resize).
     spec = crops.CropSpec(output_size=patch, scale=(0.08, 1.0), ratio=(1.0, 1.0), flip=False)
     box = crops.crop_params(3, 7, slot, (size, size), spec)
     top, left, height, width = box.top, box.left, box.height, box.width
     assert height == width and not box.flip
-    pixels = np.asarray(
-        Image.fromarray(image).resize((patch, patch), Image.BILINEAR,
-                                      box=(left, top, left + width, top + height)))
+    cut = Image.fromarray(image).crop((left, top, left + width, top + height))
+    pixels = np.asarray(cut if cut.size == (patch,
+                                            patch) else cut.resize((patch, patch), Image.BILINEAR))
     expected = np.zeros((size, size, 3), np.float32)
     expected[offset:offset + patch, offset:offset
              + patch] = ((pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std))

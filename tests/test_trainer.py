@@ -95,6 +95,19 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   assert (tmp_path / "results.json").read_text() == before
 
 
+def test_a_run_from_before_the_crop_resize_field_is_not_resumed_under_its_new_default(tmp_path):
+  # A run config written before `crop_resize` existed cropped by PIL's box resize: completed with
+  # that value, not today's default, so torchvision's crops never resume its checkpoints.
+  checkpointing.write_run_identity(str(tmp_path), tiny_config())
+  path = tmp_path / checkpointing.RUN_CONFIG_FILE
+  saved = json.loads(path.read_text())
+  del saved["crop_resize"]
+  path.write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="crop_resize: saved 'pil_box' vs now 'crop_then_resize'"):
+    checkpointing.check_same_run(str(tmp_path), tiny_config())
+  checkpointing.check_same_run(str(tmp_path), tiny_config(crop_resize="pil_box"))
+
+
 def test_changing_only_logging_fields_still_resumes(tmp_path):
   plan.train(tiny_config(), str(tmp_path))
   again = plan.train(tiny_config(log_every_steps=2), str(tmp_path))

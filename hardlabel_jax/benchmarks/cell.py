@@ -3,14 +3,15 @@
   python -m hardlabel_jax.benchmarks.cell           # HL, SL, SL+KD, HALD; width 16, batch 120
   python -m hardlabel_jax.benchmarks.cell --quick   # seconds: a few steps of each
 
-Each regime's cell is a real training run (`plan.train`: the Grain pipeline making crops on the
-host, the stored-table replay, checkpoints, logging) of the Fashion study's student (ConvNet-D3,
-instance norm, width 16, 28 px) on `--dataset`. Its rate is the loop's steady rate: the
-examples of the logged intervals over their time, the first (compiling) step excluded. Next to
-it, the same run's compiled step alone on one of its batches already on the devices
-(`trainer.standalone_step_rate`), and the cell's rate as a fraction of it. The input pipeline is
-the host's: device-resident pools and device crops (issue 26) are not built yet, so there is no
-device-pipeline column.
+Each regime's cell is a real training run (`plan.train`: the Grain pipeline, the stored-table
+replay, checkpoints, logging) of the Fashion study's student (ConvNet-D3, instance norm, width
+16, 28 px) on `--dataset`, once with its crops made on the host (`crop_backend='host'`: PIL in the
+pipeline, what every cell did before issue 26) and once on the devices (`'device'`: the pool on
+the devices, the pipeline sending crop fields, `data/device_crops.py` making the pixels in the
+jitted program before the step). A cell's rate is the loop's steady rate: the examples of the
+logged intervals over their time, the first (compiling) step excluded. Next to them, the run's
+compiled step alone on one of its batches already on the devices
+(`trainer.standalone_step_rate`), and each cell's rate as a fraction of it.
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ from hardlabel_jax import trainer
 from hardlabel_jax.benchmarks import report
 
 REGIMES = ("hl", "sl", "sl_kd", "hald")
-COLUMNS = (("regime", "regime", report.fmt_text), ("cell_examples_per_sec",
-                                                   "cell ex/s (host pipeline)", report.fmt_number),
+BACKENDS = ("host", "device")
+COLUMNS = (("regime", "regime", report.fmt_text), ("host_examples_per_sec", "cell ex/s, host crops",
+                                                   report.fmt_number),
+           ("device_examples_per_sec", "cell ex/s, device crops",
+            report.fmt_number), ("device_over_host", "device / host", report.fmt_ratio),
            ("step_examples_per_sec", "step alone ex/s",
-            report.fmt_number), ("cell_over_step", "cell / step", report.fmt_ratio))
+            report.fmt_number), ("host_over_step", "host cell / step", report.fmt_ratio),
+           ("device_over_step", "device cell / step", report.fmt_ratio))
 
 
-def cell_config(args: argparse.Namespace, regime: str,
-                teacher_dir: str) -> ml_collections.ConfigDict:
+def cell_config(args: argparse.Namespace, regime: str, teacher_dir: str,
+                crop_backend: str = "host") -> ml_collections.ConfigDict:
   """The student run of one regime: the study's width, batch and crops; a table of 4 crops."""
   config = config_schema.default_config()
+  config.crop_backend = crop_backend
   config.dataset = args.dataset
   config.images_per_class = args.images_per_class
   config.model_kwargs.width = args.width
@@ -103,32 +109,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   plan.train(teacher, teacher_dir)
   rows = []
   for regime in args.regimes:
-    config = cell_config(args, regime, teacher_dir)
-    workdir = os.path.join(root, regime)
-    with plan.prepared(config, workdir, "train") as (_, artefacts):
-      frozen = None
-      if artefacts.teacher is not None and regime != "hl":
-        frozen = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
-      step = trainer.standalone_step_rate(config, artefacts.data, artefacts.mesh, teacher=frozen,
-                                          table=artefacts.table, steps=args.timed_steps,
-                                          repeats=args.repeats)
-    plan.train(config, workdir)
-    cell = steady_rate(workdir, args.batch, phase_starts(config, len(artefacts.data.pool_ids)))
-    rows.append({
-        "regime": regime,
-        "cell_examples_per_sec": cell,
-        "step_examples_per_sec": step["examples_per_sec"],
-        "cell_over_step": cell / step["examples_per_sec"],
-        "step_phases": {
-            k: v for k, v in step.items() if k != "examples_per_sec"
-        }
-    })
+    row = {"regime": regime}
+    for backend in args.backends:
+      config = cell_config(args, regime, teacher_dir, backend)
+      workdir = os.path.join(root, f"{regime}-{backend}")
+      if "step_examples_per_sec" not in row:  # the step alone is the same for either input
+        with plan.prepared(config, workdir, "train") as (_, artefacts):
+          frozen = None
+          if artefacts.teacher is not None and regime != "hl":
+            frozen = trainer.FrozenModel(artefacts.teacher.model, artefacts.teacher.variables)
+          step = trainer.standalone_step_rate(config, artefacts.data, artefacts.mesh,
+                                              teacher=frozen, table=artefacts.table,
+                                              steps=args.timed_steps, repeats=args.repeats)
+          pool_size = len(artefacts.data.pool_ids)
+        row["step_examples_per_sec"] = step["examples_per_sec"]
+        row["step_phases"] = {k: v for k, v in step.items() if k != "examples_per_sec"}
+      out = plan.train(config, workdir)
+      if out.results["crop_backend"] != backend:
+        raise RuntimeError(f"{regime}: asked for crops on the {backend}, the run made them on "
+                           f"the {out.results['crop_backend']}")
+      cell = steady_rate(workdir, args.batch, phase_starts(config, pool_size))
+      row[f"{backend}_examples_per_sec"] = cell
+      row[f"{backend}_over_step"] = cell / row["step_examples_per_sec"]
+      row[f"{backend}_test_top1"] = out.results["test_top1"]
+    if {"host", "device"} <= set(args.backends):
+      row["device_over_host"] = row["device_examples_per_sec"] / row["host_examples_per_sec"]
+    rows.append(row)
   return {
       "benchmark": "cell",
       "environment": report.environment(),
       "settings": {
           k: getattr(args, k) for k in ("dataset", "images_per_class", "width", "batch", "steps",
-                                       "timed_steps", "repeats")
+                                       "timed_steps", "repeats", "backends")
       },
       "rows": rows
   }
@@ -144,6 +156,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--timed_steps", type=int, default=20, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+  parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                      help="where each cell's crops are made (config.crop_backend)")
   parser.add_argument("--workdir", default="", help="where the runs go ('' a temp dir)")
   parser.add_argument("--quick", action="store_true", help="batch 16, 20 steps, 2 × 2 timed")
   parser.add_argument("--out", default="benchmark_cell.json")

@@ -20,6 +20,10 @@ _STREAM_CROP = 0
 _STREAM_CUTMIX = 1
 _STREAM_SHUFFLE = 2
 
+CROP_THEN_RESIZE = "crop_then_resize"  # torchvision's F.resized_crop
+PIL_BOX = "pil_box"  # PIL's Image.resize(..., box=): the library's crops before 2026-12-04
+RESIZE_MODES = (CROP_THEN_RESIZE, PIL_BOX)
+
 
 @dataclasses.dataclass(frozen=True)
 class CropSpec:
@@ -31,6 +35,10 @@ class CropSpec:
   flip: bool = True
   cutmix_alpha: float = 0.0  # 0 disables CutMix
   shuffle_factor: int = 1  # RDED's ShufflePatches(factor) before the box; 1 is the identity
+  # How the box becomes the output: torchvision's `F.resized_crop` (the box cut out, then
+  # resized: what every official pipeline does) or PIL's resize of the box within the whole image,
+  # which also weighs the pixels just outside the box (this library's crops before 2026-12-04).
+  resize: str = CROP_THEN_RESIZE
 
   def __post_init__(self):
     if self.output_size <= 0:
@@ -44,6 +52,8 @@ class CropSpec:
       raise ValueError(f"crop ratio must satisfy 0 < min <= max, got {self.ratio}")
     if self.cutmix_alpha < 0:
       raise ValueError(f"cutmix_alpha must be >= 0, got {self.cutmix_alpha}")
+    if self.resize not in RESIZE_MODES:
+      raise ValueError(f"crop resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +124,8 @@ def cutmix_box(rng: np.random.Generator, size: int,
   return int(y0), int(x0), int(y1 - y0), int(x1 - x0), float(mix_lambda)
 
 
-def rded_spec(output_size: int, factor: int, flip: bool = True,
-              cutmix_alpha: float = 0.0) -> CropSpec:
+def rded_spec(output_size: int, factor: int, flip: bool = True, cutmix_alpha: float = 0.0,
+              resize: str = CROP_THEN_RESIZE) -> CropSpec:
   """RDED's training crops: ShufflePatches(f), RandomResizedCrop scale (1/f, 1), flip, CutMix.
 
   As LINs-lab/RDED validation/main.py builds them (torchvision's default ratio 3/4–4/3; the
@@ -123,7 +133,7 @@ def rded_spec(output_size: int, factor: int, flip: bool = True,
   the box of a square image is the whole image, as in the official CIFAR/Tiny-ImageNet runs.
   """
   return CropSpec(output_size=output_size, scale=(1.0 / factor, 1.0), flip=flip,
-                  cutmix_alpha=cutmix_alpha, shuffle_factor=factor)
+                  cutmix_alpha=cutmix_alpha, shuffle_factor=factor, resize=resize)
 
 
 def whole_image_spec(output_size: int) -> CropSpec:
@@ -142,17 +152,29 @@ def patch_orders(seed: int, example_id: int, slot: int,
   return rng.permutation(factor), rng.permutation(factor)
 
 
+def strip_bounds(length: int, factor: int) -> tuple[tuple[int, int], ...]:
+  """The (start, stop) of each of ShufflePatches' `factor` strips along an axis of `length`.
+
+  As the official code, which compares the pixel offset (not the strip index) with factor - 1:
+  strips are `length // factor` wide and a remainder of the axis is dropped (unless an offset
+  equals factor - 1, which only tiny images reach: that strip runs to the edge).
+  """
+  width = length // factor
+  return tuple(
+      (k * width, length if k * width == factor - 1 else k * width + width) for k in range(factor))
+
+
+def shuffled_hw(image_hw: tuple[int, int], factor: int) -> tuple[int, int]:
+  """The size of an `image_hw` image after ShufflePatches(factor): the size its box is cut from."""
+  if factor == 1:
+    return tuple(image_hw)
+  return tuple(
+      sum(stop - start for start, stop in strip_bounds(length, factor)) for length in image_hw)
+
+
 def _shuffle_columns(image: np.ndarray, factor: int, order: np.ndarray) -> np.ndarray:
   """Cuts the width into `factor` strips and concatenates them in `order` (one pass of RDED's)."""
-  width = image.shape[1] // factor
-  strips = []
-  for k in range(factor):
-    start = k * width
-    # As the official code, which compares the pixel offset (not k) with factor - 1: strips are
-    # `width` wide and a remainder of the width is dropped (unless an offset equals factor - 1,
-    # which only tiny images reach: that strip runs to the edge).
-    stop = None if start == factor - 1 else start + width
-    strips.append(image[:, start:stop])
+  strips = [image[:, start:stop] for start, stop in strip_bounds(image.shape[1], factor)]
   return np.concatenate([strips[i] for i in order], axis=1)
 
 
@@ -214,9 +236,30 @@ def resized_crop(image: np.ndarray, top: int, left: int, height: int, width: int
   return _from_pil(pil, image.shape[-1])
 
 
-def apply_crop(image: np.ndarray, params: CropParams, size: int) -> np.ndarray:
-  """Applies the box and the flip of `params`; CutMix is pasted separately."""
-  out = resized_crop(image, params.top, params.left, params.height, params.width, size)
+def crop_then_resize(image: np.ndarray, top: int, left: int, height: int, width: int,
+                     size: int) -> np.ndarray:
+  """torchvision's `F.resized_crop` of a PIL image: the pixel box cut out, then resized.
+
+  torchvision/transforms/functional.py `resized_crop` is `crop` (`img.crop((left, top, left +
+  width, top + height))`) then `resize` (`img.resize((size, size), BILINEAR)`, skipped when the
+  crop already has that size). It differs from `resized_crop` at the box's border, where PIL's
+  resample of the whole image (`box=`) also weighs pixels outside the box.
+  """
+  if not (0 <= top and 0 <= left and height >= 1 and width >= 1 and top + height <= image.shape[0]
+          and left + width <= image.shape[1]):
+    raise ValueError(f"crop box (top {top}, left {left}, height {height}, width {width}) is not "
+                     f"inside the {image.shape[0]}x{image.shape[1]} image")
+  pil = _to_pil(image).crop((left, top, left + width, top + height))
+  if pil.size != (size, size):
+    pil = pil.resize((size, size), Image.BILINEAR)
+  return _from_pil(pil, image.shape[-1])
+
+
+def apply_crop(image: np.ndarray, params: CropParams, size: int,
+               resize: str = CROP_THEN_RESIZE) -> np.ndarray:
+  """Applies the box (as `resize` says) and the flip of `params`; CutMix is pasted separately."""
+  cut = crop_then_resize if resize == CROP_THEN_RESIZE else resized_crop
+  out = cut(image, params.top, params.left, params.height, params.width, size)
   return out[:, ::-1] if params.flip else out
 
 
@@ -229,7 +272,7 @@ def crop_image(image: np.ndarray, seed: int, example_id: int, slot: int, spec: C
   """
   shuffled = shuffle_patches(image, seed, example_id, slot, spec.shuffle_factor)
   params = crop_params(seed, example_id, slot, shuffled.shape[:2], spec, pool_size)
-  return apply_crop(shuffled, params, spec.output_size), params, shuffled.shape[:2]
+  return apply_crop(shuffled, params, spec.output_size, spec.resize), params, shuffled.shape[:2]
 
 
 def paste_cutmix(crop: np.ndarray, partner_crop: np.ndarray, params: CropParams) -> np.ndarray:
@@ -241,13 +284,19 @@ def paste_cutmix(crop: np.ndarray, partner_crop: np.ndarray, params: CropParams)
   return out
 
 
-def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
-  """Evaluation view: the central square of `crop_fraction` × the short side, resized."""
+def center_box(image_hw: tuple[int, int], crop_fraction: float) -> tuple[int, int, int]:
+  """(top, left, side) of the central square of `crop_fraction` × the short side."""
   if not 0 < crop_fraction <= 1:
     raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-  height, width = image.shape[:2]
+  height, width = image_hw
   side = max(1, int(round(min(height, width) * crop_fraction)))
-  top, left = (height - side) // 2, (width - side) // 2
+  return (height - side) // 2, (width - side) // 2, side
+
+
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+  """Evaluation view: the central square of `crop_fraction` × the short side, resized."""
+  height, width = image.shape[:2]
+  top, left, side = center_box((height, width), crop_fraction)
   if side == height == width == size:
     return image
   return resized_crop(image, top, left, side, side, size)

@@ -127,6 +127,35 @@ class FolderSource:
     return f"FolderSource({self.info.name!r}, split={self.info.split!r}, n={len(self._paths)})"
 
 
+def _split_dir(path: str, split: str) -> tuple[str, str]:
+  """The directory of a split's class folders and the layout rule (part of the fingerprint)."""
+  if os.path.isdir(os.path.join(path, split)):
+    return os.path.join(path, split), "imagefolder v1: <path>/<split>/<class>/<file>"
+  if os.path.isdir(path) and _class_dirs(path):
+    return path, "imagefolder v1: whole <path>/<class>/<file> as the split"
+  raise DataSourceError(
+      f"{PREFIX}{path}: found neither {os.path.join(path, split)} nor class directories of "
+      f"{'/'.join(EXTENSIONS)} images in {path}; expected <path>/<split>/<class>/<image> or "
+      "<path>/<class>/<image>")
+
+
+def split_directory(path: str, split: str) -> str:
+  """The directory holding `split`'s class folders: `<path>/<split>`, else `<path>` itself."""
+  return _split_dir(os.fspath(path), split)[0]
+
+
+def example_files(path: str, split: str, class_names: Sequence[str]) -> list[str]:
+  """The files of `split` in example-id order, for the split's `info.class_names` (its class
+  directories in label order): class by class, names sorted within a class, as
+  `load_imagefolder` numbers them."""
+  split_dir = split_directory(path, split)
+  return [
+      os.path.join(split_dir, name, file_name) for name in class_names
+      if os.path.isdir(os.path.join(split_dir, name))
+      for file_name in _image_files(os.path.join(split_dir, name))
+  ]
+
+
 def load_imagefolder(
     path: str,
     split: str,
@@ -147,15 +176,7 @@ def load_imagefolder(
   order (None: the folder is its own test set); it excludes `class_names`.
   """
   path = os.fspath(path)
-  if os.path.isdir(os.path.join(path, split)):
-    split_dir, rule = os.path.join(path, split), "imagefolder v1: <path>/<split>/<class>/<file>"
-  elif os.path.isdir(path) and _class_dirs(path):
-    split_dir, rule = path, "imagefolder v1: whole <path>/<class>/<file> as the split"
-  else:
-    raise DataSourceError(
-        f"{PREFIX}{path}: found neither {os.path.join(path, split)} nor class directories of "
-        f"{'/'.join(EXTENSIONS)} images in {path}; expected <path>/<split>/<class>/<image> or "
-        "<path>/<class>/<image>")
+  split_dir, rule = _split_dir(path, split)
   dirs = _class_dirs(split_dir)
   empty = sorted(set(_subdirs(split_dir)) - set(dirs))
   if not dirs:

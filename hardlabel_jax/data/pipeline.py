@@ -64,6 +64,10 @@ class Normalizer:
     return (image.astype(np.float32) / 255.0 - mean) / std
 
 
+# The crop metadata of `CropExample.crop_fields` that stays on the host in training batches.
+DEVICE_HOST_METADATA = ("box", "flip", "partner_id")
+
+
 @dataclasses.dataclass(frozen=True)
 class CropExample:
   """(pool position, slot) -> a normalised training crop with its label(s)."""
@@ -76,6 +80,9 @@ class CropExample:
   # A table's crops CutMixed within their relabel batch (HALD's / FKD's relabel): partner, box and
   # λ per (position, slot) from the plan instead of a partner drawn per crop from the pool.
   cutmix_plan: relabel_batches.CutmixPlan | None = None
+  # Crops made on the devices (data/device_pool.py): an element is the crop's fields (what
+  # `device_crops.crop_batch` needs, the labels and the crop metadata), never its pixels.
+  on_device: bool = False
 
   def _planned_cutmix(self, params: crops.CropParams, pool_position: int,
                       slot: int) -> crops.CropParams:
@@ -129,9 +136,87 @@ class CropExample:
     }
     return pixels, fields, metadata
 
+  def crop_fields(self, pool_position: int, slot: int) -> dict[str, np.ndarray]:
+    """`raw_crop`'s label fields and metadata, and what `device_crops.crop_batch` makes its
+    pixels from, from the same draws and without touching a pixel.
+
+    Boxes are (top, left, height, width) pixels of the patch-shuffled image; `pool_index` and
+    `partner_index` (-1: no CutMix) are pool positions, the rows of a device pool (which holds
+    the pool's images in pool order); the patch orders are the identity at shuffle factor 1.
+    """
+    factor = self.spec.shuffle_factor
+
+    def crop_of(example_id: int, image_hw: tuple[int, int], spec: crops.CropSpec,
+                pool_size: int) -> tuple[crops.CropParams, tuple[int, int], np.ndarray, np.ndarray]:
+      # As crops.crop_image: the patch orders, then the box in the shuffled image's size.
+      boxed_hw = crops.shuffled_hw(image_hw, factor)
+      params = crops.crop_params(self.seed, example_id, slot, boxed_hw, spec, pool_size)
+      orders = (crops.patch_orders(self.seed, example_id, slot, factor) if factor > 1 else
+                (np.arange(factor), np.arange(factor)))
+      return params, boxed_hw, *(np.asarray(order, np.int32) for order in orders)
+
+    example_id = int(self.pool_ids[pool_position])
+    record = self.source[example_id]
+    planned = self.cutmix_plan is not None
+    pool_size = 0 if planned else len(self.pool_ids)
+    image_hw = record["image"].shape[:2]
+    params, boxed_hw, column_order, row_order = crop_of(example_id, image_hw, self.spec, pool_size)
+    if planned:
+      params = self._planned_cutmix(params, pool_position, slot)
+    partner_label, partner_id = int(record["label"]), -1
+    partner_box, partner_flip = np.zeros(4, np.int32), np.uint8(0)
+    partner_columns = partner_rows = np.arange(factor, dtype=np.int32)
+    if params.partner_position >= 0:
+      partner_id = int(self.pool_ids[params.partner_position])
+      partner = self.source[partner_id]
+      # The partner's own training crop at this slot, as raw_crop pastes it.
+      own_crop_spec = dataclasses.replace(self.spec, cutmix_alpha=0.0)
+      partner_params, _, partner_columns, partner_rows = crop_of(partner_id,
+                                                                 partner["image"].shape[:2],
+                                                                 own_crop_spec, 0)
+      partner_box = np.array(dataclasses.astuple(partner_params)[:4], np.int32)  # t, l, h, w
+      partner_flip = np.uint8(partner_params.flip)
+      partner_label = int(partner["label"])
+    cut_box = np.array([params.cut_top, params.cut_left, params.cut_height, params.cut_width],
+                       np.int32)
+    return {
+        "label": np.int32(record["label"]),
+        "partner_label": np.int32(partner_label),
+        "mix_lambda": np.float32(params.mix_lambda),
+        "id": np.int64(example_id),
+        "slot": np.int32(slot),
+        "box": params.box_fractions(boxed_hw),
+        "flip": np.uint8(params.flip),
+        "partner_id": np.int32(partner_id),
+        "cut_box": cut_box,
+        "pool_index": np.int32(pool_position),
+        "crop_box": np.array(dataclasses.astuple(params)[:4], np.int32),
+        "crop_flip": np.uint8(params.flip),
+        "column_order": column_order,
+        "row_order": row_order,
+        "partner_index": np.int32(params.partner_position),
+        "partner_crop_box": partner_box,
+        "partner_flip": partner_flip,
+        "partner_column_order": partner_columns,
+        "partner_row_order": partner_rows,
+    }
+
   def __call__(self, position_and_slot: tuple[int, int]) -> dict[str, np.ndarray]:
+    if self.on_device:
+      return self.device_element(*position_and_slot)[0]
     pixels, fields, _ = self.raw_crop(*position_and_slot)
     return {"image": self.normalizer(pixels), **fields}
+
+  def device_element(self, pool_position: int,
+                     slot: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A training element of a device-cropped pool, and the crop metadata kept on the host.
+
+    The element holds the labels and the kernel's fields; the metadata (box fractions, flip,
+    partner id) is what a table row stores and a replay checks, not sent to the devices.
+    """
+    fields = self.crop_fields(pool_position, slot)
+    kept = {k: fields.pop(k) for k in DEVICE_HOST_METADATA if k in fields}
+    return fields, {**kept, "cut_box": fields["cut_box"]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,15 @@ bytes of `row_dtype(spec)`: per-crop metadata (`box`, `flip`, and with CutMix `p
 `D`; an interrupted write resumes from its finished shards. Every shard's sha256 is in the header,
 and opening a table checks it, its size and (optionally) that the table was made for the expected
 data, teacher and settings.
+
+Where a table's crops come from (`TableSpec.stored_crops`): a table relabelled here stores crops
+that are a pure function of (crop seed, id, slot), so a replay rebuilds each one from its key and
+checks it against the row ('keyed', the default). A table imported from another code base's labels
+(`soft_labels/fkd.py`) stores arbitrary crops, so its rows hold what rebuilds them: the pixel box
+the crop was cut from (`pixel_box`, uint16 source pixels, exact at any image size, where the
+keyed `box` is fp16 fractions), the flip, the row's place in its relabel epoch's sampler order
+(`sampler_rank`: stored batch `rank // B`, row `rank % B`) and the CutMix fields; its crop spec
+says `crops: 'stored'`. Tables of the keyed layout read as before.
 """
 
 from __future__ import annotations
@@ -39,6 +48,11 @@ RELABEL_HINT = "re-run task='relabel'"
 BASE_METADATA = (("box", "<f2", (4,)), ("flip", "<u1"))
 # With CutMix also the partner's example id (-1: none), lambda and the pasted box in output pixels.
 CUTMIX_METADATA = (("partner_id", "<i4"), ("mix_lambda", "<f2"), ("cut_box", "<u2", (4,)))
+# A stored-crop table (crop spec `crops: 'stored'`): the box in source pixels (top, left, height,
+# width, exactly what the crop cut), the flip and the row's rank in its epoch's sampler order.
+STORED_METADATA = (("pixel_box", "<u2", (4,)), ("flip", "<u1"), ("sampler_rank", "<u4"))
+# `crop_spec['crops']` of a table whose rows store their crops (absent: keyed crops).
+STORED_CROPS = "stored"
 
 # A stream tag keeps the pruning draws independent of any other use of (seed, example_id).
 _KEEP_STREAM = 0x4B455054  # "KEPT"
@@ -52,7 +66,12 @@ PER_IMAGE = "per_image"
 # HALD's soft phase (validate/train_fkd.py main): whole stored batches, each soft epoch taking the
 # next of a seeded permutation of all of them (no replacement until every one was replayed).
 HALD_BATCHES = "hald_batches"
-LABEL_PRUNING_MODES = (LPLD_BATCHES, PER_IMAGE, HALD_BATCHES)
+# SRe²L's soft phase (validate/train_FKD.py `train`): relabel epoch e's stored batches in their
+# stored order, batch b at step b of epoch e, epoch after epoch.
+FKD_BATCHES = "fkd_batches"
+LABEL_PRUNING_MODES = (LPLD_BATCHES, PER_IMAGE, HALD_BATCHES, FKD_BATCHES)
+# The draw rule of each stored-batch mode (StoredBatches.draw_rule).
+_DRAW_RULES = {LPLD_BATCHES: "uniform", HALD_BATCHES: "permutation", FKD_BATCHES: "sequential"}
 _BATCH_PASS_STREAM = 0x42505353  # "BPSS": the permutation of one pass over the stored batches
 
 
@@ -136,8 +155,20 @@ class TableSpec:
     return formats.LabelFormat(self.label_format, self.num_classes, self.topk)
 
   @property
+  def stored_crops(self) -> bool:
+    """Whether rows store their crops (an imported table) rather than rebuild them from a key."""
+    return self.crop_spec.get("crops") == STORED_CROPS
+
+  @property
   def cutmix(self) -> bool:
+    if self.stored_crops:  # an imported table says whether its crops were CutMixed
+      return bool(self.crop_spec["cutmix"])
     return float(self.crop_spec.get("cutmix_alpha", 0.0)) > 0
+
+  @property
+  def stored_batch_size(self) -> int:
+    """The batch size of a stored-crop table's relabel (its stored batches); 0 for keyed crops."""
+    return int(self.crop_spec["batch_size"]) if self.stored_crops else 0
 
   @property
   def num_positions(self) -> int:
@@ -170,24 +201,36 @@ class TableSpec:
                                 f"{RELABEL_HINT}")
     return cls(ids=ids, **data)
 
+  def data_mismatches(self, dataset_name: str, dataset_fingerprint: str, ids: np.ndarray,
+                      num_classes: int) -> list[str]:
+    """One message per way the table's data (split, pool, classes) differs from a run's."""
+    out = []
+    if self.dataset_fingerprint != dataset_fingerprint:
+      out.append(f"dataset_fingerprint: table has {self.dataset_fingerprint!r}, expected "
+                 f"{dataset_fingerprint!r} (the table was made for another data set: "
+                 f"{self.dataset_name!r})")
+    if self.dataset_name != dataset_name:
+      out.append(f"dataset_name: table has {self.dataset_name!r}, expected {dataset_name!r}")
+    ids = np.asarray(ids, np.int64)
+    if not np.array_equal(self.ids, ids):
+      if self.ids.size != ids.size:
+        detail = f"{self.ids.size} ids vs {ids.size}"
+      else:
+        detail = f"same count {self.ids.size} but different ids"
+      out.append(f"ids: the table was made for another subset: {detail}")
+    if self.num_classes != int(num_classes):
+      out.append(f"num_classes: table has {self.num_classes!r}, expected {int(num_classes)!r}")
+    return out
+
   def mismatches(self, expected: "TableSpec") -> list[str]:
     """One message per identity field in which this (the table's) spec differs from `expected`."""
-    out = []
+    out = self.data_mismatches(expected.dataset_name, expected.dataset_fingerprint, expected.ids,
+                               expected.num_classes)
 
     def check(name, ours, theirs, why=""):
       if ours != theirs:
         out.append(f"{name}: table has {ours!r}, expected {theirs!r}{why}")
 
-    check("dataset_fingerprint", self.dataset_fingerprint, expected.dataset_fingerprint,
-          f" (the table was made for another data set: {self.dataset_name!r})")
-    check("dataset_name", self.dataset_name, expected.dataset_name)
-    if not np.array_equal(self.ids, expected.ids):
-      if self.ids.size != expected.ids.size:
-        detail = f"{self.ids.size} ids vs {expected.ids.size}"
-      else:
-        detail = f"same count {self.ids.size} but different ids"
-      out.append(f"ids: the table was made for another subset: {detail}")
-    check("num_classes", self.num_classes, expected.num_classes)
     check("teacher_fingerprint", self.teacher_fingerprint, expected.teacher_fingerprint,
           " (another teacher)")
     check("teacher_bn_mode", self.teacher_bn_mode, expected.teacher_bn_mode)
@@ -200,15 +243,20 @@ class TableSpec:
     return out
 
 
+def _metadata_fields(spec: TableSpec) -> tuple:
+  base = STORED_METADATA if spec.stored_crops else BASE_METADATA
+  return base + (CUTMIX_METADATA if spec.cutmix else ())
+
+
 def metadata_dtype(spec: TableSpec) -> np.dtype:
-  """Packed dtype of a row's metadata: 9 bytes, 23 with CutMix."""
-  return np.dtype(list(BASE_METADATA + (CUTMIX_METADATA if spec.cutmix else ())))
+  """Packed dtype of a row's metadata: 9 bytes, 23 with CutMix (stored crops: 13, 27)."""
+  return np.dtype(list(_metadata_fields(spec)))
 
 
 def row_dtype(spec: TableSpec) -> np.dtype:
   """Packed little-endian dtype of one stored row: metadata fields, then payload fields."""
   payload = spec.fmt.payload_dtype
-  fields = list(BASE_METADATA + (CUTMIX_METADATA if spec.cutmix else ()))
+  fields = list(_metadata_fields(spec))
   fields += [(name, payload.fields[name][0]) for name in payload.names]
   return np.dtype(fields)
 
@@ -571,6 +619,26 @@ class SoftLabelTable:
       out[sel] = self._shard_map(int(s))[index[sel]]
     return out
 
+  def batch_orders(self) -> np.ndarray:
+    """A stored-crop table's sampler order: `[slots, positions]`, the pool positions of each
+    relabel epoch in the order its batches hold them (from the rows' `sampler_rank`)."""
+    if not self.spec.stored_crops:
+      raise ValueError(f"{self.directory}: a keyed table has no stored sampler order (its batches "
+                       "are the keyed relabel order, relabel_batches.relabel_order)")
+    slots, positions = self.spec.slots_per_image, self.num_positions
+    ranks = np.empty((positions, slots), np.int64)
+    for shard in range(self.num_shards):
+      start = shard * self.positions_per_shard
+      rows = self._shard_map(shard)["sampler_rank"].reshape(-1, slots)
+      ranks[start:start + rows.shape[0]] = rows
+    orders = np.argsort(ranks, axis=0, kind="stable").T
+    for slot in range(slots):
+      if not np.array_equal(ranks[orders[slot], slot], np.arange(positions)):
+        raise TableCorruptedError(f"{self.directory}: the sampler ranks of slot {slot} are not a "
+                                  f"permutation of 0..{positions - 1}; the table is corrupted")
+    orders.setflags(write=False)
+    return orders
+
   def probs(self, position: int, slot: int) -> np.ndarray:
     """Decoded float32 probabilities `[C]` of one stored crop."""
     return formats.decode(self.rows(position)[slot:slot + 1], self.fmt)[0]
@@ -578,12 +646,48 @@ class SoftLabelTable:
   def metadata(self, position: int, slot: int) -> dict[str, Any]:
     """The crop metadata of one stored crop as Python values."""
     row = self.row(position, slot)
-    out = {"box": tuple(float(v) for v in row["box"]), "flip": bool(row["flip"])}
+    if self.spec.stored_crops:
+      out = {
+          "pixel_box": tuple(int(v) for v in row["pixel_box"]),
+          "flip": bool(row["flip"]),
+          "sampler_rank": int(row["sampler_rank"])
+      }
+    else:
+      out = {"box": tuple(float(v) for v in row["box"]), "flip": bool(row["flip"])}
     if self.spec.cutmix:
       out["partner_id"] = int(row["partner_id"])
       out["mix_lambda"] = float(row["mix_lambda"])
       out["cut_box"] = tuple(int(v) for v in row["cut_box"])
     return out
+
+
+def open_imported(directory: str, *, dataset_name: str, dataset_fingerprint: str, ids: np.ndarray,
+                  num_classes: int, image_size: int, temperature: float) -> SoftLabelTable:
+  """An imported (stored-crop) table a run reads instead of relabelling, checked against the run.
+
+  The table must be of the run's data (split fingerprint, pool ids, classes), its crops of the
+  run's `image_size`, and its labels at the run's `temperature` (the official trainers take one T
+  for the stored labels and the student: train_FKD.py `softmax(soft_label / T)`).
+  """
+  table = SoftLabelTable.open(directory)
+  spec = table.spec
+  if not spec.stored_crops:
+    raise TableMismatchError(
+        f"config.imported_table_dir: {table.directory} was relabelled here (its crops are keyed), "
+        "not imported; point config.label_table_dir at it, or import a folder with "
+        "python -m hardlabel_jax.fkd_labels")
+  problems = spec.data_mismatches(dataset_name, dataset_fingerprint, ids, num_classes)
+  size = int(spec.crop_spec["output_size"])
+  if size != int(image_size):
+    problems.append(f"image_size: the table's crops are {size} px, config.image_size is "
+                    f"{image_size}")
+  if spec.temperature != float(temperature):
+    problems.append(f"temperature: the table holds softmax(z / {spec.temperature:g}), "
+                    f"config.temperature is {temperature:g}")
+  if problems:
+    raise TableMismatchError(f"config.imported_table_dir: the imported table {table.directory} "
+                             "does not fit this run: " + "; ".join(problems))
+  return table
 
 
 def _check_keep_fraction(keep_fraction: float) -> None:
@@ -616,13 +720,14 @@ def draw_slot(seed: int, example_id: int, epoch: int, kept: np.ndarray) -> int:
 
 
 def uses_lpld_batches(pruning: str, keep_fraction: float) -> bool:
-  """Whether a run draws LPLD's stored batches: `pruning='lpld_batches'` and a fraction below 1."""
+  """Whether a run replays stored batches: `'lpld_batches'` at a fraction below 1, or
+  `'hald_batches'` / `'fkd_batches'` at any fraction."""
   # A fraction of 1 keeps every crop in either mode and replays them per image, as LPLD's own
   # script does at ratio 0 (main_table_in1k.sh: `--prune_metric order --granularity epoch`).
   if pruning not in LABEL_PRUNING_MODES:
     raise ValueError(f"pruning: must be one of {LABEL_PRUNING_MODES}, got {pruning!r}")
   _check_keep_fraction(keep_fraction)
-  return pruning == HALD_BATCHES or (pruning == LPLD_BATCHES and keep_fraction < 1.0)
+  return pruning in (HALD_BATCHES, FKD_BATCHES) or (pruning == LPLD_BATCHES and keep_fraction < 1.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -648,7 +753,8 @@ class StoredBatches:
   # `torch.randint(len(pool))` draws, with replacement, a drawn last batch of an epoch replaced by
   # the batch before it ("drop last batch"). Here slot `s` plays relabel epoch `s`: stored batch
   # `b` is slot `b // bpe` of the positions `order_s[k B:(k + 1) B]`, `k = b % bpe`, `order_s` a
-  # permutation that is a pure function of `(seed, s)`.
+  # permutation that is a pure function of `(seed, s)`, or, for an imported table, the order its
+  # rows store (`orders`): then stored batch e·bpe + b is the official relabel's epoch e, batch b.
 
   num_positions: int
   slots: int
@@ -656,21 +762,29 @@ class StoredBatches:
   seed: int  # of the batch grouping: the table's crop seed, so the kept rows are the table's
   keep_fraction: float
   # 'uniform': every step draws a kept batch with replacement (LPLD); 'permutation': steps walk
-  # seeded permutations of the drawable batches, one pass after another (HALD's soft phase).
+  # seeded permutations of the drawable batches, one pass after another (HALD's soft phase);
+  # 'sequential': step t replays drawable batch t in stored order, again from the first after the
+  # last (SRe²L's train_FKD.py; it refuses --epochs above the stored ones instead).
   draw_rule: str = "uniform"
+  # `[slots, num_positions]`: the pool positions of every slot in stored-batch order (an imported
+  # table's sampler order, `SoftLabelTable.batch_orders`); None: the keyed relabel order.
+  orders: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     _check_keep_fraction(self.keep_fraction)
-    if self.draw_rule not in ("uniform", "permutation"):
-      raise ValueError(f"draw_rule: 'uniform' or 'permutation', got {self.draw_rule!r}")
+    rules = tuple(_DRAW_RULES.values())
+    if self.draw_rule not in rules:
+      raise ValueError(f"draw_rule: one of {rules}, got {self.draw_rule!r}")
     if self.slots < 1 or self.batch_size < 1:
       raise ValueError(f"slots and batch_size: must be >= 1, got {self.slots}, {self.batch_size}")
+    if self.orders is not None and np.shape(self.orders) != (self.slots, self.num_positions):
+      raise ValueError(f"orders: expected shape {(self.slots, self.num_positions)} (slots x "
+                       f"positions), got {np.shape(self.orders)}")
     if self.num_positions < self.batch_size:
-      raise ValueError(
-          f"label_pruning='{LPLD_BATCHES if self.draw_rule == 'uniform' else HALD_BATCHES}'"
-          f": the pool of {self.num_positions} images "
-          f"is smaller than one global batch of {self.batch_size}, so no stored "
-          "batch fills a step; use label_pruning='per_image'")
+      mode = next(m for m, rule in _DRAW_RULES.items() if rule == self.draw_rule)
+      raise ValueError(f"label_pruning='{mode}': the pool of {self.num_positions} images "
+                       f"is smaller than one global batch of {self.batch_size}, so no stored "
+                       "batch fills a step; use label_pruning='per_image'")
     if self.num_kept < 1:
       raise ValueError(f"keep_fraction (config.label_keep_fraction) {self.keep_fraction} keeps "
                        f"floor({self.keep_fraction} x {self.num_batches}) = 0 of the "
@@ -702,7 +816,7 @@ class StoredBatches:
     """The kept batches a draw can return: the kept pool less each slot's last batch (LPLD drops
     it always; HALD's permutation only where it is short, as a step has one shape)."""
     kept = np.arange(self.num_kept, dtype=np.int64)
-    if self.draw_rule == "permutation" and self.num_positions % self.batch_size == 0:
+    if self.draw_rule != "uniform" and self.num_positions % self.batch_size == 0:
       return kept
     return kept[~self._is_last_of_slot(kept)]
 
@@ -716,11 +830,18 @@ class StoredBatches:
     if not 0 <= index < self.num_batches:
       raise IndexError(f"stored batch {index} out of range [0, {self.num_batches})")
     slot, k = divmod(int(index), self.batches_per_slot)
-    order = _slot_order(self.seed, self.num_positions, slot)
+    order = (self.orders[slot] if self.orders is not None else _slot_order(
+        self.seed, self.num_positions, slot))
     return order[k * self.batch_size:(k + 1) * self.batch_size], slot
 
   def draw(self, draw_seed: int, step: int) -> int:
     """The stored batch training step `step` replays; a pure function of (draw_seed, step)."""
+    if self.draw_rule == "sequential":
+      # train_FKD.py: epoch e's loader yields batch_0 .. batch_{bpe-1} of epoch_e (the sampler
+      # replays the relabel's order). A short last batch is not drawable here (a step has one
+      # shape), so an epoch is the slot's full batches.
+      drawable = self.drawable()
+      return int(drawable[int(step) % drawable.size])
     if self.draw_rule == "permutation":
       # train_fkd.py: `pool = torch.randperm(args.n * batch_num_per_epoch)` (seeded fkd_seed +
       # times), each epoch takes the next batch_num_per_epoch entries and a fresh permutation
@@ -746,11 +867,23 @@ class StoredBatches:
 
 def lpld_batches(spec: TableSpec, pruning: str, keep_fraction: float,
                  global_batch: int) -> StoredBatches | None:
-  """The table's stored batches for a run with `global_batch`, or None unless LPLD prunes."""
+  """The table's stored batches for a run with `global_batch`, or None unless the run replays
+  stored batches (`uses_lpld_batches`).
+
+  A stored-crop table's batches are its relabel's (`spec.stored_batch_size`, its sampler order:
+  `SoftLabelTable.batch_orders`, which the replay supplies), so a run must step in batches of that
+  size, as train_FKD.py refuses a `--batch-size` other than the relabel's.
+  """
   if not uses_lpld_batches(pruning, keep_fraction):
     return None
+  if spec.stored_crops and global_batch != spec.stored_batch_size:
+    raise ValueError(
+        f"config.global_batch_size: {global_batch}, but label_pruning={pruning!r} replays the "
+        f"imported table's stored batches of {spec.stored_batch_size} crops (its relabel's batch "
+        "size; train_FKD.py refuses another --batch-size too); set global_batch_size="
+        f"{spec.stored_batch_size} or label_pruning='per_image'")
   return StoredBatches(spec.num_positions, spec.slots_per_image, global_batch, spec.crop_seed,
-                       keep_fraction, "permutation" if pruning == HALD_BATCHES else "uniform")
+                       keep_fraction, _DRAW_RULES[pruning])
 
 
 def kept_label_bytes(table: SoftLabelTable | TableSpec, seed: int, keep_fraction: float,
