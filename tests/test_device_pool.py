@@ -206,3 +206,27 @@ def test_device_cropped_runs_agree_on_1_and_8_devices_and_after_a_kill(
   assert resumed.results["resumed_from_step"] == 4
   chex.assert_trees_all_close(resumed.state.params, one.state.params, atol=0)  # bit-exact
   assert resumed.results["test_top1"] == one.results["test_top1"]
+
+
+@pytest.mark.parametrize("regime", ["hl", "sl"])
+def test_host_and_device_crops_train_the_same_run_bit_for_bit(tmp_path, teacher_dir, regime):
+  # The device's crops equal PIL's pixel for pixel and are normalised through the host
+  # Normalizer's own values, so the two inputs give the same batches: the same weights, and under
+  # SL the same stored labels (each backend relabels into its own table).
+  runs = {}
+  for backend in ("host", "device"):
+    if regime == "hl":
+      config = tiny_config(cutmix_alpha=1.0, crop_backend=backend)
+    else:
+      config = _soft_config(tmp_path, teacher_dir, crop_backend=backend)
+    runs[backend] = plan.train(config, str(tmp_path / backend))
+    assert runs[backend].results["crop_backend"] == backend
+  chex.assert_trees_all_equal(runs["device"].state.params, runs["host"].state.params)
+  assert runs["device"].results["test_loss"] == runs["host"].results["test_loss"]
+  if regime == "sl":
+    tables = [table_lib.SoftLabelTable.open(runs[b].results["table_dir"]) for b in runs]
+    assert tables[0].directory != tables[1].directory
+    positions, slots = np.arange(100).repeat(3), np.tile(np.arange(3), 100)
+    host_rows, device_rows = (t.gather(positions, slots) for t in tables)
+    for name in host_rows.dtype.names:
+      np.testing.assert_array_equal(device_rows[name], host_rows[name], err_msg=name)

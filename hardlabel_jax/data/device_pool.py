@@ -26,6 +26,7 @@ import numpy as np
 from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import device_crops
+from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.source import ImageSource
 
 HOST = "host"
@@ -164,12 +165,15 @@ def materialize_fn(mesh: jax.sharding.Mesh, spec: crops.CropSpec, mean: tuple[fl
   `pad_to` > 0 centres each normalised crop in zeros of that size, the odd pixel below and right
   (RDED's scoring view, `distill.PaddedNormalizer`).
   """
-  mean_array = np.asarray(mean, np.float32)
-  std_array = np.asarray(std, np.float32)
+  # The normalised value of every uint8 level per channel, computed by the host's own Normalizer:
+  # a lookup keeps the device's values bit-identical to the host path's (XLA's division by a
+  # constant rounds differently from NumPy's in the last bit on most levels).
+  levels = np.arange(256, dtype=np.uint8)[:, None].repeat(len(mean), axis=1)
+  lookup = pipeline.Normalizer(tuple(mean), tuple(std))(levels)  # [256, C]
 
   def fn(pixels: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    # As pipeline.Normalizer on the host's uint8 crops.
-    image = (_kernel_crops(pixels, batch, spec) / 255.0 - mean_array) / std_array
+    crops_ = _kernel_crops(pixels, batch, spec).astype(jnp.int32)  # integers 0..255
+    image = jnp.asarray(lookup)[crops_, jnp.arange(len(mean))]
     if pad_to:
       before = (pad_to - spec.output_size) // 2
       after = pad_to - spec.output_size - before
