@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import re
+import subprocess
+import tarfile
 import types
 
 import numpy as np
@@ -726,3 +728,32 @@ def test_cells_train_by_seed_then_size_then_method_and_regime():
       "hl-rded-ipc10-s0", "sl-rded-ipc10-s0", "hl-full-all-s0", "sl-full-all-s0",
       "hl-random-ipc50-s0", "sl-random-ipc50-s0", "hl-rded-ipc50-s0", "sl-rded-ipc50-s0"
   ]
+
+
+@pytest.mark.slow
+def test_finished_cells_carried_to_another_workdir_are_not_trained_again(
+    finished_study, tmp_path, teacher_dir):
+  # launch/study_cells.sh: a study's finished cells (records only, no checkpoints) saved on one
+  # machine and restored on the next; the same study command there trains nothing again and
+  # writes the same results.
+  workdir, cache, rows = finished_study
+  script = os.path.join(os.path.dirname(__file__), os.pardir, "launch", "study_cells.sh")
+  archive = str(tmp_path / "cells.tar.gz")
+  subprocess.run([script, "save", workdir, archive], check=True, capture_output=True)
+  with tarfile.open(archive) as tar:
+    names = tar.getnames()
+  assert names and not any("checkpoints" in name for name in names)
+  assert {os.path.basename(n) for n in names
+         } == {"results.json", "run_config.json", "study_cell.json", "metrics.jsonl"}
+  moved = str(tmp_path / "moved")
+  subprocess.run([script, "restore", moved, archive], check=True, capture_output=True)
+  again = study.run(tiny_study(teacher_dir, cache), moved, step_hook=_never_called)
+  assert again == rows
+  with open(os.path.join(workdir,
+                         study.RESULTS_CSV)) as a, open(os.path.join(moved,
+                                                                     study.RESULTS_CSV)) as b:
+    assert a.read() == b.read()
+
+
+def _never_called(step):
+  raise AssertionError(f"a restored study trained a step ({step})")
