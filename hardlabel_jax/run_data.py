@@ -248,7 +248,12 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
   spec = crop_spec(config)
   mean = tuple(config.normalization_mean) or tuple(train.info.mean)
   std = tuple(config.normalization_std) or tuple(train.info.std)
-  backend = device_pool.choose(config.crop_backend, config.device_pool_budget_mb, train, pool_ids,
+  crop_backend = config.crop_backend
+  if (crop_backend == device_pool.AUTO and config.imported_table_dir
+      and config.regime in config_schema.TABLE_REGIMES):
+    # An imported table's crops are torchvision's of arbitrary stored boxes, cut on the host.
+    crop_backend = device_pool.HOST
+  backend = device_pool.choose(crop_backend, config.device_pool_budget_mb, train, pool_ids,
                                jax.local_devices())
   return RunData(train, test, pool_ids, spec, pipeline.Normalizer(mean, std), backend)
 
