@@ -20,6 +20,7 @@ from hardlabel_jax import checkpointing
 from hardlabel_jax import faults
 from hardlabel_jax import plan
 from hardlabel_jax import preemption
+from hardlabel_jax.soft_labels import table as table_lib
 from helpers import tiny_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +138,31 @@ def test_two_processes_train_and_relabel_like_one_process_with_eight_devices(tmp
   match, mismatch, errors = filecmp.cmpfiles(tables[0], tables[1], _files(tables[0]), shallow=False)
   assert not mismatch and not errors, mismatch
   _assert_same_parameters(single / "sl", multi / "sl")
+
+  # The same SL run with the pool on every process's devices and the crops made there: each
+  # process places the pool on its own devices and sends its rows' crop fields in one packed
+  # transfer; the table's rows and the weights are those of the host-cropped single process.
+  _run_two_processes(config_file, "sl", multi / "sl_device", f"--config.teacher_workdir={teacher}",
+                     "--config.crop_backend=device")
+  (host_table,) = [t for t in _table_dirs(single / "sl")]
+  (device_table,) = [t for t in _table_dirs(multi / "sl_device")]
+  host_rows, device_rows = (_all_rows(t) for t in (host_table, device_table))
+  for name in host_rows.dtype.names:
+    np.testing.assert_array_equal(device_rows[name], host_rows[name], err_msg=name)
+  assert table_lib.SoftLabelTable.open(device_table).spec.crop_spec["resampler"] == "device_crops"
+  _assert_same_parameters(single / "sl", multi / "sl_device")
+
+
+def _table_dirs(workdir):
+  root = workdir / "tables"
+  return [str(root / name) for name in sorted(os.listdir(root))]
+
+
+def _all_rows(directory):
+  table = table_lib.SoftLabelTable.open(directory)
+  positions = np.arange(table.num_positions).repeat(table.spec.slots_per_image)
+  slots = np.tile(np.arange(table.spec.slots_per_image), table.num_positions)
+  return table.gather(positions, slots)
 
 
 @pytest.mark.slow
