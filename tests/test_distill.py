@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from hardlabel_jax import cache
 from hardlabel_jax import config_schema
 from hardlabel_jax import distill
 from hardlabel_jax import image_sets
@@ -321,3 +322,22 @@ def test_distillation_needs_its_inputs(tmp_path, teacher_dir):
         distill_config(tmp_path, teacher_dir, selection="ca2d", scores_file=scores_file,
                        rded_candidates_per_class=5, rded_factor=2), str(tmp_path / "c"))
   assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_rded_sets_scored_on_device_crops_equal_the_host_scored_ones(tmp_path, teacher_dir):
+  # The candidates on the devices: RDED's scoring crops are made there, normalised and padded as
+  # `PaddedNormalizer` does, and the stitched patches read back from the devices. The crops equal
+  # PIL's and the normalisation is the host's, so the same crops win and the same PNGs are written
+  # (in a directory of their own: the identity records the resampler).
+  directories = {}
+  for backend in ("host", "device"):
+    config = distill_config(tmp_path, teacher_dir, rded_factor=2, crop_backend=backend)
+    directories[backend] = plan.distill_set(config, str(tmp_path / backend))
+  assert directories["host"] != directories["device"]
+  host, device = (_provenance(directories[b]) for b in ("host", "device"))
+  assert device["images"] == host["images"]  # every patch's id, slot and teacher CE
+  for entry in host["images"]:
+    a = np.asarray(Image.open(os.path.join(directories["host"], entry["file"])))
+    b = np.asarray(Image.open(os.path.join(directories["device"], entry["file"])))
+    np.testing.assert_array_equal(b, a, err_msg=entry["file"])
+  assert cache.read_identity(directories["device"])["crop_resampler"] == "device_crops"

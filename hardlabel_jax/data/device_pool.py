@@ -8,10 +8,10 @@ draws as the host path). `device_crops.crop_batch` then gathers and augments ins
 program, keyed exactly as before, so every crop is still a pure function of (seed, id, slot).
 
 `crop_backend` picks where crops are made: 'host' (PIL), 'device', or 'auto' (the device on GPU
-and TPU when the pool fits the budget; the host on the CPU backend, where both would share the
-same cores and the host path keeps the crops every earlier result was measured with). A table
-records the resampler its crops came from, so its labels are only ever replayed on the same
-pixels (`relabel.table_spec`).
+and TPU when the pool fits the budget; the host on the CPU backend, where the kernel's dense
+resampling shares the step's cores and measured slower than PIL: `benchmarks.cell`). The device
+crops equal the host's pixel for pixel; still, a table records the resampler its crops came from,
+so its labels are only ever replayed on crops made the same way (`relabel.table_spec`).
 """
 
 from __future__ import annotations
