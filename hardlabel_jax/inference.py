@@ -54,7 +54,7 @@ def _crop_row(example: pipeline.CropExample, slots: int, row: int,
   position, slot = divmod(row, slots)
   if example.on_device:  # the crop's fields: `DeviceCrops` makes the pixels before `predict`
     fields = example.crop_fields(position, slot)
-    metadata = fields
+    metadata = fields  # crop_fields holds the crop metadata too
     kernel = {k: fields[k] for k in device_pool.KERNEL_FIELDS}
   else:
     pixels, fields, metadata = example.raw_crop(position, slot)

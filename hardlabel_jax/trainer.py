@@ -355,10 +355,13 @@ def _steps_in_flight(mesh: jax.sharding.Mesh) -> int:
   return 1 if mesh.devices.flat[0].platform == "cpu" else 4
 
 
+# Each phase's compiled step, `step(state, batch) -> (state, metrics)` (`_make_steps`).
+StepFunctions = dict[str, Callable]
+
+
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                 state: train_state_lib.TrainState, iterator, feed: batch_feed.BatchFeed,
-                step_fns: dict[str,
-                               Callable], phases: hald.StepPhases, budget: Budget, start_step: int,
+                step_fns: StepFunctions, phases: hald.StepPhases, budget: Budget, start_step: int,
                 checkpointer: checkpointing.Checkpointer, log: metrics_log.MetricsLog,
                 progress: metrics_log.Progress, *, step_hook, epoch_hook,
                 batch_hook: BatchHook | None) -> tuple[train_state_lib.TrainState, float]:
