@@ -48,22 +48,14 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData,
       teacher_fingerprint=teacher.fingerprint,
       crop_seed=int(config.crop_seed),
       crop_spec={
-          "output_size": spec.output_size,
-          "scale": list(spec.scale),
-          "ratio": list(spec.ratio),
-          "flip": bool(spec.flip),
-          "cutmix_alpha": float(spec.cutmix_alpha),
-          # A table of one recipe is never served to a run of the other (the shuffle is not in
-          # a row's stored box, so only the header can tell them apart).
-          "recipe": config_schema.train_crop_recipe(config),
-          "shuffle_factor": int(spec.shuffle_factor),
+          **run_data.crop_spec_record(config, spec),
           # Tables cropped by PIL's box resize (before 2026-12-04) record nothing.
           **({} if spec.resize == crops.PIL_BOX else {
                  "resize": spec.resize
              }),
           **_cutmix_partner(config),
-          # Device crops differ from PIL's by rounding: a table is replayed on its own pixels
-          # only (host tables, made before device crops existed, record nothing).
+          # The crops' resampler: a table is only replayed on crops made the same way (host
+          # tables, made before device crops existed, record nothing).
           **({
               "resampler": device_pool.DEVICE_RESAMPLER
           } if data.on_device else {})

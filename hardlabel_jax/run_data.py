@@ -97,6 +97,21 @@ def crop_spec(config: ml_collections.ConfigDict) -> crops.CropSpec:
                         cutmix_alpha=config.cutmix_alpha, resize=config.crop_resize)
 
 
+def crop_spec_record(config: ml_collections.ConfigDict, spec: crops.CropSpec) -> dict:
+  """The crop fields every soft-label table's header records (`TableSpec.crop_spec`)."""
+  return {
+      "output_size": spec.output_size,
+      "scale": list(spec.scale),
+      "ratio": list(spec.ratio),
+      "flip": bool(spec.flip),
+      "cutmix_alpha": float(spec.cutmix_alpha),
+      # A table of one recipe is never served to a run of the other (the shuffle is not in a
+      # row's stored box, so only the header can tell them apart).
+      "recipe": config_schema.train_crop_recipe(config),
+      "shuffle_factor": int(spec.shuffle_factor),
+  }
+
+
 def cutmix_in_relabel_batches(config: ml_collections.ConfigDict) -> bool:
   """Whether a table's crops are CutMixed within their relabel batches (else: per-crop partner,
   or no CutMix at all)."""

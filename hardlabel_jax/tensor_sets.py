@@ -168,7 +168,6 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData) -> tab
   """The header of the stored-label table of this run: its data, pool and crop, the labels file
   in place of a teacher."""
   stored = tensor_set.stored_labels(_path(config))
-  spec = data.crop_spec
   return table_lib.TableSpec(
       dataset_name=data.train.info.name,
       dataset_fingerprint=data.train.info.fingerprint,
@@ -181,13 +180,7 @@ def table_spec(config: ml_collections.ConfigDict, data: run_data.RunData) -> tab
       teacher_fingerprint=f"stored_labels:{stored.sha256}",
       crop_seed=int(config.crop_seed),
       crop_spec={
-          "output_size": spec.output_size,
-          "scale": list(spec.scale),
-          "ratio": list(spec.ratio),
-          "flip": bool(spec.flip),
-          "cutmix_alpha": float(spec.cutmix_alpha),
-          "recipe": config_schema.train_crop_recipe(config),
-          "shuffle_factor": int(spec.shuffle_factor),
+          **run_data.crop_spec_record(config, data.crop_spec),
           "labels": "stored, whole image",
       },
       temperature=float(config.temperature),

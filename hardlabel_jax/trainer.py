@@ -109,11 +109,11 @@ def evaluate(state: train_state_lib.TrainState, eval_fn: Callable, data: run_dat
   feed = batch_feed.BatchFeed(mesh)
   # Read once at the end (summed on the host in batch order), with at most `_steps_in_flight`
   # batches unfinished: their sums are all-reduces, as a train step's gradients are.
-  per_batch = []
+  per_batch, most_in_flight = [], _steps_in_flight(mesh)
   for local in batches:
     per_batch.append(eval_fn(state, feed(local)))
-    if len(per_batch) > _steps_in_flight(mesh):
-      jax.block_until_ready(per_batch[-1 - _steps_in_flight(mesh)])
+    if len(per_batch) > most_in_flight:
+      jax.block_until_ready(per_batch[-1 - most_in_flight])
   totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
   for sums in jax.device_get(per_batch):
     totals = {k: totals[k] + float(sums[k]) for k in totals}
