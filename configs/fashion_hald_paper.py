@@ -26,7 +26,12 @@ grid's cells of that table:
 - `label_smoothing`: 0.0385, ImageNet's true-to-other ratio (251 at C = 1,000, s = 0.8) at C = 10
   (0.8 at C = 10 leaves the true class 3.5× the others: nearly uniform); HALD cells;
 - `t2_weight`: the soft loss weighted by T² = 400 (this library's earlier recipe); HALD cells;
-- `eval_teacher`: the table relabelled in eval mode for every set; SL and HALD cells.
+- `eval_teacher`: the table relabelled in eval mode for every set; SL and HALD cells;
+- `phase_curve`: nothing changed, SL and HALD on the 1- and 10-crop tables with the test split
+  evaluated every 25 epochs, to see where HALD's accuracy goes in each phase (`seeds=1`).
+
+`python -m hardlabel_jax.ablation_report --base WORKDIR --arm NAME=ABLATION_WORKDIR ...` pairs
+each ablation's cells with the grid's per seed and draws the phase curves.
 
   nice python -m hardlabel_jax.main --config configs/fashion_hald_paper.py \
       --config.cache_dir=/tmp/fp_cache --workdir /tmp/fashion_hald_paper
@@ -37,20 +42,29 @@ grid's cells of that table:
 `seeds=N` runs the first N seeds; a killed run, started again, trains only the missing cells.
 """
 
+from typing import NamedTuple
+
 import ml_collections
 
 from hardlabel_jax import config_schema
 
+
+class Ablation(NamedTuple):
+  """One changed choice: the fields it sets, the regimes it trains and the tables it trains on."""
+
+  fields: dict
+  regimes: tuple[str, ...]
+  tables: tuple[tuple[int, float], ...] = ((1, 1.0),)  # 1 crop per image: where drift is worst
+
+
 ABLATIONS = {
-    "label_smoothing": ({
-        "hald_label_smoothing": 1 / 26
-    }, ("hald",)),  # (1−s+s/10)/(s/10) = 251
-    "t2_weight": ({
-        "soft_loss_weight": 400.0
-    }, ("hald",)),
-    "eval_teacher": ({
-        "teacher_bn_mode": "eval"
-    }, ("sl", "hald")),
+    # (1 − s + s/10)/(s/10) = 251 at s = 1/26: ImageNet's true-to-other ratio at C = 10.
+    "label_smoothing": Ablation({"hald_label_smoothing": 1 / 26}, ("hald",)),
+    "t2_weight": Ablation({"soft_loss_weight": 400.0}, ("hald",)),
+    "eval_teacher": Ablation({"teacher_bn_mode": "eval"}, ("sl", "hald")),
+    # Nothing changed but the test split evaluated every 25 epochs (75 and 225 are S6's phase
+    # boundaries), so its final accuracies must equal the grid's cells.
+    "phase_curve": Ablation({"eval_every_epochs": 25}, ("sl", "hald"), ((1, 1.0), (10, 1.0))),
 }
 
 
@@ -97,10 +111,10 @@ def get_config(arg=None):
   if args.ablation:
     if args.ablation not in ABLATIONS:
       raise ValueError(f"unknown ablation {args.ablation!r}; known: {', '.join(ABLATIONS)}")
-    fields, regimes = ABLATIONS[args.ablation]
-    config.update(fields)
-    config.study_regimes = regimes
-    config.study_label_tables = ((1, 1.0),)
+    ablation = ABLATIONS[args.ablation]
+    config.update(ablation.fields)
+    config.study_regimes = ablation.regimes
+    config.study_label_tables = ablation.tables
   if args.runlocal:
     # fashion_paper's runlocal pool (400 embedded digits), IPC2, 20 epochs of batch 16.
     config.study_methods = ("random", "rded")

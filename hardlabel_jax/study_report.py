@@ -623,59 +623,67 @@ def _point_label(s: dict) -> str:
 
 
 def plot_accuracy_vs_label_bytes(summary: list[dict], path: str) -> None:
-  """Accuracy against stored soft-label bytes (SL, HALD); HL and SL+KD drawn as references.
+  """Accuracy against stored soft-label bytes (SL, HALD), one panel per set; HL and SL+KD of the
+  same set drawn as references.
 
-  Under a label-table axis the tables of one regime, method and size are joined by a line in
-  order of bytes (SL solid, HALD dashed).
+  A colour per size; under a label-table axis the tables of one regime and size are joined by a
+  line in order of bytes (SL solid, HALD dashed).
   """
   plt = pyplot()
-  colors = _method_colors(summary)
   markers = {"sl": "o", "hald": "s"}
   lines = {"sl": "-", "hald": "--"}
-  fig, axis = plt.subplots(figsize=(6, 4))
   stored = [s for s in summary if s["label_bytes"] > 0]
-  for s in stored:
-    axis.scatter(s["label_bytes"], s["mean"], color=colors[s["method"]],
-                 marker=markers.get(s["regime"], "^"), s=36)
-    axis.annotate(_point_label(s), (s["label_bytes"], s["mean"]), fontsize=6, xytext=(3, 3),
-                  textcoords="offset points")
+  sets = _ordered(s["method"] for s in stored) or [RANDOM]
+  sizes = _ordered(s["ipc"] for s in sorted(summary, key=lambda s: s["ipc"] or 1 << 30))
+  cycle = plt.get_cmap("tab10")
+  colors = {ipc: cycle(i % 10) for i, ipc in enumerate(sizes)}
+  fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 4), sharey=True, squeeze=False)
   joined = False
-  for regime, method, ipc in _ordered((s["regime"], s["method"], s["ipc"]) for s in stored):
-    points = sorted(
-        (s for s in stored if (s["regime"], s["method"], s["ipc"]) == (regime, method, ipc)),
-        key=lambda s: s["label_bytes"])
-    if len(points) > 1:
-      joined = True
-      axis.plot([s["label_bytes"] for s in points], [s["mean"] for s in points],
-                color=colors[method], linestyle=lines.get(regime, ":"), linewidth=0.8)
-  for regime, style in (("hl", ":"), ("sl_kd", "--")):
-    reference = [
-        s for s in summary if s["regime"] == regime and s["method"] == RANDOM and not s["table"]
-    ]
-    for s in reference:
-      axis.axhline(s["mean"], color="gray", linestyle=style, linewidth=0.8)
-      axis.annotate(f"{REGIME_NAMES[regime]} random ipc {s['ipc']}", (0.01, s["mean"]),
-                    xycoords=("axes fraction", "data"), fontsize=6, color="gray")
+  for axis, method in zip(axes[0], sets, strict=True):
+    here = [s for s in stored if s["method"] == method]
+    for s in here:
+      axis.scatter(s["label_bytes"], s["mean"], color=colors[s["ipc"]],
+                   marker=markers.get(s["regime"], "^"), s=30)
+      axis.annotate(_point_label(s), (s["label_bytes"], s["mean"]), fontsize=5, xytext=(3, 3),
+                    textcoords="offset points")
+    for regime, ipc in _ordered((s["regime"], s["ipc"]) for s in here):
+      points = sorted((s for s in here if (s["regime"], s["ipc"]) == (regime, ipc)),
+                      key=lambda s: s["label_bytes"])
+      if len(points) > 1:
+        joined = True
+        axis.plot([s["label_bytes"] for s in points], [s["mean"] for s in points],
+                  color=colors[ipc], linestyle=lines.get(regime, ":"), linewidth=0.8)
+    for regime, style in (("hl", ":"), ("sl_kd", "-.")):
+      for s in summary:
+        if s["regime"] == regime and s["method"] == method and not s["table"]:
+          axis.axhline(s["mean"], color=colors[s["ipc"]], linestyle=style, linewidth=0.8)
+          axis.annotate(f"{REGIME_NAMES[regime]} ipc {s['ipc']}", (0.01, s["mean"]),
+                        xycoords=("axes fraction", "data"), fontsize=6, color="gray")
+    if here:
+      axis.set_xscale("log")
+    else:
+      axis.text(0.5, 0.5, "no stored soft labels (no SL / HALD cells)", ha="center",
+                transform=axis.transAxes)
+    axis.set_title(f"{method} (HL: 0 bytes; SL+KD: teacher online)", fontsize=9)
+    if any(s.get("table") for s in here):
+      axis.set_xlabel("soft-label bytes used (points: ipc: c<crops> k<keep>)", fontsize=8)
+    else:
+      axis.set_xlabel("soft-label bytes used (points: ipc)", fontsize=8)
+    axis.grid(alpha=0.3)
+  axes[0][0].set_ylabel("test top-1 (%)")
   handles = [
-      plt.Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()
+      plt.Line2D([], [], color=c, marker="o", linestyle="", label=f"ipc {ipc or 'all'}")
+      for ipc, c in colors.items()
   ]
   handles += [
       plt.Line2D([], [], color="black", marker=mk, linestyle=lines[r] if joined else "",
                  label=REGIME_NAMES[r]) for r, mk in markers.items()
   ]
-  axis.legend(handles=handles, fontsize=7, loc="lower right")
-  if stored:
-    axis.set_xscale("log")
-  else:
-    axis.text(0.5, 0.5, "no stored soft labels (no SL / HALD cells)", ha="center",
-              transform=axis.transAxes)
-  if any(s.get("table") for s in stored):
-    axis.set_xlabel("soft-label bytes used (points: ipc: c<crops> k<keep fraction>)")
-  else:
-    axis.set_xlabel("soft-label bytes used (stored table; points are labelled with ipc)")
-  axis.set_ylabel("test top-1 (%)")
-  axis.set_title("accuracy vs soft-label storage (HL: 0 bytes; SL+KD: teacher online)", fontsize=9)
-  axis.grid(alpha=0.3)
+  handles += [
+      plt.Line2D([], [], color="gray", linestyle=style, label=REGIME_NAMES[r])
+      for r, style in (("hl", ":"), ("sl_kd", "-."))
+  ]
+  axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right")
   save_figure(fig, path)
 
 
