@@ -122,4 +122,6 @@ def get_config(arg=None):
     config.study_label_tables = ((1, 1.0), (4, 1 / 4))[:len(config.study_label_tables)]
     config.hald_eta = 2.0  # hyper.yaml has no IPC2 row
     config.hald_eta_like = ""
+    if config.eval_every_epochs:  # phase_curve: S6's boundaries of 20 epochs are 5 and 15
+      config.eval_every_epochs = 5
   return config_schema.reset_unread(config)

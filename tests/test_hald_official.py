@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+from hardlabel_jax import ablation_report
 from hardlabel_jax import bssl
 from hardlabel_jax import config_schema
 from hardlabel_jax import hald
@@ -33,6 +34,7 @@ from hardlabel_jax import optim
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import study
+from hardlabel_jax import study_report
 from hardlabel_jax import teacher as teacher_lib
 from hardlabel_jax import train_state as train_state_lib
 from hardlabel_jax import train_steps
@@ -45,17 +47,22 @@ from helpers import tiny_config
 from test_soft_label_regimes import soft_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
-# configs/fashion_hald_paper.py's ablations: the changed field and the regimes they train.
+# configs/fashion_hald_paper.py's ablations: the changed field, the regimes and tables they train.
+ONE_CROP = ((1, 1.0),)
 ABLATIONS = {
     "label_smoothing": ({
         "hald_label_smoothing": 1 / 26
-    }, ("hald",)),
+    }, ("hald",), ONE_CROP),
     "t2_weight": ({
         "soft_loss_weight": 400.0
-    }, ("hald",)),
+    }, ("hald",), ONE_CROP),
     "eval_teacher": ({
         "teacher_bn_mode": "eval"
-    }, ("sl", "hald")),
+    }, ("sl", "hald"), ONE_CROP),
+    # S6's phase boundaries (epochs 75 and 225 of 300) are multiples of the interval.
+    "phase_curve": ({
+        "eval_every_epochs": 25
+    }, ("sl", "hald"), ((1, 1.0), (10, 1.0))),
 }
 
 
@@ -431,27 +438,51 @@ def test_auto_relabels_rded_sets_in_eval_mode_and_every_other_set_with_bssl(tmp_
 def test_fashion_hald_paper_runlocal_runs_hald_in_its_regime(tmp_path):
   config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_paper.py"),
                                           "runlocal")
+  config.cache_dir = str(tmp_path / "cache")
   rows = study.run(config, str(tmp_path / "study"))
   # HL and SL+KD × 2 sets, SL and HALD × 2 sets × 2 tables.
   assert len(rows) == 4 + 8
   assert {r["steps"] for r in rows} == {20 * 20 // 16}  # 20 epochs of 20 images at batch 16
   headers = [
       json.load(open(path))["spec"]
-      for path in glob.glob(str(tmp_path / "study" / "cache" / "tables" / "*" / "header.json"))
+      for path in glob.glob(str(tmp_path / "cache" / "tables" / "*" / "header.json"))
   ]
   # relabel_slc.py: BSSL for the real subset, eval mode for the RDED set; CutMix per relabel batch.
   modes = {("imagefolder" in h["dataset_name"], h["teacher_bn_mode"]) for h in headers}
   assert modes == {(False, "batch_stats"), (True, "eval")}
   assert {h["crop_spec"]["cutmix_partner"] for h in headers} == {"relabel_batch"}
   assert "## HALD vs SL at equal soft-label bytes" in (tmp_path / "study" / "report.md").read_text()
-  for name, (fields, regimes) in ABLATIONS.items():
+  for name, (fields, regimes, tables) in ABLATIONS.items():
     ablation = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_paper.py"),
                                               f"ablation={name}")
-    assert tuple(ablation.study_regimes) == regimes and ablation.study_label_tables == ((1, 1.0),)
+    assert tuple(ablation.study_regimes) == regimes and ablation.study_label_tables == tables
     assert all(ablation[k] == v for k, v in fields.items())
   # The C-aware smoothing keeps ImageNet's true-to-other ratio at s = 0.8: 0.2008 / 0.0008 = 251.
   s = ABLATIONS["label_smoothing"][0]["hald_label_smoothing"]
   assert (1 - s + s / 10) / (s / 10) == pytest.approx((1 - 0.8 + 0.8 / 1000) / (0.8 / 1000))
+  # phase_curve changes nothing but the evaluations along training: every cell ends where the
+  # grid's twin ended, to the bit, and its curve ends at that accuracy.
+  curve_config = config_schema.load_config_file(os.path.join(CONFIG_DIR, "fashion_hald_paper.py"),
+                                                "ablation=phase_curve,runlocal")
+  curve_config.cache_dir = config.cache_dir
+  study.run(curve_config, str(tmp_path / "curve"))
+  report = ablation_report.write_report(str(tmp_path / "study"),
+                                        {"phase_curve": str(tmp_path / "curve")},
+                                        str(tmp_path / "ablations"))
+  entries = ablation_report.compare(
+      rows, study_report.read_csv(str(tmp_path / "curve" / study.RESULTS_CSV)))
+  assert len(entries) == 8 and all(e["vs_base"].mean == 0.0 for e in entries)
+  curves = ablation_report.phase_curves(str(tmp_path / "curve"))
+  assert len(curves) == 8 and all(c["epochs"] == [5, 10, 15, 20] for c in curves)
+  final = {
+      (r["regime"], r["method"], r["crops_per_image"], r["label_keep_fraction"]):
+          100 * r["test_top1"] for r in rows if r["regime"] in ("sl", "hald")
+  }
+  assert all(c["test_top1"][-1] == pytest.approx(final[c["regime"], c["method"], c["crops"],
+                                                       c["keep"]]) for c in curves)
+  assert {c["regime"]: c["hard_epochs"] for c in curves}["hald"] == list(range(5, 15))
+  assert (tmp_path / "ablations" / "phase_curves.png").stat().st_size > 0
+  assert "## phase_curve" in report.markdown
 
 
 def test_drift_with_bssl_labels_crops_in_the_tables_relabel_batches(tmp_path, tiny_bn_teacher):
