@@ -30,6 +30,10 @@ grid's cells of that table:
 - `phase_curve`: nothing changed, SL and HALD on the 1- and 10-crop tables with the test split
   evaluated every 25 epochs, to see where HALD's accuracy goes in each phase (`seeds=1`).
 
+`tables=all` trains an ablation on every table of the grid instead of its own (e.g.
+`ablation=label_smoothing,tables=all,seeds=1`: does C-aware smoothing change HALD's verdict at
+every number of stored crops?).
+
 `python -m hardlabel_jax.ablation_report --base WORKDIR --arm NAME=ABLATION_WORKDIR ...` pairs
 each ablation's cells with the grid's per seed and draws the phase curves.
 
@@ -70,7 +74,7 @@ ABLATIONS = {
 
 def get_config(arg=None):
   """The grid; `seeds=N` the first N seeds; `ablation=NAME` one changed choice; `runlocal`."""
-  args = config_schema.parse_arg(arg, runlocal=False, seeds=3, ablation="")
+  args = config_schema.parse_arg(arg, runlocal=False, seeds=3, ablation="", tables="")
   # The miniature's pool, teacher, student width, sets and cache (its HL and SL recipes are
   # replaced below by HALD's for every regime).
   config = config_schema.sibling_config(__file__, "fashion_paper.py",
@@ -114,7 +118,10 @@ def get_config(arg=None):
     ablation = ABLATIONS[args.ablation]
     config.update(ablation.fields)
     config.study_regimes = ablation.regimes
-    config.study_label_tables = ablation.tables
+    if args.tables not in ("", "all"):
+      raise ValueError(f"tables={args.tables!r}: '' (the ablation's own) or 'all' (the grid's)")
+    if args.tables != "all":
+      config.study_label_tables = ablation.tables
   if args.runlocal:
     # fashion_paper's runlocal pool (400 embedded digits), IPC2, 20 epochs of batch 16.
     config.study_methods = ("random", "rded")
