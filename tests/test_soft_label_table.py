@@ -359,6 +359,22 @@ def test_mismatched_expectation_names_the_field(tmp_path, override, pattern):
   assert str(info.value).count(": table has") + str(info.value).count("ids: ") == 1
 
 
+def test_an_image_folder_moved_with_its_content_keeps_its_table(tmp_path):
+  # An image folder's name is its path; a cache copied elsewhere holds the same set (the same
+  # fingerprint) under another name, and its tables must still open.
+  directory = str(tmp_path / "table")
+  spec = _spec(dataset_name="imagefolder:/old/cache/distilled/rded-ipc10")
+  _write(directory, spec).finalize()
+  moved = _spec(dataset_name="imagefolder:/new/cache/distilled/rded-ipc10")
+  assert tbl.SoftLabelTable.open(directory, expected=moved).spec == spec
+  # Another folder's content, or a name that is not a folder, is still another data set.
+  with pytest.raises(tbl.TableMismatchError, match="dataset_fingerprint.*dataset_name"):
+    tbl.SoftLabelTable.open(
+        directory, expected=_spec(dataset_name=moved.dataset_name, dataset_fingerprint="fp-other"))
+  with pytest.raises(tbl.TableMismatchError, match="dataset_name: table has 'imagefolder:"):
+    tbl.SoftLabelTable.open(directory, expected=_spec(dataset_name="toy"))
+
+
 def test_interrupted_write_is_unreadable_and_resumes_to_identical_bytes(tmp_path):
   spec = _spec()
   reference = str(tmp_path / "reference")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hardlabel_jax import disk_space
+from hardlabel_jax.data import image_folder
 from hardlabel_jax import faults
 from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
@@ -106,6 +107,16 @@ def _json_normalised(value: Any, name: str) -> Any:
 def ids_sha256(ids: np.ndarray) -> str:
   """sha256 of the ids as little-endian int64."""
   return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
+def _same_folder_moved(stored: str, expected: str, same_content: bool) -> bool:
+  """Both names are image folders with the same content: a cache or set moved or copied.
+
+  An image folder's name is its path, but its fingerprint hashes its layout rule, class names,
+  file names and bytes, never the path; so equal fingerprints are the same set wherever it lies.
+  """
+  return (same_content and stored.startswith(image_folder.PREFIX)
+          and expected.startswith(image_folder.PREFIX))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +220,8 @@ class TableSpec:
       out.append(f"dataset_fingerprint: table has {self.dataset_fingerprint!r}, expected "
                  f"{dataset_fingerprint!r} (the table was made for another data set: "
                  f"{self.dataset_name!r})")
-    if self.dataset_name != dataset_name:
+    if self.dataset_name != dataset_name and not _same_folder_moved(
+        self.dataset_name, dataset_name, self.dataset_fingerprint == dataset_fingerprint):
       out.append(f"dataset_name: table has {self.dataset_name!r}, expected {dataset_name!r}")
     ids = np.asarray(ids, np.int64)
     if not np.array_equal(self.ids, ids):
