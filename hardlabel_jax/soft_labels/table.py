@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from hardlabel_jax import disk_space
-from hardlabel_jax.data import image_folder
 from hardlabel_jax import faults
+from hardlabel_jax.data import image_folder
 from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
 
