@@ -325,9 +325,7 @@ def write_report(base_dir: str, arms: dict[str, str], out_dir: str) -> study_rep
     lines.append(f"![{CURVES_PLOT}]({CURVES_PLOT})")
   markdown = "\n".join(lines) + "\n"
   report_path = os.path.join(out_dir, REPORT_FILE)
-  with open(report_path + ".tmp", "w") as f:
-    f.write(markdown)
-  os.replace(report_path + ".tmp", report_path)
+  metrics_log.write_text_atomic(report_path, markdown)
   return study_report.Report(markdown, (report_path, *paths))
 
 

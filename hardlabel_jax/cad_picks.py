@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hardlabel_jax import metrics_log
 from hardlabel_jax import selection
 from hardlabel_jax import study_report
 
@@ -143,8 +144,6 @@ def write(picks: Sequence[Picks], out_dir: str,
       k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(p).items()
   } for p in picks]
   for path, text in ((paths[0], markdown), (paths[1], json.dumps(records, indent=1))):
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    metrics_log.write_text_atomic(path, text)
   plot_confusion(picks, paths[2])
   return study_report.Report(markdown, tuple(paths))

@@ -24,6 +24,7 @@ import os
 from typing import Any, Sequence
 
 from hardlabel_jax import cache
+from hardlabel_jax import metrics_log
 from hardlabel_jax import study
 from hardlabel_jax import study_report
 
@@ -209,9 +210,7 @@ def write_report(study_dir: str, drift_dirs: Sequence[str], out_dir: str) -> stu
   plot(points, plot_path)
   markdown = "\n".join(lines) + "\n"
   report_path = os.path.join(out_dir, REPORT_FILE)
-  with open(report_path + ".tmp", "w") as f:
-    f.write(markdown)
-  os.replace(report_path + ".tmp", report_path)
+  metrics_log.write_text_atomic(report_path, markdown)
   return study_report.Report(markdown, (report_path, plot_path))
 
 

@@ -59,6 +59,14 @@ def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` (a report's Markdown) via a temp file and rename."""
+  tmp = path + ".tmp"
+  with disk_space.removed_on_failure(tmp), open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
   """Writes `rows` as CSV with exactly `columns`, via a temp file and rename."""
   tmp = path + ".tmp"

@@ -23,6 +23,7 @@ import math
 import os
 from typing import Any, Sequence
 
+from hardlabel_jax import metrics_log
 from hardlabel_jax import study_report
 
 PREMISE_FILE = "premise.md"
@@ -315,9 +316,7 @@ def write(rows: list[dict[str, Any]], out_dir: str,
   lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths]
   markdown = "\n".join(lines) + "\n"
   path = os.path.join(out_dir, PREMISE_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.write(markdown)
-  os.replace(path + ".tmp", path)
+  metrics_log.write_text_atomic(path, markdown)
   return study_report.Report(markdown, (path, *paths))
 
 

@@ -872,10 +872,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: str, budget: str | None = 
   lines += [f"![{name}]({name})" for name in PLOTS]
   markdown = "\n".join(lines) + "\n"
   report_path = os.path.join(out_dir, REPORT_FILE)
-  tmp = report_path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(markdown)
-  os.replace(tmp, report_path)
+  metrics_log.write_text_atomic(report_path, markdown)
   return Report(markdown, (report_path, *paths))  # plots, then scores.json when written
 
 
