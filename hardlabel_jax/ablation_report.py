@@ -172,33 +172,42 @@ def findings(name: str, entries: list[dict[str, Any]]) -> list[str]:
   return sentences
 
 
-def plot_gaps(arms: dict[str, list[dict[str, Any]]], path: str) -> None:
-  """HALD − SL per set and size: the base grid's bar, then each ablation's (± s.e.)."""
+def base_gaps(base_rows: list[dict[str, Any]]) -> dict[tuple, Paired]:
+  """(method, ipc, crops, keep) → the base grid's own HALD − SL over all its seeds."""
+  by_seed = _by_seed(base_rows)
+  return {
+      key[1:]: paired(values, by_seed.get(("sl", *key[1:]), {}))
+      for key, values in by_seed.items()
+      if key[0] == "hald"
+  }
+
+
+def plot_gaps(arms: dict[str, list[dict[str, Any]]], base: dict[tuple, Paired], path: str) -> None:
+  """HALD − SL per set, size and table of the ablations' HALD cells: the base grid's bar (all its
+  seeds), then each ablation's (± s.e.)."""
   plt = study_report.pyplot()
   groups = _ordered((e["method"], e["ipc"], e["crops"], e["keep"])
                     for entries in arms.values()
                     for e in entries
                     if e["regime"] == "hald")
   fig, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 3.6))
-  series = ["base (official)", *arms]
-  width = 0.8 / len(series)
+  gaps = {"base (official)": base}
+  for name, entries in arms.items():
+    gaps[name] = {
+        (e["method"], e["ipc"], e["crops"], e["keep"]): e["vs_sl"]
+        for e in entries
+        if e["regime"] == "hald"
+    }
+  width = 0.8 / len(gaps)
   cycle = plt.get_cmap("tab10")
-  for index, label in enumerate(series):
-    means, errors, positions = [], [], []
-    for g, group in enumerate(groups):
-      found = [
-          e for entries in ([*arms.values()] if index == 0 else [arms[label]]) for e in entries
-          if e["regime"] == "hald" and (e["method"], e["ipc"], e["crops"], e["keep"]) == group
-      ]
-      if not found:
-        continue
-      gap = found[0]["base_vs_sl"] if index == 0 else found[0]["vs_sl"]
-      if not gap.seeds:
-        continue
-      means.append(gap.mean)
-      errors.append(gap.stderr if gap.seeds > 1 else 0.0)
-      positions.append(g + (index - (len(series) - 1) / 2) * width)
-    axis.bar(positions, means, width, yerr=errors, color=cycle(index % 10), label=label, capsize=2)
+  for index, (label, series) in enumerate(gaps.items()):
+    drawn = [(g, series[group])
+             for g, group in enumerate(groups)
+             if group in series and series[group].seeds]
+    axis.bar([g + (index - (len(gaps) - 1) / 2) * width for g, _ in drawn],
+             [gap.mean for _, gap in drawn], width,
+             yerr=[gap.stderr if gap.seeds > 1 else 0.0 for _, gap in drawn],
+             color=cycle(index % 10), label=label, capsize=2)
   axis.axhline(0, color="black", linewidth=0.8)
   axis.set_xticks(range(len(groups)))
   axis.set_xticklabels([f"{m} {i}\n{study_report.table_text(c, k)}" for m, i, c, k in groups],
@@ -314,7 +323,7 @@ def write_report(base_dir: str, arms: dict[str, str], out_dir: str) -> study_rep
   paths = []
   if any(e["regime"] == "hald" for entries in compared.values() for e in entries):
     paths.append(os.path.join(out_dir, GAPS_PLOT))
-    plot_gaps(compared, paths[-1])
+    plot_gaps(compared, base_gaps(base_rows), paths[-1])
     lines.append(f"![{GAPS_PLOT}]({GAPS_PLOT})")
   curves = [c for workdir in (base_dir, *arms.values()) for c in phase_curves(workdir)]
   if curves:

@@ -153,3 +153,11 @@ def test_the_report_refuses_a_missing_study_and_no_arm(tmp_path):
   with pytest.raises(ValueError, match="no ablation to compare"):
     ablation_report.write_report(base, {}, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_base_bars_pair_hald_with_sl_over_all_the_base_seeds():
+  gaps = ablation_report.base_gaps(_rows(BASE))
+  assert gaps["random", 10, 1, 1.0].mean == pytest.approx(-10.0)  # -10, -11, -9
+  assert gaps["random", 10, 1, 1.0].seeds == 3
+  assert gaps["random", 10, 10, 1.0].mean == pytest.approx(-10.0)
+  assert gaps["random", 10, 10, 1.0].stderr == pytest.approx(0.0, abs=1e-12)
