@@ -24,9 +24,12 @@ at equal label bytes.
 10, 50 × 3 seeds with one official choice changed, into its own workdir, to read against the main
 grid's cells of that table:
 - `label_smoothing`: 0.0385, ImageNet's true-to-other ratio (251 at C = 1,000, s = 0.8) at C = 10
-  (0.8 at C = 10 leaves the true class 3.5× the others: nearly uniform); HALD cells;
+  (0.8 at C = 10 leaves the true class 3.5× the others: nearly uniform); HALD cells, evaluated
+  every 25 epochs;
 - `t2_weight`: the soft loss weighted by T² = 400 (this library's earlier recipe); HALD cells;
 - `eval_teacher`: the table relabelled in eval mode for every set; SL and HALD cells;
+- `schedule_s8`: S8, 150 soft then 150 hard epochs, so the run ends on the hard phase; HALD
+  cells (evaluated every 25 epochs, as `label_smoothing` is);
 - `phase_curve`: nothing changed, SL and HALD on the 1- and 10-crop tables with the test split
   evaluated every 25 epochs, to see where HALD's accuracy goes in each phase (`seeds=1`).
 
@@ -63,12 +66,21 @@ class Ablation(NamedTuple):
 
 ABLATIONS = {
     # (1 − s + s/10)/(s/10) = 251 at s = 1/26: ImageNet's true-to-other ratio at C = 10.
-    "label_smoothing": Ablation({"hald_label_smoothing": 1 / 26}, ("hald",)),
+    "label_smoothing": Ablation({
+        "hald_label_smoothing": 1 / 26,
+        "eval_every_epochs": 25
+    }, ("hald",)),
     "t2_weight": Ablation({"soft_loss_weight": 400.0}, ("hald",)),
     "eval_teacher": Ablation({"teacher_bn_mode": "eval"}, ("sl", "hald")),
     # Nothing changed but the test split evaluated every 25 epochs (75 and 225 are S6's phase
     # boundaries), so its final accuracies must equal the grid's cells.
     "phase_curve": Ablation({"eval_every_epochs": 25}, ("sl", "hald"), ((1, 1.0), (10, 1.0))),
+    # S8 (soft → hard) ends on the hard phase: does S6's final soft phase take back what the hard
+    # phase gained (as seed 0's phase curves of the official grid suggest)?
+    "schedule_s8": Ablation({
+        "hald_schedule": "S8",
+        "eval_every_epochs": 25
+    }, ("hald",)),
 }
 
 
@@ -129,6 +141,6 @@ def get_config(arg=None):
     config.study_label_tables = ((1, 1.0), (4, 1 / 4))[:len(config.study_label_tables)]
     config.hald_eta = 2.0  # hyper.yaml has no IPC2 row
     config.hald_eta_like = ""
-    if config.eval_every_epochs:  # phase_curve: S6's boundaries of 20 epochs are 5 and 15
+    if config.eval_every_epochs:  # S6's boundaries of 20 epochs are 5 and 15
       config.eval_every_epochs = 5
   return config_schema.reset_unread(config)

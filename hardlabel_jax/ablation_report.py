@@ -112,7 +112,10 @@ def compare(base_rows: list[dict[str, Any]], arm_rows: list[dict[str,
         "keep": keep,
         "arm": _mean(values),
         "arm_seeds": len(values),
-        "base": _mean(base.get(key, {})),
+        # The base's mean over the seeds the arm trained, so the two columns compare alike.
+        "base": _mean({
+            s: v for s, v in base.get(key, {}).items() if s in values
+        }),
         "vs_base": paired(values, base.get(key, {}))
     }
     if regime == "hald":
@@ -156,11 +159,15 @@ def findings(name: str, entries: list[dict[str, Any]]) -> list[str]:
   sentences = []
   for regime in _ordered(e["regime"] for e in entries):
     here = [e for e in entries if e["regime"] == regime]
-    counts = {v: sum(e["vs_base"].verdict == v for e in here) for v in ("beats", "loses", "noise")}
+    counts = {
+        v: sum(e["vs_base"].verdict == v for e in here)
+        for v in ("beats", "loses", "noise", "one seed")
+    }
+    single = f", with one seed in {counts['one seed']}" if counts["one seed"] else ""
     sentences.append(
         f"{name}, {study_report.REGIME_NAMES.get(regime, regime)}: the ablation is above the "
         f"base in {counts['beats']}, below in {counts['loses']} and within noise in "
-        f"{counts['noise']} of {len(here)} cells (2 s.e., paired seeds).")
+        f"{counts['noise']}{single} of {len(here)} cells (2 s.e., paired seeds).")
     if regime == "hald":
       above = [e for e in here if e["vs_sl"].verdict == "beats"]
       below = [e for e in here if e["vs_sl"].verdict == "loses"]

@@ -54,7 +54,8 @@ DOCUMENTED_ARGS = {
     "fashion_hald_drift.py": ["set=random", "set=sre2l,ipc=50", "teacher=eval"],
     "fashion_hald_paper.py": [
         "seeds=1", "ablation=label_smoothing", "ablation=t2_weight", "ablation=eval_teacher",
-        "ablation=phase_curve,seeds=1", "ablation=label_smoothing,tables=all,seeds=1"
+        "ablation=phase_curve,seeds=1", "ablation=label_smoothing,tables=all,seeds=1",
+        "ablation=schedule_s8"
     ],
 }
 CONFIG_ARGS = [(name, arg)

@@ -51,7 +51,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 ONE_CROP = ((1, 1.0),)
 ABLATIONS = {
     "label_smoothing": ({
-        "hald_label_smoothing": 1 / 26
+        "hald_label_smoothing": 1 / 26,
+        "eval_every_epochs": 25
     }, ("hald",), ONE_CROP),
     "t2_weight": ({
         "soft_loss_weight": 400.0
@@ -63,6 +64,10 @@ ABLATIONS = {
     "phase_curve": ({
         "eval_every_epochs": 25
     }, ("sl", "hald"), ((1, 1.0), (10, 1.0))),
+    "schedule_s8": ({
+        "hald_schedule": "S8",
+        "eval_every_epochs": 25
+    }, ("hald",), ONE_CROP),
 }
 
 
