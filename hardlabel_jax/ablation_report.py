@@ -10,7 +10,8 @@ and label table with cells of the base grid, so each is paired with its base twi
 
 Differences are in points, mean over seeds ± standard error; "beats"/"loses" beyond 2 s.e.
 Cells trained with `eval_every_epochs` also recorded the test accuracy along training
-(`periodic_eval`); `phase_curves.png` draws them with HALD's hard epochs shaded.
+(`periodic_eval`); `phase_curves.png` draws them, averaged over seeds, with the evaluations right
+after a hard epoch marked.
 
   python -m hardlabel_jax.ablation_report --base /tmp/fashion_hald_paper \\
       --arm label_smoothing=/tmp/fashion_hald_label_smoothing --out /tmp/fashion_hald_ablations
@@ -259,43 +260,64 @@ def phase_curves(workdir: str) -> list[dict[str, Any]]:
   return curves
 
 
-def _spans(epochs: Sequence[int]) -> list[tuple[int, int]]:
-  """Runs of consecutive 0-based epochs as (first, last + 1)."""
-  spans: list[tuple[int, int]] = []
-  for e in epochs:
-    if spans and spans[-1][1] == e:
-      spans[-1] = (spans[-1][0], e + 1)
-    else:
-      spans.append((e, e + 1))
-  return spans
+def mean_curves(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Curves of one arm, regime, set, size and table averaged over their seeds (epoch by epoch,
+  over the epochs every seed evaluated); `seeds` counts them."""
+  groups: dict[tuple, list[dict]] = {}
+  for c in curves:
+    key = (c.get("arm", ""), c["regime"], c["method"], c["ipc"], c["crops"], c["keep"])
+    groups.setdefault(key, []).append(c)
+  out = []
+  for (arm, regime, method, ipc, crops, keep), members in groups.items():
+    epochs = sorted(set.intersection(*(set(c["epochs"]) for c in members)))
+    values = [{e: v for e, v in zip(c["epochs"], c["test_top1"], strict=True)} for c in members]
+    out.append({
+        "arm": arm,
+        "regime": regime,
+        "method": method,
+        "ipc": ipc,
+        "crops": crops,
+        "keep": keep,
+        "seeds": len(members),
+        "epochs": epochs,
+        "test_top1": [sum(v[e] for v in values) / len(values) for e in epochs],
+        "hard_epochs": members[0]["hard_epochs"]
+    })
+  return out
 
 
 def plot_phase_curves(curves: list[dict[str, Any]], path: str) -> None:
-  """A panel per (set, ipc): test top-1 after each evaluated epoch, a line per regime and table."""
+  """A panel per (set, ipc): test top-1 after each evaluated epoch, mean over seeds, a line per
+  arm, regime and table; a square marks an evaluation right after a hard epoch."""
   plt = study_report.pyplot()
+  curves = mean_curves(curves)
   panels = _ordered((c["method"], c["ipc"]) for c in curves)
   columns = max(1, min(3, len(panels)))
   rows = max(1, math.ceil(len(panels) / columns))
-  fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-  series = _ordered((c["regime"], c["crops"], c["keep"]) for c in curves)
+  fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+  series = _ordered((c["arm"], c["regime"], c["crops"], c["keep"]) for c in curves)
   cycle = plt.get_cmap("tab10")
   colors = {s: cycle(i % 10) for i, s in enumerate(series)}
   for axis, (method, ipc) in zip(list(axes.flat)[:len(panels)], panels, strict=True):
-    here = [c for c in curves if (c["method"], c["ipc"]) == (method, ipc)]
-    shaded = next((c["hard_epochs"] for c in here if c["hard_epochs"]), [])
-    for first, end in _spans(shaded):
-      axis.axvspan(first, end, color="gray", alpha=0.15, linewidth=0)
-    for c in here:
-      series_key = (c["regime"], c["crops"], c["keep"])
-      label = (f"{study_report.REGIME_NAMES.get(c['regime'], c['regime'])}, "
-               f"{study_report.table_text(c['crops'], c['keep'])}, seed {c['seed']}")
-      axis.plot(c["epochs"], c["test_top1"], color=colors[series_key],
-                linestyle="--" if c["regime"] == "hald" else "-", marker=".", label=label)
-    axis.set_title(f"{method}, ipc {ipc} (gray: HALD's hard epochs)", fontsize=8)
+    for c in (c for c in curves if (c["method"], c["ipc"]) == (method, ipc)):
+      color = colors[c["arm"], c["regime"], c["crops"], c["keep"]]
+      label = (f"{c['arm'] + ': ' if c['arm'] else ''}"
+               f"{study_report.REGIME_NAMES.get(c['regime'], c['regime'])}, "
+               f"{study_report.table_text(c['crops'], c['keep'])} ({c['seeds']} seed"
+               f"{'s' if c['seeds'] > 1 else ''})")
+      axis.plot(c["epochs"], c["test_top1"], color=color,
+                linestyle="--" if c["regime"] == "hald" else "-", label=label, linewidth=1)
+      hard = set(c["hard_epochs"])
+      after_hard = [
+          (e, v) for e, v in zip(c["epochs"], c["test_top1"], strict=True) if e - 1 in hard
+      ]
+      axis.scatter([e for e, _ in after_hard], [v for _, v in after_hard], color=color, marker="s",
+                   s=12)
+    axis.set_title(f"{method}, ipc {ipc} (■: after a hard epoch)", fontsize=8)
     axis.set_xlabel("epochs trained")
     axis.set_ylabel("test top-1 (%)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6)
+    axis.legend(fontsize=5)
   for axis in list(axes.flat)[len(panels):]:
     axis.set_visible(False)
   study_report.save_figure(fig, path)
@@ -332,7 +354,9 @@ def write_report(base_dir: str, arms: dict[str, str], out_dir: str) -> study_rep
     paths.append(os.path.join(out_dir, GAPS_PLOT))
     plot_gaps(compared, base_gaps(base_rows), paths[-1])
     lines.append(f"![{GAPS_PLOT}]({GAPS_PLOT})")
-  curves = [c for workdir in (base_dir, *arms.values()) for c in phase_curves(workdir)]
+  curves = [{
+      **c, "arm": name
+  } for name, workdir in (("base", base_dir), *arms.items()) for c in phase_curves(workdir)]
   if curves:
     paths.append(os.path.join(out_dir, CURVES_PLOT))
     plot_phase_curves(curves, paths[-1])

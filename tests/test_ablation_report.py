@@ -128,7 +128,35 @@ def test_phase_curves_read_the_periodic_evaluations_and_hald_hard_epochs(tmp_pat
   assert curves["sl"]["hard_epochs"] == []
   assert curves["hald"]["epochs"] == [2, 4, 6, 8]
   np.testing.assert_allclose(curves["hald"]["test_top1"], [30.0, 10.0, 12.0, 40.0])
-  assert ablation_report._spans([2, 3, 4, 5, 9]) == [(2, 6), (9, 10)]
+
+
+def test_curves_of_one_arm_and_table_average_over_seeds():
+  curve = {
+      "arm": "x",
+      "regime": "hald",
+      "method": "random",
+      "ipc": 10,
+      "crops": 1,
+      "keep": 1.0,
+      "hard_epochs": [2, 3]
+  }
+  curves = [{
+      **curve, "seed": 0,
+      "epochs": [2, 4, 6],
+      "test_top1": [10.0, 20.0, 30.0]
+  }, {
+      **curve, "seed": 1,
+      "epochs": [2, 4],
+      "test_top1": [20.0, 40.0]
+  }, {
+      **curve, "arm": "y",
+      "seed": 0,
+      "epochs": [2],
+      "test_top1": [5.0]
+  }]
+  x, y = ablation_report.mean_curves(curves)
+  assert (x["arm"], x["seeds"], x["epochs"], x["test_top1"]) == ("x", 2, [2, 4], [15.0, 30.0])
+  assert (y["arm"], y["seeds"], y["test_top1"]) == ("y", 1, [5.0])
 
 
 def test_the_report_writes_its_tables_and_plots(tmp_path):
