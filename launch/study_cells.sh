@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Carries a study's finished cells across machines: `save` packs every finished cell's records
-# (results.json, run_config.json, study_cell.json, metrics.jsonl; no checkpoints) into an
+# (results.json, run_config.json, study_cell.json, metrics.jsonl, evaluations.json where the
+# cell evaluated along training; no checkpoints) into an
 # archive, `restore` unpacks them into a workdir, where the same study command then trains only
 # the missing cells (the shared teacher, sets and tables are rebuilt in its cache_dir, from the
 # same config, for the cells still to train).
@@ -16,7 +17,7 @@ case "$action" in
     [ "${#finished[@]}" -gt 0 ] || { echo "no finished cell in $workdir" >&2; exit 1; }
     files=()
     for cell in "${finished[@]}"; do
-      for name in results.json run_config.json study_cell.json metrics.jsonl; do
+      for name in results.json run_config.json study_cell.json metrics.jsonl evaluations.json; do
         [ -f "$cell/$name" ] && files+=("$cell/$name")
       done
     done
