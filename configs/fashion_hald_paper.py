@@ -124,14 +124,15 @@ def get_config(arg=None):
   config.hald_label_smoothing = 0.8
   config.hald_cutmix_alpha = 1.0
   config.hald_hard_cutmix = "batch_reversed"
+  if args.tables not in ("", "all") or (args.tables and not args.ablation):
+    raise ValueError(f"tables={args.tables!r}: with an ablation, '' (its own table) or 'all' "
+                     "(the grid's)")
   if args.ablation:
     if args.ablation not in ABLATIONS:
       raise ValueError(f"unknown ablation {args.ablation!r}; known: {', '.join(ABLATIONS)}")
     ablation = ABLATIONS[args.ablation]
     config.update(ablation.fields)
     config.study_regimes = ablation.regimes
-    if args.tables not in ("", "all"):
-      raise ValueError(f"tables={args.tables!r}: '' (the ablation's own) or 'all' (the grid's)")
     if args.tables != "all":
       config.study_label_tables = ablation.tables
   if args.runlocal:
