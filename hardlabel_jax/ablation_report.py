@@ -323,20 +323,15 @@ def plot_phase_curves(curves: list[dict[str, Any]], path: str) -> None:
   study_report.save_figure(fig, path)
 
 
-def _rows(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, study.RESULTS_CSV)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: no cell of that study has finished")
-  return study_report.read_csv(path)
-
-
 def write_report(base_dir: str, arms: dict[str, str], out_dir: str) -> study_report.Report:
   """ablations.md, ablation_gaps.png and, where cells evaluated along training,
   phase_curves.png/.json into `out_dir`; `arms` maps an ablation's name to its workdir."""
   if not arms:
     raise ValueError("no ablation to compare: give at least one --arm NAME=WORKDIR")
-  base_rows = _rows(base_dir)
-  compared = {name: compare(base_rows, _rows(workdir)) for name, workdir in arms.items()}
+  base_rows = study_report.read_workdir(base_dir)
+  compared = {
+      name: compare(base_rows, study_report.read_workdir(workdir)) for name, workdir in arms.items()
+  }
   os.makedirs(out_dir, exist_ok=True)  # only once every study has been read
   lines = [
       "# Ablations against the base grid", "", f"Base grid: `{base_dir}`.", "",

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 
 from hardlabel_jax import cache
 from hardlabel_jax import metrics_log
-from hardlabel_jax import study
 from hardlabel_jax import study_report
 
 MEASURES = ("mean_label_mismatch", "crop_mismatch", "kl")
@@ -181,11 +180,9 @@ def plot(points: list[dict], path: str) -> None:
 
 def write_report(study_dir: str, drift_dirs: Sequence[str], out_dir: str) -> study_report.Report:
   """drift_gap.md and drift_gap.png in `out_dir`."""
-  csv_path = os.path.join(study_dir, study.RESULTS_CSV)
-  if not os.path.exists(csv_path):
-    raise FileNotFoundError(f"{csv_path} does not exist: no cell of that study has finished")
+  study_rows = study_report.read_workdir(study_dir)
   runs = drift_runs(drift_dirs)
-  points = join(study_report.read_csv(csv_path), runs)
+  points = join(study_rows, runs)
   if not points:
     raise ValueError(f"no (set, ipc, crops) of {study_dir} has both a paired HALD − SL and a "
                      f"drift row in {', '.join(drift_dirs)}")

@@ -61,6 +61,7 @@ REGIME_NAMES = {"hl": "HL", "sl": "SL", "sl_kd": "SL+KD", "hald": "HALD", "kd": 
 PLOTS = ("accuracy_vs_ipc.png", "gain_over_random.png", "accuracy_vs_label_bytes.png")
 REPORT_FILE = "report.md"
 CELLS_DIR = "cells"  # study.CELLS_DIR: each cell's workdir, with its results.json
+RESULTS_CSV = "results.csv"  # study.RESULTS_CSV
 CAD_SELECTIONS = ("cad_prune", "cad_window", "ca2d")  # config_schema.CAD_SELECTIONS
 # Pages a study writes beside report.md (premise_report, cad_picks), linked when present.
 LINKED_PAGES = (("premise.md", "the premise sweep: accuracy against K and the difficulty window"),
@@ -89,6 +90,14 @@ def read_csv(path: str) -> list[dict[str, Any]]:
       if value not in (None, ""):
         row[field] = kind(value)
   return rows
+
+
+def read_workdir(workdir: str) -> list[dict[str, Any]]:
+  """A study workdir's results.csv (`read_csv`); a clear error where no cell has finished."""
+  path = os.path.join(workdir, RESULTS_CSV)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: no cell of that study has finished")
+  return read_csv(path)
 
 
 def _ordered(values: Iterable) -> list:

@@ -10,6 +10,7 @@ import pytest
 from hardlabel_jax import ablation_report
 from hardlabel_jax import periodic_eval
 from hardlabel_jax import study
+from hardlabel_jax import study_report
 
 
 def _rows(results: dict) -> list[dict]:
@@ -172,6 +173,11 @@ def test_the_report_writes_its_tables_and_plots(tmp_path):
           "noise in 0 of 1 cells") in report.markdown
   assert ("label_smoothing: HALD beats SL in 1 and loses in 0 of 1 cells (base grid on the same "
           "seeds: 0 and 1).") in report.markdown
+
+
+def test_the_report_modules_name_the_studys_files():
+  # study_report cannot import study (study writes its report), so it repeats the names.
+  assert (study_report.RESULTS_CSV, study_report.CELLS_DIR) == (study.RESULTS_CSV, study.CELLS_DIR)
 
 
 def test_the_report_refuses_a_missing_study_and_no_arm(tmp_path):
