@@ -19,7 +19,6 @@ after a hard epoch marked.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import math
@@ -38,30 +37,6 @@ CURVES_PLOT = "phase_curves.png"
 CURVES_JSON = "phase_curves.json"
 
 
-@dataclasses.dataclass(frozen=True)
-class Paired:
-  """A per-seed difference in points: its mean, standard error and seeds (nan without any)."""
-
-  mean: float
-  stderr: float
-  seeds: int
-
-  @property
-  def verdict(self) -> str:
-    if self.seeds < 2:
-      return "one seed" if self.seeds else "–"
-    if self.mean > 2 * self.stderr:
-      return "beats"
-    return "loses" if self.mean < -2 * self.stderr else "noise"
-
-  def text(self) -> str:
-    if not self.seeds:
-      return "–"
-    if self.seeds < 2:
-      return f"{self.mean:+.1f} (1)"
-    return f"{self.mean:+.1f} ± {self.stderr:.1f} ({self.seeds})"
-
-
 def _ordered(values) -> list:
   return list(dict.fromkeys(values))
 
@@ -78,15 +53,6 @@ def _by_seed(rows: list[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
   for row in rows:
     out.setdefault(_key(row), {})[row["seed"]] = 100 * row["test_top1"]
   return out
-
-
-def paired(first: dict[int, float], second: dict[int, float]) -> Paired:
-  """first − second over their common seeds."""
-  seeds = sorted(set(first) & set(second))
-  if not seeds:
-    return Paired(math.nan, math.nan, 0)
-  mean, stderr = study_report.mean_stderr([first[s] - second[s] for s in seeds])
-  return Paired(mean, stderr, len(seeds))
 
 
 def _mean(values: dict[int, float]) -> float:
@@ -117,16 +83,17 @@ def compare(base_rows: list[dict[str, Any]], arm_rows: list[dict[str,
         "base": _mean({
             s: v for s, v in base.get(key, {}).items() if s in values
         }),
-        "vs_base": paired(values, base.get(key, {}))
+        "vs_base": study_report.paired(values, base.get(key, {}))
     }
     if regime == "hald":
       sl_key = ("sl", *key[1:])
       sl = arm.get(sl_key) or base.get(sl_key, {})
       entry["sl_source"] = "arm" if sl_key in arm else "base"
-      entry["vs_sl"] = paired(values, sl)
-      entry["base_vs_sl"] = paired({
-          s: v for s, v in base.get(key, {}).items() if s in values
-      }, base.get(sl_key, {}))
+      entry["vs_sl"] = study_report.paired(values, sl)
+      entry["base_vs_sl"] = study_report.paired(
+          {
+              s: v for s, v in base.get(key, {}).items() if s in values
+          }, base.get(sl_key, {}))
     out.append(entry)
   order = {"sl": 0, "hald": 1}
   return sorted(
@@ -180,17 +147,18 @@ def findings(name: str, entries: list[dict[str, Any]]) -> list[str]:
   return sentences
 
 
-def base_gaps(base_rows: list[dict[str, Any]]) -> dict[tuple, Paired]:
+def base_gaps(base_rows: list[dict[str, Any]]) -> dict[tuple, study_report.Paired]:
   """(method, ipc, crops, keep) → the base grid's own HALD − SL over all its seeds."""
   by_seed = _by_seed(base_rows)
   return {
-      key[1:]: paired(values, by_seed.get(("sl", *key[1:]), {}))
+      key[1:]: study_report.paired(values, by_seed.get(("sl", *key[1:]), {}))
       for key, values in by_seed.items()
       if key[0] == "hald"
   }
 
 
-def plot_gaps(arms: dict[str, list[dict[str, Any]]], base: dict[tuple, Paired], path: str) -> None:
+def plot_gaps(arms: dict[str, list[dict[str, Any]]], base: dict[tuple, study_report.Paired],
+              path: str) -> None:
   """HALD − SL per set, size and table of the ablations' HALD cells: the base grid's bar (all its
   seeds), then each ablation's (± s.e.)."""
   plt = study_report.pyplot()

@@ -378,6 +378,39 @@ def findings(summary: list[dict], rows: list[dict[str, Any]] | None = None) -> l
   return sentences + (label_bytes_findings(rows) if rows else [])
 
 
+@dataclasses.dataclass(frozen=True)
+class Paired:
+  """A per-seed difference in points: its mean, standard error and seeds (nan without any)."""
+
+  mean: float
+  stderr: float
+  seeds: int
+
+  @property
+  def verdict(self) -> str:
+    if self.seeds < 2:
+      return "one seed" if self.seeds else "–"
+    if self.mean > 2 * self.stderr:
+      return "beats"
+    return "loses" if self.mean < -2 * self.stderr else "noise"
+
+  def text(self) -> str:
+    if not self.seeds:
+      return "–"
+    if self.seeds < 2:
+      return f"{self.mean:+.1f} (1)"
+    return f"{self.mean:+.1f} ± {self.stderr:.1f} ({self.seeds})"
+
+
+def paired(first: dict[int, float], second: dict[int, float]) -> Paired:
+  """first − second over their common seeds."""
+  seeds = sorted(set(first) & set(second))
+  if not seeds:
+    return Paired(math.nan, math.nan, 0)
+  mean, stderr = mean_stderr([first[s] - second[s] for s in seeds])
+  return Paired(mean, stderr, len(seeds))
+
+
 def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """SL and HALD per (method, ipc, label table), and HALD − SL paired over their common seeds.
 
@@ -394,17 +427,10 @@ def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   out = []
   for (method, ipc, crops, keep), by_regime in cells.items():
     sl, hald = by_regime.get("sl", {}), by_regime.get("hald", {})
-    per_seed = {
-        seed: 100 * (hald[seed]["test_top1"] - sl[seed]["test_top1"])
-        for seed in sorted(set(sl) & set(hald))
-    }
-    gap, stderr = mean_stderr(list(per_seed.values())) if per_seed else (math.nan, math.nan)
-    if not per_seed:
-      verdict = None
-    elif len(per_seed) < 2:
-      verdict = "one seed"
-    else:
-      verdict = "beats" if gap > 2 * stderr else "loses" if gap < -2 * stderr else "noise"
+    hald_top1 = {seed: 100 * r["test_top1"] for seed, r in hald.items()}
+    sl_top1 = {seed: 100 * r["test_top1"] for seed, r in sl.items()}
+    difference = paired(hald_top1, sl_top1)
+    per_seed = {seed: hald_top1[seed] - sl_top1[seed] for seed in sorted(set(sl) & set(hald))}
     members = [*sl.values(), *hald.values()]
     out.append({
         "method": method,
@@ -415,10 +441,10 @@ def paired_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "sl": _stats(list(sl.values())),
         "hald": _stats(list(hald.values())),
         "per_seed": per_seed,
-        "gap": gap,
-        "stderr": stderr,
-        "seeds": len(per_seed),
-        "verdict": verdict
+        "gap": difference.mean,
+        "stderr": difference.stderr,
+        "seeds": difference.seeds,
+        "verdict": difference.verdict if difference.seeds else None
     })
   return out
 
