@@ -23,6 +23,8 @@ import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
+
 from hardlabel_jax import cache
 from hardlabel_jax import metrics_log
 from hardlabel_jax import study_report
@@ -106,13 +108,9 @@ def join(study_rows: list[dict[str, Any]], runs: dict[tuple, dict[str, Any]]) ->
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
   """Pearson's correlation (nan with under 3 points or a constant side)."""
-  if len(xs) < 3:
+  if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
     return math.nan
-  mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-  sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-  sxx = sum((x - mx)**2 for x in xs)
-  syy = sum((y - my)**2 for y in ys)
-  return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+  return float(np.corrcoef(xs, ys)[0, 1])
 
 
 def correlations(points: list[dict]) -> dict[str, dict[str, float]]:

@@ -11,27 +11,15 @@ from hardlabel_jax import ablation_report
 from hardlabel_jax import periodic_eval
 from hardlabel_jax import study
 from hardlabel_jax import study_report
+from test_study import _table_rows
 
 
 def _rows(results: dict) -> list[dict]:
   """Every CSV column, from {(regime, method, crops): [top-1 per seed]} at ipc 10, keep 1."""
-  return [{
-      "regime": regime,
-      "method": method,
-      "ipc": 10,
-      "seed": seed,
-      "test_top1": acc,
-      "test_loss": 1.0,
-      "examples_seen": 64,
-      "steps": 4,
-      "epochs": 1.0,
-      "pool_size": 100,
-      "label_source": study.LABEL_SOURCES[regime],
-      "label_bytes": 4300 * crops,
-      "crops_per_image": crops,
-      "label_keep_fraction": 1.0,
-      "wall_seconds": 2.5
-  } for (regime, method, crops), accs in results.items() for seed, acc in enumerate(accs)]
+  return [
+      row for (regime, method, crops), accs in results.items()
+      for row in _table_rows({(regime, (crops, 1.0)): accs}, method)
+  ]
 
 
 BASE = {
