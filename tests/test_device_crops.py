@@ -91,6 +91,31 @@ def test_coefficients_are_pillows_fixed_point_weights_on_hand_worked_rows():
     np.testing.assert_array_equal(np.asarray(device)[0], host)
 
 
+@pytest.mark.parametrize("max_denominator", [1 << 11, (1 << 30) - 1])
+def test_fixed_point_rounding_is_exact_integer_round_half_up(max_denominator):
+  """`_round_ratio` against Python's integers: round-half-up(2^22·a/N) = (2^23·a + N) // (2N).
+
+  Every pair a <= N for N up to 700 (every small crop's weights), then random pairs up to the
+  bound (at 2^11 two steps of float32-estimated digits, at 2^30 − 1 one bit a step) and the
+  quotients just below an integer, where an estimated digit overshoots.
+  """
+  small = [(a, n) for n in range(1, 701) for a in range(n + 1)]
+  rng = np.random.default_rng(0)
+  denominators = rng.integers(1, max_denominator + 1, 20_000)
+  large = list(
+      zip((rng.random(20_000) * (denominators + 1)).astype(np.int64), denominators, strict=True))
+  large += [(n, n) for n in denominators[:100]] + [(n - 1, n) for n in denominators[:100]]
+  # 2^22·a/N = k − 1/N: the float32 estimate of the last digit rounds up to k (a remainder of −1
+  # to correct), for every odd N up to 2,049 and 2,000 random odd N.
+  odd = list(range(1, 2050, 2)) + [int(n) | 1 for n in denominators[:2000]]
+  large += [((n - 1) * pow(1 << 22, -1, n) % n, n) for n in odd if n <= max_denominator]
+  pairs = np.array(small + large, np.int64)
+  got = device_crops._round_ratio(jax.numpy.asarray(pairs[:, 0], np.int32),
+                                  jax.numpy.asarray(pairs[:, 1], np.int32), max_denominator)
+  expected = [((a << 23) + n) // (2 * n) for a, n in pairs.tolist()]
+  np.testing.assert_array_equal(np.asarray(got), expected)
+
+
 @pytest.mark.parametrize("resize", crops.RESIZE_MODES)
 @pytest.mark.parametrize("shape,sizes", [((28, 28, 1), (16, 40)), ((17, 40, 3), (24,)),
                                          ((64, 9, 1), (8,))])

@@ -15,6 +15,7 @@ from hardlabel_jax import mesh as mesh_lib
 from hardlabel_jax import plan
 from hardlabel_jax import run_data
 from hardlabel_jax import teacher as teacher_lib
+from hardlabel_jax import trainer
 from hardlabel_jax.data import array_source
 from hardlabel_jax.data import device_pool
 from hardlabel_jax.data import pipeline
@@ -230,3 +231,32 @@ def test_host_and_device_crops_train_the_same_run_bit_for_bit(tmp_path, teacher_
     host_rows, device_rows = (t.gather(positions, slots) for t in tables)
     for name in host_rows.dtype.names:
       np.testing.assert_array_equal(device_rows[name], host_rows[name], err_msg=name)
+
+
+@pytest.mark.parametrize("regime,keep", [("sl", 1.0), ("sl", 0.5), ("hald", 1.0)])
+def test_a_batch_of_the_replay_stream_equals_its_elements_stacked(tmp_path, teacher_dir, regime,
+                                                                  keep):
+  """The training stream's `batch` (slots, crop fields and table rows of a whole batch drawn at
+  once) against the element path Grain stacks: SL at every kept slot and at half of them (LPLD's
+  per-image pruning), and HALD's soft and hard phases. Without CutMix, so every draw is batched."""
+  config = _soft_config(tmp_path, teacher_dir, regime=regime, cutmix_alpha=0.0,
+                        label_keep_fraction=keep, crops_per_image=4, budget_examples=16 * 25)
+  if keep < 1:
+    config.label_pruning = "per_image"
+  if regime == "hald":
+    config.hald_cutmix_alpha = 0.0
+  table = plan.relabel_table(config, str(tmp_path / "relabel"))
+  data = run_data.load_run_data(config)
+  phases = trainer.step_phases(config, trainer.budget_from_config(config, len(data.pool_ids)))
+  stream = trainer.training_examples(config, data, table, phases)
+  seen = set()
+  for step in range(phases.num_steps):
+    positions = np.arange(step * 16, (step + 1) * 16)
+    seen.add(phases.of_step(step))
+    batch, elements = stream.batch(positions), [stream(int(p)) for p in positions]
+    assert batch.keys() == elements[0].keys() and "image" not in batch
+    for name in batch:
+      expected = np.stack([e[name] for e in elements])
+      assert batch[name].dtype == expected.dtype, name
+      np.testing.assert_array_equal(batch[name], expected, err_msg=name)
+  assert seen == ({"soft", "hard"} if regime == "hald" else {"soft"})

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from hardlabel_jax.data import keyed_draws
+
 # Separate streams so that switching CutMix or the patch shuffle on does not move the crop box.
 _STREAM_CROP = 0
 _STREAM_CUTMIX = 1
@@ -215,6 +217,31 @@ def crop_params(seed: int, example_id: int, slot: int, image_hw: tuple[int, int]
   partner = int(mix_rng.integers(0, pool_size))
   cut_top, cut_left, cut_h, cut_w, lam = cutmix_box(mix_rng, spec.output_size, spec.cutmix_alpha)
   return CropParams(top, left, height, width, flip, partner, cut_top, cut_left, cut_h, cut_w, lam)
+
+
+def crop_boxes(seed: int, example_ids: np.ndarray, slots: np.ndarray, image_hw: tuple[int, int],
+               spec: CropSpec) -> tuple[np.ndarray, np.ndarray]:
+  """`crop_params`' boxes (top, left, height, width) int64 [N, 4] and flips bool [N] of many keys.
+
+  The same values as `crop_params` of each key, from NumPy's streams computed for all keys at
+  once (`keyed_draws`); the rare rows those cannot settle exactly are drawn one at a time.
+  """
+  example_ids = np.asarray(example_ids, np.int64)
+  slots = np.broadcast_to(np.asarray(slots, np.int64), example_ids.shape)
+  if example_ids.size and min(seed, example_ids.min(), slots.min()) < 0:
+    raise ValueError(f"crop keys must be non-negative, got seed={seed}, ids from "
+                     f"{example_ids.min()}, slots from {slots.min()}")
+  keys = np.stack([
+      np.full_like(example_ids, seed), example_ids, slots,
+      np.full_like(example_ids, _STREAM_CROP)
+  ], axis=1)
+  boxes, flips, exact = keyed_draws.resized_boxes(keys, tuple(image_hw), spec.scale, spec.ratio,
+                                                  spec.flip)
+  for i in np.flatnonzero(~exact):
+    params = crop_params(seed, int(example_ids[i]), int(slots[i]), tuple(image_hw), spec)
+    boxes[i] = (params.top, params.left, params.height, params.width)
+    flips[i] = params.flip
+  return boxes, flips
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:

@@ -68,18 +68,35 @@ def vertical_first(image_hw: tuple[int, int], size: int) -> bool:
   return height - size > 0 and height - size > (width - size) * 2
 
 
-def _round_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-  """round-half-up(2^22 · numerator / denominator) for 0 <= numerator <= denominator < 2^30.
+def _round_ratio(numerator: jax.Array, denominator: jax.Array, max_denominator: int) -> jax.Array:
+  """round-half-up(2^22 · numerator / denominator) for 0 <= numerator <= denominator.
 
-  Long division, one quotient bit a step, so no intermediate leaves int32.
+  Long division in int32, as many quotient bits a step as keep `remainder · 2^bits` below 2^31
+  for denominators up to `max_denominator` (a static bound): 2 steps for the small images of most
+  studies. Each step's digit is estimated by a float32 division (XLA's CPU backend does not
+  vectorise int32 division) and then corrected: a digit is below 2^22 and the estimate's relative
+  error below 2^-22, so it is within one of the true digit. (With IEEE division the estimate only
+  ever overshoots, and an uncorrected overshoot happens not to change the rounded result; the
+  corrections keep every step's remainder in [0, denominator) on any backend's division.)
   """
-  quotient = numerator // denominator  # 0 or 1
+  chunk = min(31 - int(max_denominator).bit_length(), _PRECISION_BITS)
+  if chunk < 1:
+    raise ValueError(f"device crops: a coefficient denominator of {max_denominator} leaves int32")
+  quotient = (numerator >= denominator).astype(jnp.int32)  # 0 or 1
   remainder = numerator - quotient * denominator
-  for _ in range(_PRECISION_BITS):
-    remainder = remainder * 2
-    bit = remainder >= denominator
-    remainder = jnp.where(bit, remainder - denominator, remainder)
-    quotient = quotient * 2 + bit.astype(jnp.int32)
+  divisor = denominator.astype(jnp.float32)
+  done = 0
+  while done < _PRECISION_BITS:
+    bits = min(chunk, _PRECISION_BITS - done)
+    remainder = remainder << bits
+    digit = jnp.floor(remainder.astype(jnp.float32) / divisor).astype(jnp.int32)
+    remainder = remainder - digit * denominator
+    under = remainder < 0
+    digit, remainder = digit - under, jnp.where(under, remainder + denominator, remainder)
+    over = remainder >= denominator
+    digit, remainder = digit + over, jnp.where(over, remainder - denominator, remainder)
+    quotient = (quotient << bits) + digit
+    done += bits
   return quotient + (2 * remainder >= denominator).astype(jnp.int32)
 
 
@@ -106,7 +123,8 @@ def resample_coefficients(in_size: int, start: jax.Array, length: jax.Array, out
     weight = jnp.where((pixels >= start) & (pixels < start + length), weight, 0)
   # At least 1: an all-zero row (an unused partner slot's zero box) must not divide by zero.
   total = jnp.maximum(weight.sum(axis=-1, keepdims=True), 1)
-  return _round_ratio(weight, total)
+  # Every weight is at most the reach 2·max(length, out_size) <= 2·max(in_size, out_size).
+  return _round_ratio(weight, total, in_size * 2 * max(in_size, out_size))
 
 
 def _resample_pass(pixels: jax.Array, coefficients: jax.Array, subscripts: str) -> jax.Array:
@@ -206,6 +224,8 @@ def _crops(pool: jax.Array, index: jax.Array, box: jax.Array, flip: jax.Array,
     return _resample(images, rows, columns, vertical_first(crops.shuffled_hw(image_hw, factor),
                                                            size))
   if int(PIL.__version__.split(".")[0]) < _VERTICAL_FIRST_SINCE:
+    return _resample(images, rows, columns, False)
+  if crops.shuffled_hw(image_hw, factor)[0] <= size:  # no box is taller than the output
     return _resample(images, rows, columns, False)
   # The image resized is the crop itself, so the order is the crop's: both made, one kept.
   height, width = box[:, 2].astype(jnp.int32), box[:, 3].astype(jnp.int32)

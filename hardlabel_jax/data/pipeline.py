@@ -50,6 +50,15 @@ class EpochShuffle:
     epoch, offset = divmod(int(position), self.pool_size)
     return int(epoch_permutation(self.pool_size, self.seed, epoch)[offset]), epoch
 
+  def many(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`self(position)` of every position: pool positions and epochs, int64 arrays."""
+    epochs, offsets = np.divmod(np.asarray(positions, np.int64), self.pool_size)
+    pool_positions = np.empty_like(offsets)
+    for epoch in np.unique(epochs):
+      at = epochs == epoch
+      pool_positions[at] = epoch_permutation(self.pool_size, self.seed, int(epoch))[offsets[at]]
+    return pool_positions, epochs
+
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
@@ -201,6 +210,89 @@ class CropExample:
         "partner_row_order": partner_rows,
     }
 
+  @functools.cached_property
+  def _pool_labels(self) -> np.ndarray:
+    return np.asarray(self.source.labels(), np.int64)[np.asarray(self.pool_ids, np.int64)]
+
+  def _batched_draws(self) -> bool:
+    """Whether `crop_fields_batch` draws a batch at once: one image shape, no per-crop partner
+    draw (a relabel batch's CutMix plan is read, not drawn), no patch shuffle."""
+    shape = tuple(self.source.info.image_shape)
+    one_shape = len(shape) == 3 and all(d is not None and int(d) > 0 for d in shape)
+    per_crop_partner = self.spec.cutmix_alpha > 0 and self.cutmix_plan is None
+    return one_shape and not per_crop_partner and self.spec.shuffle_factor == 1
+
+  def crop_fields_batch(self, pool_positions: np.ndarray,
+                        slots: np.ndarray) -> dict[str, np.ndarray]:
+    """`crop_fields` of every (position, slot) pair, stacked as a Grain batch stacks them.
+
+    The boxes and flips of the whole batch come from one vectorised computation of the keys'
+    NumPy streams (`crops.crop_boxes`, the same values); specs that draw more per crop (a
+    CutMix partner, a patch shuffle) or pools of mixed image sizes take `crop_fields` per pair.
+    """
+    pool_positions = np.asarray(pool_positions, np.int64)
+    slots = np.asarray(slots, np.int64)
+    if not self._batched_draws():
+      rows = [self.crop_fields(int(p), int(k)) for p, k in zip(pool_positions, slots, strict=True)]
+      return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+    count = len(pool_positions)
+    height, width = (int(d) for d in self.source.info.image_shape[:2])
+    ids = np.asarray(self.pool_ids, np.int64)[pool_positions]
+    labels = self._pool_labels[pool_positions]
+    boxes, flips = crops.crop_boxes(self.seed, ids, slots, (height, width), self.spec)
+    partner_index = np.full(count, -1, np.int64)
+    cut_box = np.zeros((count, 4), np.int32)
+    mix_lambda = np.ones(count, np.float32)
+    partner_box, partner_flip = np.zeros((count, 4), np.int32), np.zeros(count, np.uint8)
+    if self.cutmix_plan is not None:
+      plan = self.cutmix_plan
+      if slots.size and slots.max() >= plan.partner_position.shape[1]:
+        raise ValueError(f"slot {slots.max()} is beyond the {plan.partner_position.shape[1]} "
+                         "relabel epochs the CutMix plan covers")
+      partner_index = plan.partner_position[pool_positions, slots].astype(np.int64)
+      cut_box = plan.cut_box[pool_positions, slots].astype(np.int32)
+      mix_lambda = plan.mix_lambda[pool_positions, slots].astype(np.float32)
+      mixed = partner_index >= 0
+      if mixed.any():
+        # The partner's own training crop at this slot, as raw_crop pastes it.
+        partner_ids = np.asarray(self.pool_ids, np.int64)[partner_index[mixed]]
+        boxes_, flips_ = crops.crop_boxes(self.seed, partner_ids, slots[mixed], (height, width),
+                                          dataclasses.replace(self.spec, cutmix_alpha=0.0))
+        partner_box[mixed], partner_flip[mixed] = boxes_, flips_
+    mixed = partner_index >= 0
+    partner_ids = np.where(mixed,
+                           np.asarray(self.pool_ids, np.int64)[np.maximum(partner_index, 0)], -1)
+    partner_labels = np.where(mixed, self._pool_labels[np.maximum(partner_index, 0)], labels)
+    identity = np.zeros((count, 1), np.int32)
+    return {
+        "label": labels.astype(np.int32),
+        "partner_label": partner_labels.astype(np.int32),
+        "mix_lambda": mix_lambda,
+        "id": ids,
+        "slot": slots.astype(np.int32),
+        "box": (boxes / np.array([height, width, height, width], np.float64)).astype(np.float32),
+        "flip": flips.astype(np.uint8),
+        "partner_id": partner_ids.astype(np.int32),
+        "cut_box": cut_box,
+        "pool_index": pool_positions.astype(np.int32),
+        "crop_box": boxes.astype(np.int32),
+        "crop_flip": flips.astype(np.uint8),
+        "column_order": identity,
+        "row_order": identity.copy(),
+        "partner_index": partner_index.astype(np.int32),
+        "partner_crop_box": partner_box,
+        "partner_flip": partner_flip,
+        "partner_column_order": identity.copy(),
+        "partner_row_order": identity.copy(),
+    }
+
+  def device_batch(self, pool_positions: np.ndarray,
+                   slots: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`device_element` of every pair, stacked: the batch's elements and its host metadata."""
+    fields = self.crop_fields_batch(pool_positions, slots)
+    kept = {k: fields.pop(k) for k in DEVICE_HOST_METADATA if k in fields}
+    return fields, {**kept, "cut_box": fields["cut_box"]}
+
   def __call__(self, position_and_slot: tuple[int, int]) -> dict[str, np.ndarray]:
     if self.on_device:
       return self.device_element(*position_and_slot)[0]
@@ -234,6 +326,13 @@ class FreshCrops:
   def __call__(self, position: int) -> dict[str, np.ndarray]:
     pool_position, epoch = self.order(position)
     return self.example((pool_position, epoch + self.slot_offset))
+
+  def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The stacked elements of `positions`: one vectorised draw for a device pool's batch."""
+    if not self.example.on_device:
+      return stack_elements([self(int(p)) for p in positions])
+    pool_positions, epochs = self.order.many(positions)
+    return self.example.device_batch(pool_positions, epochs + self.slot_offset)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,11 +394,38 @@ def to_iterator(
   return iter(iter_dataset)
 
 
+def stack_elements(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Elements stacked leaf by leaf into a batch, as Grain's `batch` stacks them."""
+  return {name: np.stack([element[name] for element in elements]) for name in elements[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalBatch:
+  """Batch index -> this process's rows of that global batch, made by `example_at.batch`."""
+
+  example_at: Any  # has `batch(global positions [local batch]) -> stacked elements`
+  global_batch: int
+  process_index: int
+  process_count: int
+
+  def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    local_batch = self.global_batch // self.process_count
+    start = int(batch_index) * self.global_batch + self.process_index * local_batch
+    return self.example_at.batch(np.arange(start, start + local_batch, dtype=np.int64))
+
+
 def process_batches(example_at: Callable[[int], dict[str, np.ndarray]], *, num_batches: int,
                     global_batch: int, process_index: int = 0,
                     process_count: int = 1) -> grain.MapDataset:
-  """This process's rows of `num_batches` global batches of `example_at(global position)`."""
+  """This process's rows of `num_batches` global batches of `example_at(global position)`.
+
+  An `example_at` with a `batch(positions)` method makes each batch in one call (the same
+  stacked elements, drawn at once); otherwise each element is made and Grain stacks them.
+  """
   local_batch = check_batch_split(global_batch, process_count)
+  if hasattr(example_at, "batch"):
+    return grain.MapDataset.range(num_batches).map(
+        LocalBatch(example_at, global_batch, process_index, process_count))
   positions = grain.MapDataset.range(num_batches * local_batch)
   positions = positions.map(ProcessPositions(global_batch, process_index, process_count))
   return positions.map(example_at).batch(local_batch, drop_remainder=True)

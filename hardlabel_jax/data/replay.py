@@ -26,6 +26,7 @@ from hardlabel_jax import hald
 from hardlabel_jax.data import crops
 from hardlabel_jax.data import pipeline
 from hardlabel_jax.data.source import ImageSource
+from hardlabel_jax.soft_labels import formats
 from hardlabel_jax.soft_labels import table as table_lib
 
 
@@ -190,6 +191,44 @@ class TableCrops:
     pool_position, epoch = self.order(position)
     return self.replay(pool_position, self.slot_for(pool_position, epoch))
 
+  def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The stacked elements of `positions`; a device pool's per-image replay drawn at once.
+
+    The slots, crop fields and table rows of the whole batch are read together
+    (`table_lib.draw_slots`, `CropExample.device_batch`, `SoftLabelTable.rows_at`): the same
+    values as `self(position)` of each position, and the same check of every rebuilt crop.
+    """
+    if (self.batches is not None or self.table.spec.stored_crops or not self.example.on_device):
+      return pipeline.stack_elements([self(int(p)) for p in positions])
+    pool_positions, epochs = self.order.many(positions)
+    ids = np.asarray(self.example.pool_ids, np.int64)[pool_positions]
+    slots_per_image = self.table.spec.slots_per_image
+    if table_lib.num_kept_slots(slots_per_image, self.keep_fraction) == slots_per_image:
+      kept = None  # every slot is kept: an image's kept slots are 0..slots - 1
+      counts = np.full(len(ids), slots_per_image, np.int64)
+    else:
+      kept = [
+          table_lib.kept_slots(self.draw_seed, int(i), slots_per_image, self.keep_fraction)
+          for i in ids
+      ]
+      counts = np.array([len(k) for k in kept], np.int64)
+    index = table_lib.draw_slots(self.draw_seed, ids, epochs, counts)
+    slots = index if kept is None else np.array([k[j] for k, j in zip(kept, index, strict=True)],
+                                                np.int64)
+    element, metadata = self.example.device_batch(pool_positions, slots)
+    rows = self.table.rows_at(pool_positions, slots)
+    same = ((rows["box"].astype(np.float16) == metadata["box"].astype(np.float16)).all(axis=1) &
+            (rows["flip"].astype(np.int64) == metadata["flip"].astype(np.int64)))
+    if self.table.spec.cutmix:
+      same &= ((rows["partner_id"].astype(np.int64) == metadata["partner_id"]) &
+               (rows["cut_box"].astype(np.int64) == metadata["cut_box"]).all(axis=1))
+    for i in np.flatnonzero(~same)[:1]:  # the first mismatch raises, as the element path would
+      check_same_crop(self.table.metadata(int(pool_positions[i]), int(slots[i])), {
+          k: v[i] for k, v in metadata.items()
+      }, int(ids[i]), int(slots[i]), self.table.spec.cutmix)
+    probs = formats.decode(rows, self.table.fmt).astype(np.float32)
+    return {**element, "soft_label": probs}
+
 
 @dataclasses.dataclass(frozen=True)
 class PhasedCrops:
@@ -205,3 +244,13 @@ class PhasedCrops:
       # Same keys in both phases so a batch always has one structure; the hard step ignores it.
       return {**self.hard(position), "soft_label": np.zeros(self.num_classes, np.float32)}
     return self.soft(position)
+
+  def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The stacked elements of `positions` (a batch lies in one phase: its step's)."""
+    phases = {self.phases.of_position(int(p)) for p in positions}
+    if phases != {hald.HARD} and phases != {hald.SOFT}:
+      return pipeline.stack_elements([self(int(p)) for p in positions])
+    if phases == {hald.HARD}:
+      hard = self.hard.batch(positions)
+      return {**hard, "soft_label": np.zeros((len(positions), self.num_classes), np.float32)}
+    return self.soft.batch(positions)

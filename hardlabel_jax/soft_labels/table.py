@@ -34,6 +34,7 @@ import numpy as np
 from hardlabel_jax import disk_space
 from hardlabel_jax import faults
 from hardlabel_jax.data import image_folder
+from hardlabel_jax.data import keyed_draws
 from hardlabel_jax.data import relabel_batches
 from hardlabel_jax.soft_labels import formats
 
@@ -651,6 +652,22 @@ class SoftLabelTable:
     orders.setflags(write=False)
     return orders
 
+  def rows_at(self, positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The stored rows of many (position, slot) pairs at once (a copy), in order."""
+    positions = np.asarray(positions, np.int64)
+    slots = np.asarray(slots, np.int64)
+    if positions.size and (positions.min() < 0 or positions.max() >= self.num_positions):
+      raise IndexError(f"positions out of range [0, {self.num_positions})")
+    if slots.size and (slots.min() < 0 or slots.max() >= self.spec.slots_per_image):
+      raise IndexError(f"slots out of range [0, {self.spec.slots_per_image})")
+    shards, local = np.divmod(positions, self.positions_per_shard)
+    flat = local * self.spec.slots_per_image + slots
+    out = np.empty(len(positions), self.row_dtype)
+    for shard in np.unique(shards):
+      at = shards == shard
+      out[at] = self._shard_map(int(shard))[flat[at]]
+    return out
+
   def probs(self, position: int, slot: int) -> np.ndarray:
     """Decoded float32 probabilities `[C]` of one stored crop."""
     return formats.decode(self.rows(position)[slot:slot + 1], self.fmt)[0]
@@ -729,6 +746,30 @@ def draw_slot(seed: int, example_id: int, epoch: int, kept: np.ndarray) -> int:
     raise ValueError("kept: no slots to draw from")
   rng = np.random.default_rng(np.random.SeedSequence([seed, example_id, epoch, _DRAW_STREAM]))
   return int(kept[rng.integers(kept.size)])
+
+
+def draw_slots(seed: int, example_ids: np.ndarray, epochs: np.ndarray,
+               kept_counts: np.ndarray) -> np.ndarray:
+  """`draw_slot`'s index into each image's kept slots, for many (id, epoch) pairs at once.
+
+  Returns int64 [N] indices (`kept[index]` is the slot): the same draws as `draw_slot`, from
+  the keys' NumPy streams computed together (`keyed_draws`), a rejected Lemire draw redone alone.
+  """
+  example_ids = np.asarray(example_ids, np.int64)
+  epochs = np.asarray(epochs, np.int64)
+  kept_counts = np.asarray(kept_counts, np.int64)
+  if kept_counts.size and kept_counts.min() < 1:
+    raise ValueError("kept: no slots to draw from")
+  keys = np.stack([
+      np.full_like(example_ids, seed), example_ids, epochs,
+      np.full_like(example_ids, _DRAW_STREAM)
+  ], axis=1)
+  draws = kept_counts > 1  # integers(1) returns 0 without drawing
+  index, rejected = keyed_draws.Streams(keys).bounded(draws, np.maximum(kept_counts, 1))
+  index = np.where(draws, index.astype(np.int64), 0)
+  for i in np.flatnonzero(rejected):
+    index[i] = draw_slot(seed, int(example_ids[i]), int(epochs[i]), np.arange(kept_counts[i]))
+  return index
 
 
 def uses_lpld_batches(pruning: str, keep_fraction: float) -> bool:
