@@ -50,6 +50,7 @@ class Checkpointer:
     self._manager = self._open()
     self._state_bytes: int | None = None
     self._space_checked = False
+    self._decision: tuple[int, bool] | None = None  # (step, orbax's should_save) of the last ask
 
   def _remove_unfinished(self) -> None:
     """Removes saves a stopped run left half-written (orbax's temporary step directories).
@@ -87,8 +88,15 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def will_save(self, step: int) -> bool:
-    """Whether `save(step, ...)` will write a checkpoint (orbax also saves a run's first step)."""
-    return self._manager.should_save(step)
+    """Whether `save(step, ...)` will write a checkpoint (orbax also saves a run's first step).
+
+    Orbax is asked once a step: the loop asks, then saves, and the answer is kept for the save
+    (asking costs ~0.1 ms, and building the save's arguments more, on every step of a run).
+    """
+    if self._decision is None or self._decision[0] != step:
+      with self._full_disk():  # may re-raise a background write's failure
+        self._decision = (step, self._manager.should_save(step))
+    return self._decision[1]
 
   def _full_disk(self, state: Any = None) -> Any:
     """A context naming this workdir's checkpoints and their size when the disk fills.
@@ -108,8 +116,11 @@ class Checkpointer:
     Before the first save of a run, refuses (OutOfSpaceError) when the checkpoints it will keep
     at once cannot fit: orbax writes the newest before it deletes the oldest, so max_to_keep + 1.
     """
+    if not force and not self.will_save(step):
+      return False
+    self._decision = None  # a save changes what orbax answers next
     with self._full_disk(state):
-      if not self._space_checked and (force or self._manager.should_save(step)):
+      if not self._space_checked:
         self._space_checked = True
         stored = len(self._manager.all_steps())
         copies = max(self._options.max_to_keep + 1 - stored, 1)
