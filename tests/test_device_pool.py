@@ -233,14 +233,18 @@ def test_host_and_device_crops_train_the_same_run_bit_for_bit(tmp_path, teacher_
       np.testing.assert_array_equal(device_rows[name], host_rows[name], err_msg=name)
 
 
-@pytest.mark.parametrize("regime,keep", [("sl", 1.0), ("sl", 0.5), ("hald", 1.0)])
+@pytest.mark.parametrize("regime,keep,backend", [("sl", 1.0, "device"), ("sl", 0.5, "device"),
+                                                 ("hald", 1.0, "device"), ("sl", 0.5, "host"),
+                                                 ("hald", 1.0, "host")])
 def test_a_batch_of_the_replay_stream_equals_its_elements_stacked(tmp_path, teacher_dir, regime,
-                                                                  keep):
+                                                                  keep, backend):
   """The training stream's `batch` (slots, crop fields and table rows of a whole batch drawn at
   once) against the element path Grain stacks: SL at every kept slot and at half of them (LPLD's
-  per-image pruning), and HALD's soft and hard phases. Without CutMix, so every draw is batched."""
+  per-image pruning), and HALD's soft and hard phases; crops made on the devices and by PIL on the
+  host. Without CutMix, so every draw is batched."""
   config = _soft_config(tmp_path, teacher_dir, regime=regime, cutmix_alpha=0.0,
-                        label_keep_fraction=keep, crops_per_image=4, budget_examples=16 * 25)
+                        label_keep_fraction=keep, crops_per_image=4, budget_examples=16 * 25,
+                        crop_backend=backend)
   if keep < 1:
     config.label_pruning = "per_image"
   if regime == "hald":
@@ -254,7 +258,7 @@ def test_a_batch_of_the_replay_stream_equals_its_elements_stacked(tmp_path, teac
     positions = np.arange(step * 16, (step + 1) * 16)
     seen.add(phases.of_step(step))
     batch, elements = stream.batch(positions), [stream(int(p)) for p in positions]
-    assert batch.keys() == elements[0].keys() and "image" not in batch
+    assert batch.keys() == elements[0].keys() and ("image" in batch) == (backend == "host")
     for name in batch:
       expected = np.stack([e[name] for e in elements])
       assert batch[name].dtype == expected.dtype, name

@@ -143,7 +143,7 @@ def _assert_same_batch(batch, elements):
 
 
 @pytest.mark.parametrize("case", ["plain", "planned_cutmix", "cutmix_drawn", "shuffled"])
-def test_a_device_batch_equals_its_elements_stacked(case):
+def test_a_device_and_a_host_batch_equal_their_elements_stacked(case):
   spec = crops.CropSpec(28, scale=(0.2, 1.0))
   plan = None
   if case == "planned_cutmix":
@@ -152,14 +152,21 @@ def test_a_device_batch_equals_its_elements_stacked(case):
     spec = dataclasses.replace(spec, cutmix_alpha=1.0)
   elif case == "shuffled":
     spec = crops.rded_spec(28, 2)
-  example = _example(spec, plan)
   positions, slots = np.arange(30) % 30, np.arange(30) % 3
+  example = _example(spec, plan)
   fields, metadata = example.device_batch(positions, slots)
   elements = [example.device_element(int(p), int(s)) for p, s in zip(positions, slots, strict=True)]
   _assert_same_batch(fields, [e[0] for e in elements])
   _assert_same_batch(metadata, [e[1] for e in elements])
   if case == "planned_cutmix":
     assert (fields["partner_index"] >= 0).sum() > 10
+  # The host's batch: the same draws, each crop cut (and pasted) by PIL, normalised at once.
+  host = _example(spec, plan, on_device=False)
+  images, metadata = host.host_batch(positions, slots)
+  made = [host.raw_crop(int(p), int(s)) for p, s in zip(positions, slots, strict=True)]
+  _assert_same_batch(images,
+                     [host((int(p), int(s))) for p, s in zip(positions, slots, strict=True)])
+  _assert_same_batch(metadata, [m for _, _, m in made])
 
 
 def test_fresh_crops_batches_equal_grains_stacked_elements_across_epochs():

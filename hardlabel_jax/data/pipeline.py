@@ -293,6 +293,36 @@ class CropExample:
     kept = {k: fields.pop(k) for k in DEVICE_HOST_METADATA if k in fields}
     return fields, {**kept, "cut_box": fields["cut_box"]}
 
+  def host_batch(self, pool_positions: np.ndarray,
+                 slots: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`raw_crop` of every pair, stacked: the training elements (normalised pixels and label
+    fields) and the crop metadata. The draws are `crop_fields_batch`'s; PIL cuts each crop."""
+    if not self._batched_draws():
+      made = [self.raw_crop(int(p), int(k)) for p, k in zip(pool_positions, slots, strict=True)]
+      elements = [{"image": pixels, **fields} for pixels, fields, _ in made]
+      batch = stack_elements(elements)
+      batch["image"] = self.normalizer(batch["image"])
+      return batch, stack_elements([metadata for _, _, metadata in made])
+    fields = self.crop_fields_batch(pool_positions, slots)
+    pixels = []
+    for k, example_id in enumerate(fields["id"]):
+      params = crops.CropParams(*(int(v) for v in fields["crop_box"][k]),
+                                flip=bool(fields["crop_flip"][k]))
+      crop = crops.apply_crop(self.source[int(example_id)]["image"], params, self.spec.output_size,
+                              self.spec.resize)
+      if fields["partner_index"][k] >= 0:  # the partner's own crop, pasted into the cut box
+        partner = crops.CropParams(*(int(v) for v in fields["partner_crop_box"][k]),
+                                   flip=bool(fields["partner_flip"][k]))
+        partner_crop = crops.apply_crop(self.source[int(fields["partner_id"][k])]["image"], partner,
+                                        self.spec.output_size, self.spec.resize)
+        cut = crops.CropParams(0, 0, 0, 0, False, int(fields["partner_index"][k]),
+                               *(int(v) for v in fields["cut_box"][k]))
+        crop = crops.paste_cutmix(crop, partner_crop, cut)
+      pixels.append(crop)
+    elements = {"image": self.normalizer(np.stack(pixels))}
+    elements.update({k: fields[k] for k in ("label", "partner_label", "mix_lambda", "id", "slot")})
+    return elements, {k: fields[k] for k in (*DEVICE_HOST_METADATA, "cut_box")}
+
   def __call__(self, position_and_slot: tuple[int, int]) -> dict[str, np.ndarray]:
     if self.on_device:
       return self.device_element(*position_and_slot)[0]
@@ -328,11 +358,10 @@ class FreshCrops:
     return self.example((pool_position, epoch + self.slot_offset))
 
   def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
-    """The stacked elements of `positions`: one vectorised draw for a device pool's batch."""
-    if not self.example.on_device:
-      return stack_elements([self(int(p)) for p in positions])
+    """The stacked elements of `positions`, their crop draws made at once."""
     pool_positions, epochs = self.order.many(positions)
-    return self.example.device_batch(pool_positions, epochs + self.slot_offset)[0]
+    make = self.example.device_batch if self.example.on_device else self.example.host_batch
+    return make(pool_positions, epochs + self.slot_offset)[0]
 
 
 @dataclasses.dataclass(frozen=True)

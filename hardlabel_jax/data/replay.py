@@ -192,13 +192,13 @@ class TableCrops:
     return self.replay(pool_position, self.slot_for(pool_position, epoch))
 
   def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
-    """The stacked elements of `positions`; a device pool's per-image replay drawn at once.
+    """The stacked elements of `positions`; a per-image replay drawn at once.
 
-    The slots, crop fields and table rows of the whole batch are read together
-    (`table_lib.draw_slots`, `CropExample.device_batch`, `SoftLabelTable.rows_at`): the same
+    The slots, crop draws and table rows of the whole batch are read together
+    (`table_lib.draw_slots`, `CropExample.crop_fields_batch`, `SoftLabelTable.rows_at`): the same
     values as `self(position)` of each position, and the same check of every rebuilt crop.
     """
-    if (self.batches is not None or self.table.spec.stored_crops or not self.example.on_device):
+    if self.batches is not None or self.table.spec.stored_crops:
       return pipeline.stack_elements([self(int(p)) for p in positions])
     pool_positions, epochs = self.order.many(positions)
     ids = np.asarray(self.example.pool_ids, np.int64)[pool_positions]
@@ -215,7 +215,8 @@ class TableCrops:
     index = table_lib.draw_slots(self.draw_seed, ids, epochs, counts)
     slots = index if kept is None else np.array([k[j] for k, j in zip(kept, index, strict=True)],
                                                 np.int64)
-    element, metadata = self.example.device_batch(pool_positions, slots)
+    make = self.example.device_batch if self.example.on_device else self.example.host_batch
+    element, metadata = make(pool_positions, slots)
     rows = self.table.rows_at(pool_positions, slots)
     same = ((rows["box"].astype(np.float16) == metadata["box"].astype(np.float16)).all(axis=1) &
             (rows["flip"].astype(np.int64) == metadata["flip"].astype(np.int64)))
