@@ -1,6 +1,6 @@
 """Whole cells against their own train step: what the input pipeline and the loop cost.
 
-  python -m hardlabel_jax.benchmarks.cell           # HL, SL, SL+KD, HALD; width 16, batch 120
+  python -m hardlabel_jax.benchmarks.cell           # HL, SL, SL+KD, HALD; width 16, batch 120, 1,500 steps
   python -m hardlabel_jax.benchmarks.cell --quick   # seconds: a few steps of each
 
 Each regime's cell is a real training run (`plan.train`: the Grain pipeline, the stored-table
@@ -152,9 +152,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--images_per_class", type=int, default=400)
   parser.add_argument("--width", type=int, default=16)
   parser.add_argument("--batch", type=int, default=120)
-  parser.add_argument("--steps", type=int, default=500, help="steps of each cell")
-  parser.add_argument("--timed_steps", type=int, default=20, help="steps per timed repeat")
-  parser.add_argument("--repeats", type=int, default=3)
+  # 1,500 steps: at 500 a cell's rate moved by up to 20 % between runs on an idle 2-core machine
+  # (HALD's phase starts, excluded with their compiles, leave few intervals in a short cell).
+  parser.add_argument("--steps", type=int, default=1500, help="steps of each cell")
+  parser.add_argument("--timed_steps", type=int, default=50, help="steps per timed repeat")
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
   parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                       help="where each cell's crops are made (config.crop_backend)")
