@@ -1,6 +1,6 @@
 """Whole cells against their own train step: what the input pipeline and the loop cost.
 
-  python -m hardlabel_jax.benchmarks.cell           # HL, SL, SL+KD, HALD; width 16, batch 120, 1,500 steps
+  python -m hardlabel_jax.benchmarks.cell           # HL, SL, SL+KD, HALD; width 16, batch 120
   python -m hardlabel_jax.benchmarks.cell --quick   # seconds: a few steps of each
 
 Each regime's cell is a real training run (`plan.train`: the Grain pipeline, the stored-table
