@@ -233,8 +233,8 @@ class CropExample:
     pool_positions = np.asarray(pool_positions, np.int64)
     slots = np.asarray(slots, np.int64)
     if not self._batched_draws():
-      rows = [self.crop_fields(int(p), int(k)) for p, k in zip(pool_positions, slots, strict=True)]
-      return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+      return stack_elements(
+          [self.crop_fields(int(p), int(k)) for p, k in zip(pool_positions, slots, strict=True)])
     count = len(pool_positions)
     height, width = (int(d) for d in self.source.info.image_shape[:2])
     ids = np.asarray(self.pool_ids, np.int64)[pool_positions]
