@@ -97,7 +97,7 @@ def test_batched_crop_boxes_equal_crop_params_key_by_key(image_hw, spec):
   ids = np.arange(250).repeat(4)
   slots = np.tile(np.arange(4), 250) * 7
   boxes, flips = crops.crop_boxes(3, ids, slots, image_hw, spec)
-  raw_boxes, raw_flips, exact = keyed_draws.resized_boxes(
+  raw_boxes, raw_flips, exact = crops.resized_boxes(
       np.stack(
           [np.full_like(ids, 3), ids, slots, np.zeros_like(ids)], axis=1), image_hw, spec.scale,
       spec.ratio, spec.flip)

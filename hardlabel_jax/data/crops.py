@@ -104,6 +104,13 @@ def random_resized_box(rng: np.random.Generator, image_hw: tuple[int, int], scal
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
       return top, left, h, w
+  return _fallback_box(image_hw, ratio)
+
+
+def _fallback_box(image_hw: tuple[int, int], ratio: tuple[float,
+                                                          float]) -> tuple[int, int, int, int]:
+  """RandomResizedCrop's box after ten failed tries: the centre crop clamped to `ratio`."""
+  height, width = image_hw
   in_ratio = width / height
   if in_ratio < ratio[0]:
     w, h = width, int(round(width / ratio[0]))
@@ -112,6 +119,52 @@ def random_resized_box(rng: np.random.Generator, image_hw: tuple[int, int], scal
   else:
     w, h = width, height
   return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_boxes(keys: np.ndarray, image_hw: tuple[int, int], scale: tuple[float, float],
+                  ratio: tuple[float,
+                               float], flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`random_resized_box` and the flip of `crop_params` for each key [N, 4], at once.
+
+  The draws come from the keys' NumPy streams computed together (`keyed_draws.Streams`).
+  Returns boxes int64 [N, 4] (top, left, height, width), flips bool [N], and `exact` bool [N]:
+  False where the row must be redone with the scalar code (Lemire's rejection, or a rounding
+  within 1e-9 of a half-integer, where `np.exp` and `math.exp` could differ in the last bit).
+  """
+  height, width = image_hw
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  count = len(keys)
+  streams = keyed_draws.Streams(keys)
+  boxes = np.zeros((count, 4), np.int64)
+  exact = np.ones(count, bool)
+  found = np.zeros(count, bool)
+  for _ in range(10):
+    # Only the rows still searching draw a try; the others' streams stay where they stopped.
+    searching = ~found
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * streams.next_double(searching))
+    aspect = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * streams.next_double(searching))
+    w_real, h_real = np.sqrt(target_area * aspect), np.sqrt(target_area / aspect)
+    w, h = np.rint(w_real).astype(np.int64), np.rint(h_real).astype(np.int64)
+    near_half = ((np.abs(w_real - np.floor(w_real) - 0.5) < 1e-9 * np.maximum(w_real, 1)) |
+                 (np.abs(h_real - np.floor(h_real) - 0.5) < 1e-9 * np.maximum(h_real, 1)))
+    fits = searching & (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    exact &= ~(searching & near_half)
+    boxes[fits, 2], boxes[fits, 3] = h[fits], w[fits]
+    found |= fits
+    if found.all():
+      break
+  boxes[~found] = _fallback_box(image_hw, ratio)  # no draws, as the scalar code
+  top_range, left_range = height - boxes[:, 2] + 1, width - boxes[:, 3] + 1
+  draws_top, draws_left = found & (top_range > 1), found & (left_range > 1)
+  top, rejected_top = streams.bounded(draws_top, np.maximum(top_range, 1))
+  left, rejected_left = streams.bounded(draws_left, np.maximum(left_range, 1))
+  # A box as tall (wide) as the image draws no offset: Generator.integers(0, 1) returns 0.
+  boxes[:, 0] = np.where(draws_top, top.astype(np.int64), boxes[:, 0])
+  boxes[:, 1] = np.where(draws_left, left.astype(np.int64), boxes[:, 1])
+  exact &= ~(rejected_top | rejected_left)
+  flips = streams.next_double() < 0.5 if flip else np.zeros(count, bool)
+  return boxes, flips, exact
 
 
 def cutmix_box(rng: np.random.Generator, size: int,
@@ -235,8 +288,7 @@ def crop_boxes(seed: int, example_ids: np.ndarray, slots: np.ndarray, image_hw: 
       np.full_like(example_ids, seed), example_ids, slots,
       np.full_like(example_ids, _STREAM_CROP)
   ], axis=1)
-  boxes, flips, exact = keyed_draws.resized_boxes(keys, tuple(image_hw), spec.scale, spec.ratio,
-                                                  spec.flip)
+  boxes, flips, exact = resized_boxes(keys, tuple(image_hw), spec.scale, spec.ratio, spec.flip)
   for i in np.flatnonzero(~exact):
     params = crop_params(seed, int(example_ids[i]), int(slots[i]), tuple(image_hw), spec)
     boxes[i] = (params.top, params.left, params.height, params.width)

@@ -15,13 +15,11 @@ tests/test_keyed_draws.py.
 
 Where a vectorised value could differ from the scalar path's, the row is flagged for the caller
 to redo one key at a time with the scalar code: Lemire's rejection (a draw below its threshold,
-about n/2^32 of them) and, in `resized_boxes`, a width or height whose rounding sits within 1e-9
-of a half-integer (where `np.exp` and `math.exp` could round differently in the last bit).
+about n/2^32 of them), and in `crops.resized_boxes` a width or height whose rounding sits within
+1e-9 of a half-integer (where `np.exp` and `math.exp` could round differently in the last bit).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -107,9 +105,9 @@ def _mul_64x64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Streams:
   """One PCG64 stream per key, stepped together: `np.random.default_rng(SeedSequence(key))`.
 
-  `next64` and `next_double` advance every stream by one output (all rows draw; callers keep
-  the rows they need), `next32` is `pcg64_next32`: the low half of a fresh output, its high half
-  kept for the row's next `next32`.
+  `next64` and `next_double` advance the streams of `rows` (a boolean mask; all by default) by
+  one output; the other rows' streams do not move (their values are not draws). `next32` is
+  `pcg64_next32`: the low half of a fresh output, its high half kept for the row's next `next32`.
   """
 
   def __init__(self, keys: np.ndarray):
@@ -141,17 +139,23 @@ class Streams:
     self._lo = low
     self._add(self._inc_hi, self._inc_lo)
 
-  def next64(self) -> np.ndarray:
-    """`pcg64_random_r`: step, then the XSL-RR output of the new state."""
+  def next64(self, rows: np.ndarray | None = None) -> np.ndarray:
+    """`pcg64_random_r` of `rows`: step, then the XSL-RR output of the new state."""
+    held = None if rows is None else (self._hi, self._lo)
     with np.errstate(over="ignore"):
       self._step()
       value = self._hi ^ self._lo
       rotation = self._hi >> np.uint64(58)
-      return (value >> rotation) | (value << ((np.uint64(64) - rotation) & np.uint64(63)))
+      out = (value >> rotation) | (value << ((np.uint64(64) - rotation) & np.uint64(63)))
+    if held is not None:
+      rows = np.asarray(rows, bool)
+      self._hi = np.where(rows, self._hi, held[0])
+      self._lo = np.where(rows, self._lo, held[1])
+    return out
 
-  def next_double(self) -> np.ndarray:
-    """`next_double`: the top 53 bits of an output as a double in [0, 1)."""
-    return (self.next64() >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+  def next_double(self, rows: np.ndarray | None = None) -> np.ndarray:
+    """`next_double` of `rows`: the top 53 bits of an output as a double in [0, 1)."""
+    return (self.next64(rows) >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
   def next32(self, rows: np.ndarray) -> np.ndarray:
     """`pcg64_next32` for `rows` (a boolean mask): other rows' streams and buffers do not move."""
@@ -159,11 +163,7 @@ class Streams:
     fresh = rows & ~self._has32
     out = np.zeros(len(rows), np.uint64)
     if fresh.any():
-      saved = self._hi.copy(), self._lo.copy()
-      value = self.next64()
-      # Only the fresh rows consume an output; the others keep their state.
-      self._hi = np.where(fresh, self._hi, saved[0])
-      self._lo = np.where(fresh, self._lo, saved[1])
+      value = self.next64(fresh)  # only the fresh rows consume an output
       out = np.where(fresh, value & _MASK32, out)
       self._buffer32 = np.where(fresh, value >> _U32, self._buffer32)
     buffered = rows & self._has32
@@ -183,64 +183,3 @@ class Streams:
       leftover = m & _MASK32
       threshold = ((np.uint64(1) << _U32) - n) % np.maximum(n, np.uint64(1))
     return m >> _U32, rows & (leftover < n) & (leftover < threshold)
-
-
-def resized_boxes(keys: np.ndarray, image_hw: tuple[int, int], scale: tuple[float, float],
-                  ratio: tuple[float,
-                               float], flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """`crops.random_resized_box` and the flip of `crops.crop_params` for each key [N, 4].
-
-  Returns boxes int64 [N, 4] (top, left, height, width), flips bool [N], and `exact` bool [N]:
-  False where the row must be redone with the scalar code (Lemire's rejection, or a rounding
-  within 1e-9 of a half-integer).
-  """
-  height, width = image_hw
-  area = height * width
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  count = len(keys)
-  streams = Streams(keys)
-  boxes = np.zeros((count, 4), np.int64)
-  exact = np.ones(count, bool)
-  found = np.zeros(count, bool)
-  for _ in range(10):
-    # Every stream draws its try; the rows already found ignore theirs (and step no further:
-    # their later draws are taken below from streams advanced only while searching).
-    saved = streams._hi.copy(), streams._lo.copy()
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * streams.next_double())
-    aspect = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * streams.next_double())
-    w_real, h_real = np.sqrt(target_area * aspect), np.sqrt(target_area / aspect)
-    w, h = np.rint(w_real).astype(np.int64), np.rint(h_real).astype(np.int64)
-    near_half = ((np.abs(w_real - np.floor(w_real) - 0.5) < 1e-9 * np.maximum(w_real, 1)) |
-                 (np.abs(h_real - np.floor(h_real) - 0.5) < 1e-9 * np.maximum(h_real, 1)))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    searching = ~found
-    exact &= ~(searching & near_half)
-    boxes[searching & fits, 2] = h[searching & fits]
-    boxes[searching & fits, 3] = w[searching & fits]
-    streams._hi = np.where(searching, streams._hi, saved[0])
-    streams._lo = np.where(searching, streams._lo, saved[1])
-    found |= searching & fits
-    if found.all():
-      break
-  # Ten failed tries: torchvision's centre crop of the whole image (no draws), as the scalar code.
-  in_ratio = width / height
-  if in_ratio < ratio[0]:
-    centre_w, centre_h = width, int(round(width / ratio[0]))
-  elif in_ratio > ratio[1]:
-    centre_h, centre_w = height, int(round(height * ratio[1]))
-  else:
-    centre_w, centre_h = width, height
-  boxes[~found] = ((height - centre_h) // 2, (width - centre_w) // 2, centre_h, centre_w)
-  h, w = boxes[:, 2], boxes[:, 3]
-  top_range, left_range = height - h + 1, width - w + 1
-  draws_top, draws_left = found & (top_range > 1), found & (left_range > 1)
-  top, rejected_top = streams.bounded(draws_top, np.maximum(top_range, 1))
-  left, rejected_left = streams.bounded(draws_left, np.maximum(left_range, 1))
-  # A box as tall (wide) as the image draws no offset: Generator.integers(0, 1) returns 0.
-  boxes[:, 0] = np.where(draws_top, top.astype(np.int64), boxes[:, 0])
-  boxes[:, 1] = np.where(draws_left, left.astype(np.int64), boxes[:, 1])
-  exact &= ~(rejected_top | rejected_left)
-  flips = np.zeros(count, bool)
-  if flip:
-    flips = streams.next_double() < 0.5
-  return boxes, flips, exact

@@ -237,7 +237,8 @@ class CropExample:
           [self.crop_fields(int(p), int(k)) for p, k in zip(pool_positions, slots, strict=True)])
     count = len(pool_positions)
     height, width = (int(d) for d in self.source.info.image_shape[:2])
-    ids = np.asarray(self.pool_ids, np.int64)[pool_positions]
+    pool_ids = np.asarray(self.pool_ids, np.int64)
+    ids = pool_ids[pool_positions]
     labels = self._pool_labels[pool_positions]
     boxes, flips = crops.crop_boxes(self.seed, ids, slots, (height, width), self.spec)
     partner_index = np.full(count, -1, np.int64)
@@ -255,13 +256,12 @@ class CropExample:
       mixed = partner_index >= 0
       if mixed.any():
         # The partner's own training crop at this slot, as raw_crop pastes it.
-        partner_ids = np.asarray(self.pool_ids, np.int64)[partner_index[mixed]]
+        partner_ids = pool_ids[partner_index[mixed]]
         boxes_, flips_ = crops.crop_boxes(self.seed, partner_ids, slots[mixed], (height, width),
                                           dataclasses.replace(self.spec, cutmix_alpha=0.0))
         partner_box[mixed], partner_flip[mixed] = boxes_, flips_
     mixed = partner_index >= 0
-    partner_ids = np.where(mixed,
-                           np.asarray(self.pool_ids, np.int64)[np.maximum(partner_index, 0)], -1)
+    partner_ids = np.where(mixed, pool_ids[np.maximum(partner_index, 0)], -1)
     partner_labels = np.where(mixed, self._pool_labels[np.maximum(partner_index, 0)], labels)
     identity = np.zeros((count, 1), np.int32)
     return {
