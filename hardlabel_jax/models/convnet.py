@@ -1,7 +1,7 @@
 """ConvNet-D{depth}: the standard dataset-distillation backbone (Zhao et al., DC/DM/MTT)."""
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from flax import linen as nn
 import jax
@@ -14,29 +14,11 @@ from hardlabel_jax.models._init import torch_linear
 NORMS = ("instance", "none", "batch")
 
 
-def _separate_means(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Means of NHWC `a` and `b` over H, W (kept as 1s), as two differentiable reductions."""
-  return jnp.mean(a, axis=(1, 2), keepdims=True), jnp.mean(b, axis=(1, 2), keepdims=True)
-
-
-def _joint_means(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`_separate_means` as one variadic reduction (not differentiable), which XLA emits as one
-  fusion: the elementwise chain producing `a` and `b` (the ReLU and pooling backward, the conv's
-  bias) is then computed once instead of once per reduction. Width-16 ConvNet-D3 step on 2 CPU
-  cores: 14.2-14.6 → 12.4-12.7 ms (batch 120, 28 px; the minimum of 12 × 30 steps)."""
-  sums = jax.lax.reduce((a, b), (jnp.float32(0), jnp.float32(0)), lambda x, y:
-                        (x[0] + y[0], x[1] + y[1]), (1, 2))
-  pixels = a.shape[1] * a.shape[2]
-  return tuple(total[:, None, None, :] / pixels for total in sums)
-
-
-def _moments(
-    x: jax.Array, epsilon: float, means: Callable[[jax.Array, jax.Array],
-                                                  tuple[jax.Array, jax.Array]] = _separate_means
-) -> tuple[jax.Array, jax.Array]:
+def _moments(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
   """Per-sample, per-channel mean and 1/sqrt(variance + ε) over H, W; variance E[x²] − E[x]²
   (clipped at 0), as flax's GroupNorm computes it by default, in one pass over x."""
-  mean, mean_of_squares = means(x, jnp.square(x))
+  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+  mean_of_squares = jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True)
   variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
   return mean, jax.lax.rsqrt(variance + epsilon)
 
@@ -56,17 +38,16 @@ def instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
 
   With g = dL/dy, x̂ = (x − μ)·r and r = 1/sqrt(var + ε), per sample and channel over M = H·W:
   dx = γr·(g − mean(g) − x̂·mean(g·x̂)), written as dx = γr·g + a·x + c with a, c per (n, c)
-  from the two means mean(g) and mean(g·x) (one variadic reduction: one pass), then one
-  elementwise pass; the forward's two moments are one reduction too (`_joint_means`).
-  Autodiff's backward of the forward instead differentiates through the two moments and the
-  rsqrt separately. Equal to it to float32 rounding (tests/test_models.py), faster: see
+  from the two means mean(g) and mean(g·x) (one fused reduction pass), then one elementwise
+  pass. Autodiff's backward of the forward instead differentiates through the two moments and
+  the rsqrt separately. Equal to it to float32 rounding (tests/test_models.py), faster: see
   `python -m hardlabel_jax.benchmarks.step_profile`.
   """
   return _instance_norm_forward(x, scale, bias, epsilon)[0]
 
 
 def _instance_norm_forward(x, scale, bias, epsilon):
-  mean, inverse_std = _moments(x, epsilon, _joint_means)
+  mean, inverse_std = _moments(x, epsilon)
   gain = inverse_std * scale
   return x * gain + (bias - mean * gain), (x, mean, inverse_std, scale)
 
@@ -75,8 +56,8 @@ def _instance_norm_backward(epsilon, residuals, g):
   del epsilon
   x, mean, inverse_std, scale = residuals
   pixels = x.shape[1] * x.shape[2]
-  mean_g, mean_gx = _joint_means(g, g * x)
-  mean_g_xhat = inverse_std * (mean_gx - mean * mean_g)
+  mean_g = jnp.mean(g, axis=(1, 2), keepdims=True)
+  mean_g_xhat = inverse_std * (jnp.mean(g * x, axis=(1, 2), keepdims=True) - mean * mean_g)
   gain = inverse_std * scale
   slope = -gain * inverse_std * mean_g_xhat
   offset = -gain * mean_g - slope * mean
